@@ -1,0 +1,52 @@
+"""The `muse-stream` command line: one parser, one sub-command per module in muse_stream/commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import MuseError
+
+# Each module defines add(subparsers), whose parsers set `func` (args -> exit code).
+COMMAND_MODULES = ["kafka", "topics", "run", "publish", "models", "demo", "bench"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="muse-stream", description="Multi-tenant fraud scoring on Kafka.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as e:
+            if e.name == f"{__package__}.commands.{name}":
+                continue  # not built yet
+            raise
+        module.add(sub)
+    return parser
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """The options every Kafka-facing command shares."""
+    p.add_argument("--config", default=None, help="TOML settings file (default: config/muse.toml)")
+    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (overrides the config and MUSE_BOOTSTRAP)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .logs import setup_logging
+
+    setup_logging(verbose=args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except MuseError as e:
+        print(f"muse-stream: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

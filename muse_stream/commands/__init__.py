@@ -1,0 +1,1 @@
+"""One module per `muse-stream` sub-command; each defines add(subparsers)."""

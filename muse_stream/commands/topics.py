@@ -1,0 +1,31 @@
+"""`muse-stream topics create|list`: every topic the configuration names, created idempotently."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..cli import add_config_args
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("topics", help="create (idempotently) or list the topics the configuration names")
+    p.add_argument("action", choices=["create", "list"])
+    add_config_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import load_settings
+    from ..kafka.topics import ensure_all, planned_topics
+    from ..tenants import seed_tenants
+
+    settings = load_settings(args.config, bootstrap=args.bootstrap)
+    if args.action == "list":
+        for spec in planned_topics(settings):
+            print(f"{spec.name}\tpartitions={spec.partitions}\t{spec.config or ''}")
+        return 0
+    for name, outcome in ensure_all(settings).items():
+        print(f"{outcome:8} {name}")
+    seeded = seed_tenants(settings)
+    print(f"seeded {seeded} tenant record(s) on {settings.topics.tenants}")
+    return 0

@@ -1,0 +1,200 @@
+"""Settings: read once from a TOML file at the edge (the CLI), validated into frozen pydantic models."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "muse.toml"
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_topic(name: str) -> str:
+    if not _TOPIC_RE.match(name) or name in {".", ".."}:
+        raise ValueError(f"{name!r} is not a valid Kafka topic name")
+    return name
+
+
+class KafkaSettings(_Frozen):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # Extra librdkafka settings (security, timeouts) merged into every client; never logged.
+    client: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class TopicSettings(_Frozen):
+    events: str = "muse.events"
+    events_partitions: int = Field(8, ge=1, le=10_000)
+    models: str = "muse.models"
+    tenants: str = "muse.tenants"
+    deadletter: str = "muse.deadletter"
+    decisions_prefix: str = "muse.decisions."
+    shadow_prefix: str = "muse.shadow."
+    decisions_partitions: int = Field(4, ge=1, le=10_000)
+    replication_factor: int = Field(1, ge=1, le=16)
+
+    @field_validator("events", "models", "tenants", "deadletter")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        return _check_topic(v)
+
+    def decisions_topic(self, tenant_id: str) -> str:
+        return f"{self.decisions_prefix}{tenant_id}"
+
+
+class BatchSettings(_Frozen):
+    max_events: int = Field(2000, ge=1, le=1_000_000)
+    max_wait_ms: int = Field(50, ge=0, le=60_000)
+
+
+class RuntimeSettings(_Frozen):
+    group_id: str = "muse-stream"
+    processing_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
+    workers: int = Field(1, ge=1, le=256)
+    # Transactions commit at most this often; batches in between share one transaction.
+    commit_interval_ms: int = Field(100, ge=0, le=600_000)
+    transactional_id_prefix: str = "muse-stream"
+    transaction_timeout_ms: int = Field(60_000, ge=1000, le=900_000)
+    # Feature values beyond this magnitude (or non-finite) are bad input, sent to the dead-letter topic.
+    max_abs_feature: float = Field(1e30, gt=0)
+    max_event_bytes: int = Field(1_000_000, ge=64)
+
+
+class TenantConfig(_Frozen):
+    """A tenant's routing and thresholds; also the value of its record on the tenants topic."""
+
+    tenant_id: str
+    intents: tuple[str, ...] = Field(min_length=1)
+    default_intent: str | None = None
+    # Named bands on the reference scale: the band is the highest threshold reached, else "approve".
+    bands: dict[str, float] = Field(default_factory=dict)
+    output_topic: str | None = None
+    pinned_versions: dict[str, int] = Field(default_factory=dict)
+    suspended: bool = False
+
+    @field_validator("tenant_id")
+    @classmethod
+    def _tid(cls, v: str) -> str:
+        if not _ID_RE.match(v):
+            raise ValueError("tenant_id must be 1-64 letters, digits, '_' or '-'")
+        return v
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, thr in v.items():
+            if not 0.0 <= thr <= 1.0:
+                raise ValueError(f"band {name!r} threshold {thr} is outside [0, 1]")
+            if name == "approve":
+                raise ValueError("'approve' is the band below every threshold; it takes no threshold")
+        if len(set(v.values())) != len(v):
+            raise ValueError("two bands share a threshold")
+        return v
+
+    @field_validator("output_topic")
+    @classmethod
+    def _out(cls, v: str | None) -> str | None:
+        return None if v is None else _check_topic(v)
+
+    @model_validator(mode="after")
+    def _default(self) -> "TenantConfig":
+        if self.default_intent is not None and self.default_intent not in self.intents:
+            raise ValueError(f"default_intent {self.default_intent!r} is not among intents {list(self.intents)}")
+        for intent in self.pinned_versions:
+            if intent not in self.intents:
+                raise ValueError(f"pinned intent {intent!r} is not among intents {list(self.intents)}")
+        return self
+
+    def resolve_intent(self, intent: str | None) -> str | None:
+        if intent is None:
+            return self.default_intent or (self.intents[0] if len(self.intents) == 1 else None)
+        return intent
+
+
+class IntentConfig(_Frozen):
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _ID_RE.match(v):
+            raise ValueError("intent name must be 1-64 letters, digits, '_' or '-'")
+        return v
+
+
+class TelemetrySettings(_Frozen):
+    metrics_port: int = Field(0, ge=0, le=65535)  # 0 = no endpoint
+    log_format: Literal["plain", "json"] = "plain"
+
+
+class Settings(_Frozen):
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    intents: tuple[IntentConfig, ...] = ()
+    tenants: tuple[TenantConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Settings":
+        ids = [t.tenant_id for t in self.tenants]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"tenant ids repeated: {sorted(dup)}")
+        known = {i.name for i in self.intents}
+        for t in self.tenants:
+            unknown = [i for i in t.intents if known and i not in known]
+            if unknown:
+                raise ValueError(f"tenant {t.tenant_id!r} names unknown intents {unknown}")
+        return self
+
+    def output_topic(self, tenant: TenantConfig) -> str:
+        return tenant.output_topic or self.topics.decisions_topic(tenant.tenant_id)
+
+    def with_overrides(self, **sections: dict) -> "Settings":
+        """A copy with some fields of some sections replaced, validated again."""
+        data = self.model_dump()
+        for section, values in sections.items():
+            data[section] = {**data[section], **values}
+        return Settings.model_validate(data)
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{path}: {loc}: {first['msg']}{more}"
+
+
+def load_settings(path: str | os.PathLike | None = None, *, bootstrap: str | None = None) -> Settings:
+    """Read and validate a config file. `bootstrap` (or MUSE_BOOTSTRAP) overrides kafka.bootstrap_servers."""
+    p = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    boot = bootstrap or os.environ.get("MUSE_BOOTSTRAP")
+    if boot:
+        raw.setdefault("kafka", {})
+        if isinstance(raw["kafka"], dict):
+            raw["kafka"]["bootstrap_servers"] = boot
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(p, e)) from None

@@ -1,0 +1,1 @@
+"""Kafka plumbing: client configs, topics, transactional producer, and the local development broker."""

@@ -1,0 +1,291 @@
+"""The local development broker: Apache Kafka 4.x jars from Maven Central, one KRaft node on 127.0.0.1.
+
+Jars are resolved once into a cache outside the repository (~/.cache/muse-stream/kafka-<version>/libs);
+each broker instance (one per port) keeps its properties, data, log and pid in ~/.cache/muse-stream/broker-<port>.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import orjson
+
+from ..errors import BrokerError
+
+logger = logging.getLogger(__name__)
+
+KAFKA_VERSION_RANGE = "[4.0,5.0)"  # the newest 4.x that resolves
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024 + 1024 * 1024  # 65 MiB: room for 64 MiB model records plus headers
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MUSE_CACHE_DIR") or Path.home() / ".cache" / "muse-stream")
+
+
+def _cached_kafka_dirs(root: Path) -> list[Path]:
+    found = [d for d in root.glob("kafka-4.*") if (d / "libs" / ".complete").exists()]
+    return sorted(found, key=lambda d: tuple(int(x) for x in d.name.split("-", 1)[1].split(".") if x.isdigit()))
+
+
+def fetch_kafka(root: Path | None = None, *, version: str | None = None) -> Path:
+    """Return a folder holding the broker jars, resolving them with Maven on first use."""
+    root = root or cache_root()
+    version = version or os.environ.get("MUSE_KAFKA_VERSION")
+    if version:
+        ready = root / f"kafka-{version}"
+        if (ready / "libs" / ".complete").exists():
+            return ready
+    else:
+        have = _cached_kafka_dirs(root)
+        if have:
+            return have[-1]
+    if shutil.which("mvn") is None:
+        raise BrokerError("Maven (mvn) is not on PATH: it is needed once to fetch the Kafka broker jars "
+                          "(or run a broker with docker-compose.kafka.yml and set MUSE_BOOTSTRAP)")
+    if shutil.which("java") is None:
+        raise BrokerError("Java 17+ (java) is not on PATH: the local Kafka broker needs it")
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
+        pom = Path(tmp) / "pom.xml"
+        pom.write_text(resources.files(__package__).joinpath("broker-pom.xml").read_text())
+        libs = Path(tmp) / "libs"
+        cmd = ["mvn", "-B", "-q", "-f", str(pom), f"-Dkafka.version={version or KAFKA_VERSION_RANGE}",
+               "dependency:copy-dependencies", f"-DoutputDirectory={libs}"]
+        logger.info("fetching Kafka broker jars with Maven (once)")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+            raise BrokerError(f"Maven could not fetch the Kafka broker jars:\n{tail}")
+        jars = sorted(libs.glob("kafka_2.13-*.jar"))
+        if not jars:
+            raise BrokerError("Maven finished but no kafka_2.13 jar was fetched")
+        resolved = jars[0].name[len("kafka_2.13-"):-len(".jar")]
+        (libs / ".complete").write_text(resolved)
+        dest = root / f"kafka-{resolved}"
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        shutil.move(str(libs), dest / "libs")
+    return dest
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers_metadata(bootstrap: str, timeout: float = 3.0) -> bool:
+    """True when a Kafka broker at `bootstrap` answers a metadata request."""
+    from confluent_kafka.admin import AdminClient
+
+    host, _, port = bootstrap.rpartition(":")
+    if not port_open(host or "127.0.0.1", int(port)):
+        return False
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 2000,
+                         "log_level": 0, "logger": logging.getLogger("muse_stream.librdkafka")})
+    try:
+        admin.list_topics(timeout=timeout)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not answering"
+        return False
+
+
+def broker_properties(*, port: int, controller_port: int, data_dir: Path) -> str:
+    """The single-node KRaft settings; docker-compose.kafka.yml mirrors them."""
+    return "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+        f"log.dirs={data_dir}",
+        "num.partitions=1",
+        "auto.create.topics.enable=false",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=10",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "transaction.state.log.num.partitions=10",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        f"message.max.bytes={MAX_MESSAGE_BYTES}",
+        f"replica.fetch.max.bytes={MAX_MESSAGE_BYTES}",
+        "log.cleaner.min.compaction.lag.ms=0",
+        "",
+    ])
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    up: bool
+    bootstrap: str
+    version: str | None
+    log_file: Path
+    pid: int | None
+    managed: bool  # started by muse-stream (we hold its pid)
+
+    def describe(self) -> str:
+        if not self.up:
+            return f"no broker at {self.bootstrap} (log: {self.log_file})"
+        who = f"pid {self.pid}" if self.managed else "not started by muse-stream"
+        return f"broker up at {self.bootstrap}, Kafka {self.version or 'unknown version'}, {who}, log: {self.log_file}"
+
+
+class LocalBroker:
+    """One local KRaft broker instance, identified by its port."""
+
+    def __init__(self, port: int = 9092, *, home: Path | None = None, heap: str = "512m") -> None:
+        self.port = port
+        self.home = home or cache_root() / f"broker-{port}"
+        self.heap = heap
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "broker.log"
+
+    @property
+    def _state_file(self) -> Path:
+        return self.home / "state.json"
+
+    def _state(self) -> dict:
+        try:
+            return orjson.loads(self._state_file.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+
+    def _live_pid(self) -> int | None:
+        pid = self._state().get("pid")
+        if not pid:
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return pid  # no procfs: trust the signal check
+        if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+            return None  # exited, not yet reaped by its parent
+        return pid
+
+    def status(self) -> BrokerStatus:
+        pid = self._live_pid()
+        up = answers_metadata(self.bootstrap)
+        return BrokerStatus(up=up, bootstrap=self.bootstrap, version=self._state().get("version") if pid else None,
+                            log_file=self.log_file, pid=pid, managed=pid is not None)
+
+    def start(self, *, timeout: float = 90.0) -> BrokerStatus:
+        """Start the broker and wait until it answers; return at once when one already answers there."""
+        if answers_metadata(self.bootstrap):
+            return self.status()
+        if self._live_pid() is not None:
+            # Ours, still starting (or hung): wait for it rather than start a second one.
+            return self._wait_ready(self._live_pid(), timeout)
+        if port_open("127.0.0.1", self.port):
+            raise BrokerError(f"port {self.port} is taken by something that is not a Kafka broker")
+        kafka_dir = fetch_kafka()
+        version = (kafka_dir / "libs" / ".complete").read_text().strip()
+        self.home.mkdir(parents=True, exist_ok=True)
+        data = self.home / "data"
+        state = self._state()
+        cport = state.get("controller_port")
+        if not cport or port_open("127.0.0.1", cport):
+            cport = free_port()
+        props = self.home / "server.properties"
+        props.write_text(broker_properties(port=self.port, controller_port=cport, data_dir=data))
+        log4j = self.home / "log4j2.properties"
+        log4j.write_text(resources.files(__package__).joinpath("log4j2.properties").read_text())
+        java = ["java", f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
+                f"-Dlog4j2.configurationFile={log4j}", "-Djava.awt.headless=true",
+                "-cp", str(kafka_dir / "libs" / "*")]
+        if not (data / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            fmt = subprocess.run([*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                                 capture_output=True, text=True)
+            if fmt.returncode != 0:
+                raise BrokerError(f"formatting the KRaft log folder failed: {(fmt.stdout + fmt.stderr).strip()[-800:]}")
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen([*java, "kafka.Kafka", str(props)], stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.home)
+        self._state_file.write_bytes(orjson.dumps({"pid": proc.pid, "version": version, "controller_port": cport,
+                                                   "port": self.port}))
+        return self._wait_ready(proc.pid, timeout)
+
+    def _wait_ready(self, pid: int | None, timeout: float) -> BrokerStatus:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if answers_metadata(self.bootstrap, timeout=2.0):
+                return self.status()
+            if pid is None or self._live_pid() is None:
+                raise BrokerError(f"the broker exited during start-up; last lines of {self.log_file}:\n{self.log_tail()}")
+            time.sleep(0.3)
+        self.stop()
+        raise BrokerError(f"the broker did not answer within {timeout:.0f}s; last lines of {self.log_file}:\n"
+                          f"{self.log_tail()}")
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log file)"
+
+    def stop(self, *, timeout: float = 30.0) -> bool:
+        """Stop the broker cleanly (SIGTERM, then SIGKILL after `timeout`). False when none of ours was running."""
+        pid = self._live_pid()
+        if pid is None:
+            return False
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._live_pid() is not None:
+            time.sleep(0.2)
+        if self._live_pid() is not None:
+            logger.warning("broker pid %s did not stop in %.0fs; killing it", pid, timeout)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            time.sleep(0.5)
+        # Reap it when it is our own child (tests start and stop the broker in one process).
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        state = self._state()
+        state.pop("pid", None)
+        self._state_file.write_bytes(orjson.dumps(state))
+        return True

@@ -1,0 +1,74 @@
+"""Creating muse-stream's topics, idempotently, with the settings each kind needs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from ..config import Settings
+from ..errors import KafkaOpError
+from .clients import MAX_RECORD_BYTES, admin_config
+
+logger = logging.getLogger(__name__)
+
+COMPACTED = {"cleanup.policy": "compact", "max.message.bytes": str(MAX_RECORD_BYTES),
+             "min.cleanable.dirty.ratio": "0.1", "segment.ms": "3600000"}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def planned_topics(settings: Settings) -> list[TopicSpec]:
+    """Every topic the configuration names: input, compacted models and tenants, dead letters, decisions."""
+    t = settings.topics
+    specs = [
+        TopicSpec(t.events, t.events_partitions),
+        TopicSpec(t.models, 1, COMPACTED),
+        TopicSpec(t.tenants, 1, COMPACTED),
+        TopicSpec(t.deadletter, t.decisions_partitions),
+    ]
+    specs += [TopicSpec(settings.output_topic(tenant), t.decisions_partitions) for tenant in settings.tenants]
+    return specs
+
+
+def create_topics(admin_or_settings: AdminClient | Settings, specs: list[TopicSpec], *,
+                  replication_factor: int = 1, timeout: float = 30.0) -> dict[str, str]:
+    """Create topics that do not exist yet. Returns name -> "created" | "exists"."""
+    admin = (AdminClient(admin_config(admin_or_settings)) if isinstance(admin_or_settings, Settings)
+             else admin_or_settings)
+    if not specs:
+        return {}
+    new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=replication_factor, config=s.config)
+           for s in specs]
+    result: dict[str, str] = {}
+    for name, fut in admin.create_topics(new, request_timeout=timeout, operation_timeout=timeout).items():
+        try:
+            fut.result(timeout=timeout)
+            result[name] = "created"
+        except KafkaException as e:
+            err: KafkaError = e.args[0]
+            if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                result[name] = "exists"
+            else:
+                raise KafkaOpError(f"creating topic {name}: {err.str()}", code=err.code(), description=err.str()) from None
+    return result
+
+
+def ensure_all(settings: Settings, *, timeout: float = 30.0) -> dict[str, str]:
+    return create_topics(settings, planned_topics(settings), replication_factor=settings.topics.replication_factor,
+                         timeout=timeout)
+
+
+def existing_topics(settings: Settings, timeout: float = 10.0) -> set[str]:
+    admin = AdminClient(admin_config(settings))
+    try:
+        return set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as e:
+        raise KafkaOpError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {e.args[0].str()}") from None
