@@ -33,8 +33,10 @@ class Bands:
 class TenantRegistry:
     """tenant_id -> TenantConfig, updated between batches from the tenants topic."""
 
-    def __init__(self, settings: Settings, tenants: dict[str, TenantConfig] | None = None) -> None:
+    def __init__(self, settings: Settings, tenants: dict[str, TenantConfig] | None = None, *,
+                 log_changes: bool = True) -> None:
         self._settings = settings
+        self._log = logger.info if log_changes else logger.debug
         self.tenants: dict[str, TenantConfig] = dict(tenants or {})
         self.bands: dict[str, Bands] = {t: Bands(c.bands) for t, c in self.tenants.items()}
         self.version = 0  # bumped on every change, so callers can rebuild derived state cheaply
@@ -45,7 +47,7 @@ class TenantRegistry:
             if self.tenants.pop(tid, None) is not None:
                 self.bands.pop(tid, None)
                 self.version += 1
-                logger.info("tenant %s removed", tid)
+                self._log("tenant %s removed", tid)
             return None
         try:
             cfg = TenantConfig.model_validate(orjson.loads(value))
@@ -59,7 +61,7 @@ class TenantRegistry:
             self.tenants[tid] = cfg
             self.bands[tid] = Bands(cfg.bands)
             self.version += 1
-            logger.info("tenant %s updated: intents=%s bands=%s suspended=%s", tid, list(cfg.intents), cfg.bands,
+            self._log("tenant %s updated: intents=%s bands=%s suspended=%s", tid, list(cfg.intents), cfg.bands,
                         cfg.suspended)
         return cfg
 
@@ -70,7 +72,7 @@ class TenantRegistry:
 def read_tenants(settings: Settings) -> dict[str, TenantConfig]:
     table = TopicTable(settings, settings.topics.tenants)
     try:
-        reg = TenantRegistry(settings)
+        reg = TenantRegistry(settings, log_changes=False)
         for k, v in table.catch_up():
             reg.apply(k, v)
         return reg.tenants

@@ -231,8 +231,9 @@ class LocalBroker:
                 f"-Dlog4j2.configurationFile={log4j}", "-Djava.awt.headless=true",
                 "-cp", str(kafka_dir / "libs" / "*")]
         if not (data / "meta.properties").exists():
+            # The id may start with "-": pass it as --cluster-id=ID so it is not read as an option.
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            fmt = subprocess.run([*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+            fmt = subprocess.run([*java, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props)],
                                  capture_output=True, text=True)
             if fmt.returncode != 0:
                 raise BrokerError(f"formatting the KRaft log folder failed: {(fmt.stdout + fmt.stderr).strip()[-800:]}")

@@ -1,0 +1,140 @@
+"""Publishing a model version: score the calibration set, fit and check the transform, publish, report."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import Settings, TenantConfig
+from .errors import DataError, ModelError, TransformError
+from .modelstore import publish, read_models
+from .records import VersionRecord
+from .registry import load_version
+from .tabular import read_table
+from .transform import ReferenceDistribution, fit_score_transform
+
+logger = logging.getLogger(__name__)
+MIN_CALIBRATION_EVENTS = 1000
+
+
+def load_booster(path: str | Path):
+    """A booster file (UBJSON or JSON) and its feature names."""
+    import xgboost as xgb
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: booster file not found")
+    booster = xgb.Booster()
+    try:
+        booster.load_model(str(p))
+    except xgb.core.XGBoostError as e:
+        raise ModelError(f"{p}: not an XGBoost model: {str(e).splitlines()[0][:200]}") from None
+    if not booster.feature_names:
+        raise ModelError(f"{p}: the booster has no feature names; train it with named features")
+    return booster, list(booster.feature_names)
+
+
+def feature_matrix(table: dict[str, np.ndarray], features: list[str], source: str) -> np.ndarray:
+    missing = [f for f in features if f not in table]
+    if missing:
+        raise DataError(f"{source}: the booster's features {missing[:5]}{'...' if len(missing) > 5 else ''} "
+                        f"are not columns of the calibration set")
+    bad = [f for f in features if table[f].dtype == object]
+    if bad:
+        raise DataError(f"{source}: feature columns {bad[:5]} are not numeric")
+    return np.column_stack([table[f] for f in features]).astype(np.float32)
+
+
+def served_scores(model, x: np.ndarray, tenant_ids: np.ndarray | None) -> np.ndarray:
+    """What a loaded version would serve: transformed scores, with each tenant's own map where it has one."""
+    raw = np.asarray(model.predict(x), dtype=np.float64)
+    out = model.transform.apply(raw)
+    if tenant_ids is not None:
+        for tid in model.transform.tenant_ids:
+            mask = tenant_ids == tid
+            if mask.any():
+                out[mask] = model.transform.apply(raw[mask], tid)
+    return out
+
+
+@dataclass
+class PublishReport:
+    record: VersionRecord
+    aligned_to: str | None
+    rows: list[tuple[str, str, float, float | None, float, float]]  # tenant, band, thr, incumbent, raw, new
+
+
+def publish_from_files(settings: Settings, *, intent: str, booster_path: str | Path, calibration_path: str | Path,
+                       label_column: str | None = None, tenant_column: str | None = None,
+                       negative_sampling_rate: float | None = None, train_prevalence: float | None = None,
+                       prod_prevalence: float | None = None, align: bool = True, activate: bool = False,
+                       activate_at: int | None = None, min_tenant_events: int = 2000,
+                       tenants: list[TenantConfig] | None = None, shadow: bool = False) -> PublishReport:
+    booster, features = load_booster(booster_path)
+    table = read_table(calibration_path)
+    if label_column is not None and label_column not in table:
+        raise DataError(f"{calibration_path}: label column {label_column!r} not found")
+    x = feature_matrix(table, features, str(calibration_path))
+    if len(x) < MIN_CALIBRATION_EVENTS:
+        raise DataError(f"{calibration_path}: {len(x)} calibration events; at least {MIN_CALIBRATION_EVENTS} needed")
+    tenant_ids = None
+    if tenant_column is not None:
+        if tenant_column not in table:
+            raise DataError(f"{calibration_path}: tenant column {tenant_column!r} not found")
+        tenant_ids = np.asarray([str(t) for t in table[tenant_column]], dtype=object)
+    raw = np.asarray(booster.inplace_predict(x), dtype=np.float64)
+    reg = read_models(settings)
+    ref_rec = reg.references.get(intent)
+    reference = ReferenceDistribution.from_dict(ref_rec.reference) if ref_rec else None
+    incumbent = None
+    act = reg.activations.get(intent)
+    if act is not None:
+        incumbent = load_version(reg.versions[(intent, act.version)])
+    incumbent_scores = None
+    if align and incumbent is not None and reference is not None:
+        try:
+            incumbent_scores = served_scores(incumbent, feature_matrix(table, list(incumbent.features),
+                                                                       str(calibration_path)), tenant_ids)
+        except DataError as e:
+            logger.warning("not aligning to %s (%s); fitting onto the fixed reference", incumbent.name, e)
+    st, reference = fit_score_transform(
+        raw, reference=reference, incumbent_ref_scores=incumbent_scores, tenant_ids=tenant_ids,
+        min_tenant_events=min_tenant_events, negative_sampling_rate=negative_sampling_rate,
+        train_prevalence=train_prevalence, prod_prevalence=prod_prevalence)
+    new_scores = st.apply(raw)
+    if tenant_ids is not None:
+        for tid in st.tenant_ids:
+            new_scores[tenant_ids == tid] = st.apply(raw[tenant_ids == tid], tid)
+    order = np.argsort(raw, kind="stable")
+    if np.any(np.diff(new_scores[order]) < -1e-12) and tenant_ids is None:
+        raise TransformError("the fitted transform is not monotone; nothing was published")
+    metadata = {"calibration_file": Path(calibration_path).name, "calibration_events": int(len(x)),
+                "aligned_to": incumbent.name if incumbent_scores is not None else None,
+                "negative_sampling_rate": negative_sampling_rate, "train_prevalence": train_prevalence,
+                "prod_prevalence": prod_prevalence}
+    if label_column is not None:
+        metadata["calibration_positives"] = int(np.nansum(table[label_column]))
+    rec = publish(settings, intent=intent, booster_bytes=bytes(booster.save_raw("ubj")), features=features,
+                  transform=st.to_dict(), reference=reference.to_dict(),
+                  reference_source=f"{intent} first version calibration", metadata=metadata,
+                  activate=activate, activate_at=activate_at, shadow=shadow)
+    inc_scores = served_scores(incumbent, feature_matrix(table, list(incumbent.features), "calibration"),
+                               tenant_ids) if incumbent is not None and _has(table, incumbent.features) else None
+    rows = []
+    for t in tenants or []:
+        if intent not in t.intents:
+            continue
+        mask = np.ones(len(x), bool) if tenant_ids is None or not (tenant_ids == t.tenant_id).any() \
+            else tenant_ids == t.tenant_id
+        for band, thr in sorted(t.bands.items(), key=lambda kv: kv[1]):
+            rows.append((t.tenant_id, band, thr,
+                         None if inc_scores is None else float(np.mean(inc_scores[mask] >= thr)),
+                         float(np.mean(raw[mask] >= thr)), float(np.mean(new_scores[mask] >= thr))))
+    return PublishReport(rec, metadata["aligned_to"], rows)
+
+
+def _has(table: dict, features) -> bool:
+    return all(f in table and table[f].dtype != object for f in features)
