@@ -10,7 +10,7 @@ import sys
 from .errors import MuseError
 
 # Each module defines add(subparsers), whose parsers set `func` (args -> exit code).
-COMMAND_MODULES = ["kafka", "topics", "run", "publish", "models", "demo", "bench"]
+COMMAND_MODULES = ["kafka", "topics", "run", "publish", "models", "demo", "bench", "backtest", "replay", "status"]
 
 
 def build_parser() -> argparse.ArgumentParser:
