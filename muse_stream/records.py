@@ -35,6 +35,7 @@ class Source(_Rec):
     topic: str
     partition: int
     offset: int
+    timestamp: int  # the input record's Kafka timestamp (ms), for end-to-end latency downstream
 
 
 class Decision(_Rec):

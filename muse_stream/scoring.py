@@ -190,7 +190,8 @@ class BatchScorer:
                     "event_id": eid, "tenant_id": tid, "intent": intent, "score": s_list[j],
                     "raw_score": r_list[j], "band": names_b[band_idx[j]], "model_version": model_name,
                     "transform_version": tver, "event_time": g.times[i], "decided_at": decided_at,
-                    "source": {"topic": m.topic(), "partition": m.partition(), "offset": m.offset()},
+                    "source": {"topic": m.topic(), "partition": m.partition(), "offset": m.offset(),
+                               "timestamp": m.timestamp()[1]},
                 })))
             key = (tid, intent, model_name)
             out.scored[key] = out.scored.get(key, 0) + len(rows)
