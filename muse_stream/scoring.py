@@ -30,6 +30,19 @@ class DeadLetter:
 
 
 @dataclass(slots=True)
+class ScoredGroup:
+    """One tenant's events of one (intent, version) in a batch, as arrays: what telemetry aggregates."""
+
+    tenant_id: str
+    intent: str
+    model_name: str
+    scores: np.ndarray  # reference scale, float64
+    bands: np.ndarray  # index into band_names
+    band_names: list[str]
+    event_times: np.ndarray  # int64 epoch ms
+
+
+@dataclass(slots=True)
 class BatchOutput:
     decisions: list[tuple[str, bytes, bytes]] = field(default_factory=list)  # (topic, key, value)
     dead: list[DeadLetter] = field(default_factory=list)
@@ -37,6 +50,7 @@ class BatchOutput:
     # (tenant, intent, model name) -> count, for metrics and tests
     scored: dict[tuple[str, str, str], int] = field(default_factory=dict)
     models_used: set[str] = field(default_factory=set)
+    groups: list[ScoredGroup] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -177,10 +191,14 @@ class BatchScorer:
                 tver = model_name
             bands = self.tenants.bands[tid]
             names_b = bands.names
-            band_idx = bands.assign(scores[mask]).tolist()
-            topic = self.output_topic(tid)
+            t_scores = scores[mask]
+            t_bands = bands.assign(t_scores)
             rows = np.flatnonzero(mask).tolist()
-            s_list = scores[mask].tolist()
+            out.groups.append(ScoredGroup(tid, intent, model_name, t_scores, t_bands, names_b,
+                                          np.fromiter((g.times[i] for i in rows), dtype=np.int64, count=len(rows))))
+            band_idx = t_bands.tolist()
+            topic = self.output_topic(tid)
+            s_list = t_scores.tolist()
             r_list = raw[mask].tolist()
             decisions = out.decisions
             for j, i in enumerate(rows):
