@@ -9,7 +9,7 @@ import orjson
 import xgboost as xgb
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from muse_stream.config import Settings
+from muse_stream.config import Settings, dump_toml
 from muse_stream.kafka.clients import consumer_config, producer_config
 from muse_stream.modelstore import publish, read_models
 from muse_stream.transform import fit_score_transform
@@ -128,32 +128,8 @@ def input_count(settings: Settings) -> int:
     return n
 
 
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return orjson.dumps(v).decode()
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{orjson.dumps(k).decode()} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(type(v))
-
 
 def write_config(settings: Settings, path) -> str:
     """Write settings as a TOML file, for tests that run the command line."""
-    data = settings.model_dump(exclude_none=True)
-    lines = []
-    for section in ("kafka", "topics", "batch", "runtime", "telemetry"):
-        lines.append(f"[{section}]")
-        for k, v in data[section].items():
-            if not (isinstance(v, dict) and not v):
-                lines.append(f"{k} = {_toml_value(v)}")
-    for arr in ("intents", "tenants"):
-        for item in data[arr]:
-            lines.append(f"[[{arr}]]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in item.items() if not (isinstance(v, dict) and not v)]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(dump_toml(settings))
     return str(path)

@@ -63,3 +63,13 @@ def test_duplicate_tenants_refused(tmp_path: Path):
     p.write_text("[[tenants]]\ntenant_id='a'\nintents=['x']\n[[tenants]]\ntenant_id='a'\nintents=['x']\n")
     with pytest.raises(ConfigError, match="repeated"):
         load_settings(p)
+
+
+def test_dump_toml_round_trips(tmp_path: Path):
+    from muse_stream.config import dump_toml
+
+    s = load_settings(DEFAULT_CONFIG).with_overrides(kafka={"client": {"socket.timeout.ms": 5000}},
+                                                     runtime={"workers": 3})
+    p = tmp_path / "out.toml"
+    p.write_text(dump_toml(s))
+    assert load_settings(p) == s
