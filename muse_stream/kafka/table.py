@@ -16,7 +16,8 @@ class TopicTable:
 
     def __init__(self, settings: Settings, topic: str, *, read_committed: bool = True) -> None:
         self.topic = topic
-        self._consumer = Consumer(reader_config(settings, read_committed=read_committed))
+        # A short fetch wait: a new activation or tenant record reaches the scoring loop within tens of ms.
+        self._consumer = Consumer(reader_config(settings, read_committed=read_committed, **{"fetch.wait.max.ms": 20}))
         try:
             md = self._consumer.list_topics(topic, timeout=15)
         except KafkaException as e:

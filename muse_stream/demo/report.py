@@ -1,0 +1,156 @@
+"""The demo's figures, all computed from the decisions read back from Kafka, and its picture."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import TenantConfig
+from .scenario import CARD, DAY_MS
+
+RATIO_BAND = (0.9, 1.1)
+RAW_FACTOR = 2.0
+
+
+@dataclass
+class TenantRow:
+    tenant_id: str
+    events_before: int
+    events_after: int
+    bands_before: Counter
+    bands_after: Counter
+    alert_before: float
+    alert_after: float
+    raw_after: float  # alert rate after the swap had the tenant's thresholds met raw scores
+
+    @property
+    def ratio(self) -> float:
+        return self.alert_after / self.alert_before if self.alert_before else float("nan")
+
+    @property
+    def raw_ratio(self) -> float:
+        return self.raw_after / self.alert_before if self.alert_before else float("nan")
+
+    @property
+    def kept(self) -> bool:
+        return RATIO_BAND[0] <= self.ratio <= RATIO_BAND[1]
+
+
+def tenant_rows(decisions: list[dict], tenants: list[TenantConfig], old: str, new: str) -> list[TenantRow]:
+    rows = []
+    for t in tenants:
+        alert_thr = min(t.bands.values())
+        mine = [d for d in decisions if d["tenant_id"] == t.tenant_id and d["intent"] == CARD]
+        before = [d for d in mine if d["model_version"] == old]
+        after = [d for d in mine if d["model_version"] == new]
+        rate = lambda ds: float(np.mean([d["band"] != "approve" for d in ds])) if ds else float("nan")  # noqa: E731
+        raw = float(np.mean([d["raw_score"] >= alert_thr for d in after])) if after else float("nan")
+        rows.append(TenantRow(t.tenant_id, len(before), len(after), Counter(d["band"] for d in before),
+                              Counter(d["band"] for d in after), rate(before), rate(after), raw))
+    return rows
+
+
+def latency_ms(decisions: list[dict], arrivals: list[int]) -> np.ndarray:
+    ts = np.fromiter((d["source"]["timestamp"] for d in decisions), dtype=np.int64, count=len(decisions))
+    return np.asarray(arrivals, dtype=np.int64) - ts
+
+
+def print_report(console, res: dict) -> list[TenantRow]:
+    from rich.table import Table
+
+    rb = res["readback"]
+    old, new = "card_fraud@1", "card_fraud@2"
+    rows = tenant_rows(rb.decisions, res["tenants"], old, new)
+    table = Table(title=f"Alert rates across the swap {old} -> {new} (decisions read back from Kafka)")
+    for col in ("tenant", "events before/after", "alerts before (by band)", "alerts after (by band)", "alert before",
+                "alert after", "ratio", "raw after", "raw ratio"):
+        table.add_column(col, justify="left" if col.startswith(("tenant", "bands")) else "right")
+    for r in rows:
+        fmt = lambda c: " ".join(f"{k}={v}" for k, v in sorted(c.items()) if k != "approve")  # noqa: E731
+        table.add_row(r.tenant_id, f"{r.events_before}/{r.events_after}", fmt(r.bands_before), fmt(r.bands_after),
+                      f"{r.alert_before:.3%}", f"{r.alert_after:.3%}",
+                      f"[{'green' if r.kept else 'red'}]{r.ratio:.2f}[/]", f"{r.raw_after:.3%}", f"{r.raw_ratio:.2f}")
+    console.print(table)
+    lat = latency_ms(rb.decisions, rb.arrivals)
+    arr = np.asarray(rb.arrivals)
+    span = (arr.max() - arr.min()) / 1000 if len(arr) > 1 else float("nan")
+    firsts = [a for d, a in zip(rb.decisions, rb.arrivals) if d["model_version"] == new]
+    swap_ms = (min(firsts) - res["swap"]["day1_start_ms"]) if firsts else float("nan")
+    lead_ms = res["swap"]["day1_start_ms"] - res["swap"]["published_ms"]
+    reasons = Counter(r for r, _ in rb.dead)
+    by_intent = Counter((d["intent"], d["model_version"]) for d in rb.decisions)
+    console.print(f"events replayed      {res['expected']:,} ({res['rows']:,} held-out transactions x 2 days, "
+                  f"3 tenants, + cnp_fraud and malformed events)")
+    console.print(f"decisions            {len(rb.decisions):,}  by version: "
+                  + ", ".join(f"{v}={n:,}" for (_, v), n in sorted(by_intent.items())))
+    console.print(f"dead letters         {len(rb.dead)}  " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())))
+    console.print(f"exactly once         {'yes' if rb.count == res['expected'] and not rb.duplicates else 'NO'}: "
+                  f"{rb.count:,} outputs for {res['expected']:,} inputs, {rb.duplicates} duplicates")
+    console.print(f"throughput           {len(rb.decisions) / span:,.0f} decisions/s over {span:.1f} s "
+                  f"read back ({res['workers']} workers, exactly-once; offered "
+                  f"{'unpaced' if not res.get('rate') else format(res['rate'], ',') + '/s'}, with a pause before day 1)")
+    if len(lat):
+        console.print(f"end-to-end latency   p50 {np.percentile(lat, 50):.0f} ms, p99 {np.percentile(lat, 99):.0f} ms "
+                      f"(produce -> visible to a read_committed consumer)")
+    console.print(f"swap                 {new} published {lead_ms / 1000:.1f} s ahead of its activation time; its first "
+                  f"decision was visible {swap_ms:.0f} ms after the first event it governs was produced")
+    return rows
+
+
+def plot(res: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rb = res["readback"]
+    card = [d for d in rb.decisions if d["intent"] == CARD]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.2))
+    for ax, key, title in ((axes[0], "raw_score", "raw scores"), (axes[1], "score", "reference-scale scores")):
+        for ver, color in (("card_fraud@1", "tab:blue"), ("card_fraud@2", "tab:orange")):
+            s = np.sort([d[key] for d in card if d["model_version"] == ver])
+            if len(s):
+                surv = 1.0 - np.arange(len(s)) / len(s)
+                ax.loglog(np.clip(s, 1e-7, 1), surv, color=color, label=ver)
+        ax.set_title(f"card_fraud {title}: share of events at or above a score")
+        ax.set_xlabel("score")
+        ax.set_ylabel("share of events")
+        ax.set_ylim(1e-4, 1.05)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    ax = axes[2]
+    # Both replayed days carry the same hours of traffic: lay day 1 right after day 0 on one time axis.
+    times = np.array([d["event_time"] for d in card], dtype=np.int64)
+    day = (times >= res["activate_at"]).astype(np.int64)
+    local = times - day * DAY_MS
+    start, span = local.min(), local.max() - local.min() + 1
+    hours = (local - start + day * span) / 3.6e6
+    tenant_of = np.array([d["tenant_id"] for d in card], dtype=object)
+    alert = np.array([d["band"] != "approve" for d in card], dtype=float)
+    raw = np.array([d["raw_score"] for d in card])
+    bins = np.linspace(0, 2 * span / 3.6e6, 25)
+    idx = np.digitize(hours, bins)
+    centers = (bins[:-1] + bins[1:]) / 2
+    for t in res["tenants"]:
+        mine = tenant_of == t.tenant_id
+        rate = [alert[mine & (idx == b)].mean() if (mine & (idx == b)).any() else np.nan for b in range(1, 25)]
+        raw_rate = [(raw[mine & (idx == b)] >= min(t.bands.values())).mean() if (mine & (idx == b)).any()
+                    else np.nan for b in range(1, 25)]
+        line, = ax.plot(centers, rate, marker="o", ms=3, label=t.tenant_id)
+        after = centers >= span / 3.6e6
+        ax.plot(centers[after], np.array(raw_rate)[after], ls=":", color=line.get_color(),
+                label=f"{t.tenant_id}, raw scores")
+    ax.axvline(span / 3.6e6, color="k", ls="--", label="swap to card_fraud@2")
+    ax.set_yscale("log")
+    ax.set_title("alert rate per tenant over replayed time")
+    ax.set_xlabel("replayed hours (the held-out hours, once per model)")
+    ax.set_ylabel("alert rate")
+    ax.legend(fontsize=7, ncol=2, loc="center right")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

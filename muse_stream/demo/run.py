@@ -1,0 +1,266 @@
+"""Orchestrating the demo: broker, topics, models, tenants, workers, a paced replay, the swap, the read-back."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from ..config import Settings, dump_toml, load_settings
+from ..errors import MuseError
+from ..kafka.clients import admin_config, consumer_config, producer_config
+from ..kafka.local import LocalBroker, answers_metadata
+from ..kafka.topics import ensure_all
+from ..modelstore import publish
+from ..tenants import put_tenants
+from . import scenario
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoOptions:
+    events: int | None = None  # held-out transactions per replayed day (None: all of them)
+    workers: int = 2
+    rate: int = 20_000  # offered events/s; 0: as fast as possible
+    out_dir: Path = Path("out")
+    bootstrap: str | None = None
+    config: str | None = None
+    keep_topics: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Readback:
+    """Every decision and dead letter read back by a read_committed consumer, with its arrival time."""
+
+    decisions: list[dict] = field(default_factory=list)
+    arrivals: list[int] = field(default_factory=list)
+    dead: list[tuple[str, int]] = field(default_factory=list)  # (reason, source offset)
+    sources: set = field(default_factory=set)
+    duplicates: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.decisions) + len(self.dead)
+
+
+class Reader(threading.Thread):
+    def __init__(self, settings: Settings, topics: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.c = Consumer(consumer_config(settings, group_id=f"demo-reader-{uuid.uuid4().hex[:6]}"))
+        parts = []
+        for t in topics:
+            md = self.c.list_topics(t, timeout=10).topics[t]
+            parts += [TopicPartition(t, p, 0) for p in md.partitions]
+        self.c.assign(parts)
+        self.deadletter = settings.topics.deadletter
+        self.data = Readback()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        d = self.data
+        while not self.stop.is_set():
+            msgs = self.c.consume(2000, 0.1)
+            now = int(time.time() * 1000)
+            for m in msgs:
+                if m.error() is not None:
+                    continue
+                if m.topic() == self.deadletter:
+                    h = dict(m.headers() or [])
+                    src = (h["muse.source.topic"], int(h["muse.source.partition"]), int(h["muse.source.offset"]))
+                    d.dead.append((h["muse.reason"].decode(), src[2]))
+                else:
+                    rec = orjson.loads(m.value())
+                    s = rec["source"]
+                    src = (s["topic"], s["partition"], s["offset"])
+                    d.decisions.append(rec)
+                    d.arrivals.append(now)
+                if src in d.sources:
+                    d.duplicates += 1
+                d.sources.add(src)
+        self.c.close()
+
+
+def demo_settings(opts: DemoOptions, run_id: str) -> Settings:
+    base = load_settings(opts.config, bootstrap=opts.bootstrap)
+    ns = f"demo.{run_id}."
+    return base.with_overrides(
+        topics={"events": ns + "events", "models": ns + "models", "tenants": ns + "tenants",
+                "deadletter": ns + "deadletter", "decisions_prefix": ns + "decisions.", "shadow_prefix": ns + "shadow."},
+        runtime={"group_id": f"muse-demo-{run_id}", "transactional_id_prefix": f"muse-demo-{run_id}",
+                 "workers": opts.workers},
+    )
+
+
+class Workers:
+    """`muse-stream run` as a child process, its log in the output folder."""
+
+    def __init__(self, settings: Settings, workers: int, out_dir: Path) -> None:
+        self.config = out_dir / "demo-settings.toml"
+        self.config.write_text(dump_toml(settings))
+        self.log = out_dir / "workers.log"
+        self._log = open(self.log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "muse_stream", "run", "--config", str(self.config),
+                                      "--workers", str(workers)], stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env={**os.environ, "MUSE_BOOTSTRAP": ""})
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            raise MuseError(f"the workers exited early (code {self.proc.returncode}); see {self.log}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+def _produce_day(producer: Producer, topic: str, events, rate: int, advance) -> int:
+    n, start = 0, time.monotonic()
+    for key, value in events:
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        n += 1
+        if n % 1000 == 0:
+            producer.poll(0)
+            advance(1000)
+            if rate:
+                ahead = n / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+    advance(n % 1000)
+    if producer.flush(60) != 0:
+        raise MuseError("the replay producer could not deliver every event")
+    return n
+
+
+def run_demo(opts: DemoOptions, console) -> dict:
+    """Run the whole demo; return the figures the report prints (and the test checks)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..datasets import load_ulb
+
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
+    out_dir = opts.out_dir / f"demo-{run_id}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = demo_settings(opts, run_id)
+    broker = None
+    if not opts.bootstrap and not os.environ.get("MUSE_BOOTSTRAP") and not answers_metadata(
+            settings.kafka.bootstrap_servers):
+        port = int(settings.kafka.bootstrap_servers.rpartition(":")[2])
+        console.print(f"starting a local Kafka broker on 127.0.0.1:{port} ...")
+        broker = LocalBroker(port)
+        broker.start()
+    workers = reader = None
+    try:
+        console.print("loading the ULB card transactions (fetched once into the cache) ...")
+        ulb = load_ulb()
+        console.print("training the incumbent card_fraud model and the cnp_fraud model ...")
+        card = scenario.train_card_incumbent(ulb)
+        cnp = scenario.train_cnp(ulb)
+        tenants = scenario.tenants(card.reference)
+        settings = Settings.model_validate({**settings.model_dump(), "tenants": [t.model_dump() for t in tenants],
+                                            "intents": [{"name": scenario.CARD}, {"name": scenario.CNP}]})
+        ensure_all(settings)
+        put_tenants(settings, tenants)
+        for intent, m in ((scenario.CARD, card), (scenario.CNP, cnp)):
+            publish(settings, intent=intent, booster_bytes=bytes(m.booster.save_raw("ubj")), features=m.features,
+                    transform=m.transform.to_dict(), reference=m.reference.to_dict(),
+                    reference_source=f"{intent}@1 calibration window", activate=True,
+                    metadata={"demo": run_id, "trained_on": "ULB Time 0-61200 s"})
+        console.print(f"published card_fraud@1 and cnp_fraud@1; tenants: "
+                      f"{', '.join(f'{t.tenant_id} {t.bands}' for t in tenants)}")
+        workers = Workers(settings, opts.workers, out_dir)
+        reader = Reader(settings, [settings.output_topic(t) for t in tenants] + [settings.topics.deadletter])
+        reader.start()
+        rows = scenario.replay_rows(ulb, opts.events)
+        tids = [t.tenant_id for t in tenants]
+        per_day = scenario.day_size(len(rows), len(tids))
+        producer = Producer(producer_config(settings, **{"linger.ms": 10}))
+        swap: dict = {}
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, disable=not opts.progress, transient=False) as bar:
+            sent = bar.add_task("events replayed ", total=2 * per_day)
+            got = bar.add_task("decisions read  ", total=2 * per_day)
+
+            def advance(k: int) -> None:
+                bar.advance(sent, k)
+                bar.update(got, completed=reader.data.count)
+
+            t_start = time.time()
+            _produce_day(producer, settings.topics.events, scenario.day_events(ulb, rows, 0, tids), opts.rate,
+                         advance)
+            workers.check()
+            # Midway, with day 0 still being scored: train the retrained model and activate it from day 1.
+            bar.console.print("day 0 replayed; training the retrained model and publishing it ...")
+            booster, st, beta = scenario.train_card_retrained(ulb, card)
+            activate_at = scenario.BASE_MS + scenario.DAY_MS
+            rec = publish(settings, intent=scenario.CARD, booster_bytes=bytes(booster.save_raw("ubj")),
+                          features=card.features, transform=st.to_dict(), activate_at=activate_at,
+                          metadata={"demo": run_id, "negative_sampling_rate": beta, "aligned_to": "card_fraud@1"})
+            swap["published_ms"] = int(time.time() * 1000)
+            bar.console.print(f"published {rec.name}, active from event time {activate_at} (day 1)")
+            # An activation by event time is published ahead of the events it governs, so that every worker
+            # has read it before the first of them arrives; the demo gives it two seconds.
+            time.sleep(2.0)
+            swap["day1_start_ms"] = int(time.time() * 1000)
+            _produce_day(producer, settings.topics.events, scenario.day_events(ulb, rows, 1, tids), opts.rate,
+                         advance)
+            t_sent = time.time()
+            deadline = time.monotonic() + 180
+            while reader.data.count < 2 * per_day and time.monotonic() < deadline:
+                workers.check()
+                bar.update(got, completed=reader.data.count)
+                time.sleep(0.2)
+            time.sleep(1.0)  # anything more would be a duplicate
+            bar.update(got, completed=reader.data.count)
+        reader.stop.set()
+        reader.join(10)
+        code = workers.stop()
+        workers = None
+        return {"settings": settings, "tenants": tenants, "readback": reader.data, "expected": 2 * per_day,
+                "swap": swap, "run_id": run_id, "out_dir": out_dir, "workers_exit": code,
+                "replay_seconds": t_sent - t_start, "activate_at": activate_at, "rows": len(rows),
+                "card": card, "retrained": (booster, st)}
+    finally:
+        if workers is not None:
+            workers.stop()
+        if reader is not None and reader.is_alive():
+            reader.stop.set()
+            reader.join(10)
+        if not opts.keep_topics:
+            _delete_topics(settings)
+        if broker is not None:
+            broker.stop()
+
+
+def _delete_topics(settings: Settings) -> None:
+    admin = AdminClient(admin_config(settings))
+    try:
+        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(settings.topics.events[:-len("events")])]
+        if names:
+            for fut in admin.delete_topics(names, operation_timeout=30).values():
+                fut.result(30)
+    except Exception as e:  # noqa: BLE001 - leaving demo topics behind is not worth failing over
+        logger.warning("could not delete the demo topics: %s", e)
