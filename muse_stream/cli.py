@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .logs import setup_logging
 
-    setup_logging(verbose=args.verbose)
+    # Tools speak through their own output; only the workers (`run`) log at INFO.
+    setup_logging(verbose=args.verbose, level=logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except MuseError as e:

@@ -21,7 +21,7 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
-def setup_logging(*, verbose: bool = False, fmt: str = "plain") -> None:
+def setup_logging(*, verbose: bool = False, fmt: str = "plain", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -31,5 +31,5 @@ def setup_logging(*, verbose: bool = False, fmt: str = "plain") -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(logging.DEBUG if verbose else level)
     logging.getLogger("muse_stream.librdkafka").setLevel(logging.DEBUG if verbose else logging.ERROR)

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -63,7 +64,7 @@ def fetch_kafka(root: Path | None = None, *, version: str | None = None) -> Path
         libs = Path(tmp) / "libs"
         cmd = ["mvn", "-B", "-q", "-f", str(pom), f"-Dkafka.version={version or KAFKA_VERSION_RANGE}",
                "dependency:copy-dependencies", f"-DoutputDirectory={libs}"]
-        logger.info("fetching Kafka broker jars with Maven (once)")
+        print(f"fetching the Kafka broker jars with Maven into {root} (once) ...", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
