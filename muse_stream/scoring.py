@@ -43,6 +43,21 @@ class ScoredGroup:
 
 
 @dataclass(slots=True)
+class ScoredMatrix:
+    """One (intent, version) group of a batch as scored: what shadow scoring re-scores with one call."""
+
+    intent: str
+    model_name: str
+    features: tuple[str, ...]
+    x: np.ndarray  # float32, rows in the group's order
+    event_ids: list
+    tenants: list
+    times: list
+    raw: np.ndarray
+    scores: np.ndarray  # served (reference scale, tenant maps applied)
+
+
+@dataclass(slots=True)
 class BatchOutput:
     decisions: list[tuple[str, bytes, bytes]] = field(default_factory=list)  # (topic, key, value)
     dead: list[DeadLetter] = field(default_factory=list)
@@ -51,6 +66,7 @@ class BatchOutput:
     scored: dict[tuple[str, str, str], int] = field(default_factory=dict)
     models_used: set[str] = field(default_factory=set)
     groups: list[ScoredGroup] = field(default_factory=list)
+    matrices: list[ScoredMatrix] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -175,7 +191,8 @@ class BatchScorer:
             g.times = [g.times[i] for i in idx]
             if not idx:
                 return
-        raw = np.asarray(g.model.predict(x.astype(np.float32)), dtype=np.float64)
+        x32 = x.astype(np.float32)
+        raw = np.asarray(g.model.predict(x32), dtype=np.float64)
         st = g.model.transform
         scores = st.apply(raw)
         tenant_arr = np.array(g.tenants, dtype=object)
@@ -213,6 +230,7 @@ class BatchScorer:
                 })))
             key = (tid, intent, model_name)
             out.scored[key] = out.scored.get(key, 0) + len(rows)
+        out.matrices.append(ScoredMatrix(intent, model_name, names, x32, g.event_ids, g.tenants, g.times, raw, scores))
 
     def process(self, msgs: list, decided_at: int) -> BatchOutput:
         out = BatchOutput()
