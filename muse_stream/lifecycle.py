@@ -138,3 +138,62 @@ def publish_from_files(settings: Settings, *, intent: str, booster_path: str | P
 
 def _has(table: dict, features) -> bool:
     return all(f in table and table[f].dtype != object for f in features)
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '30m', '2h', '1d' or plain milliseconds -> milliseconds."""
+    units = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+    t = text.strip().lower()
+    for suffix in ("ms", "s", "m", "h", "d"):
+        if t.endswith(suffix) and t[: -len(suffix)].replace(".", "", 1).isdigit():
+            return int(float(t[: -len(suffix)]) * units[suffix])
+    if t.isdigit():
+        return int(t)
+    raise DataError(f"{text!r}: expected a duration such as 90s, 30m, 2h or 1d")
+
+
+def publish_from_shadow(settings: Settings, *, intent: str, version: int, window_ms: int,
+                        min_tenant_events: int = 2000, activate: bool = False,
+                        tenants: list[TenantConfig] | None = None) -> PublishReport:
+    """Fit a shadow version's transform aligned to the incumbent on its shadow window; publish it anew."""
+    import base64
+
+    from .shadow import read_shadow_window
+
+    reg = read_models(settings)
+    rec = reg.versions.get((intent, version))
+    if rec is None:
+        raise ModelError(f"{intent}@{version} is not on the models topic")
+    ref_rec = reg.references.get(intent)
+    if ref_rec is None:
+        raise ModelError(f"intent {intent!r} has no reference distribution")
+    win = read_shadow_window(settings, intent, version, window_ms)
+    if win["shadow_raw"].size < MIN_CALIBRATION_EVENTS:
+        raise DataError(f"{win['shadow_raw'].size} shadow events in the window; at least {MIN_CALIBRATION_EVENTS} needed")
+    # Refit with the same posterior correction the version was published with.
+    prior = {k: rec.transform.get("correction", {}).get(k)
+             for k in ("negative_sampling_rate", "train_prevalence", "prod_prevalence")}
+    st, reference = fit_score_transform(
+        win["shadow_raw"], reference=ReferenceDistribution.from_dict(ref_rec.reference),
+        incumbent_ref_scores=win["incumbent"], tenant_ids=win["tenants"], min_tenant_events=min_tenant_events,
+        **prior)
+    new_scores = st.apply(win["shadow_raw"])
+    for tid in st.tenant_ids:
+        new_scores[win["tenants"] == tid] = st.apply(win["shadow_raw"][win["tenants"] == tid], tid)
+    booster_bytes = base64.b64decode(rec.booster_b64)
+    metadata = {**rec.metadata, "from_shadow": rec.name, "shadow_window_ms": window_ms,
+                "calibration_events": int(win["shadow_raw"].size), "aligned_to": "the shadow window's incumbents"}
+    new = publish(settings, intent=intent, booster_bytes=booster_bytes, features=list(rec.features),
+                  transform=st.to_dict(), metadata=metadata, activate=activate)
+    rows = []
+    for t in tenants or []:
+        if intent not in t.intents:
+            continue
+        mask = win["tenants"] == t.tenant_id
+        if not mask.any():
+            continue
+        for band, thr in sorted(t.bands.items(), key=lambda kv: kv[1]):
+            rows.append((t.tenant_id, band, thr, float(np.mean(win["incumbent"][mask] >= thr)),
+                         float(np.mean(win["shadow_raw"][mask] >= thr)), float(np.mean(new_scores[mask] >= thr))))
+    return PublishReport(new, "the incumbent on the shadow window", rows)
+

@@ -7,6 +7,7 @@ applied between batches, never inside one.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
 import threading
@@ -24,6 +25,7 @@ from .kafka.topics import TopicSpec, create_topics
 from .kafka.txn import AbortRequired, call_with_retry, commit_transaction
 from .registry import ModelRegistry
 from .scoring import BatchOutput, BatchScorer
+from .shadow import ShadowScorer, shadow_topic
 from .tenants import TenantRegistry
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class Worker:
         self.stats = WorkerStats()
         self.tenants = TenantRegistry(settings)
         self.models = ModelRegistry()
+        self.shadow = ShadowScorer(settings, self.models)
         self.scorer = BatchScorer(self.tenants, self.models, max_abs_feature=settings.runtime.max_abs_feature,
                                   max_event_bytes=settings.runtime.max_event_bytes, output_topic=output_topic)
         self._batch_hook = batch_hook  # called with (output, n_in) after each batch; telemetry uses it
@@ -114,6 +117,7 @@ class Worker:
         """Create the decision topic of any tenant seen for the first time, before anything is produced to it."""
         wanted = {self.scorer.output_topic(t) for t in self.tenants.tenants}
         wanted.add(self.settings.topics.deadletter)
+        wanted |= {shadow_topic(self.settings, intent) for intent in self.shadow.active()}
         new = wanted - self._known_topics
         if new:
             t = self.settings.topics
@@ -123,8 +127,11 @@ class Worker:
 
     def _refresh(self) -> None:
         """Between batches: apply new models and tenant records."""
+        gen = self.models.generation
         for k, v in self._models_table.updates():
             self.models.apply(k, v)
+        if self.models.generation != gen:
+            self._ensure_output_topics()  # a new shadow version writes to its intent's shadow topic
         tv = self.tenants.version
         for k, v in self._tenants_table.updates():
             self.tenants.apply(k, v)
@@ -156,9 +163,9 @@ class Worker:
 
     # ---- the transaction ---------------------------------------------------------------------
 
-    def _produce(self, out: BatchOutput) -> None:
+    def _produce(self, out: BatchOutput, extra: list = ()) -> None:
         produce = self.producer.produce
-        for topic, key, value in out.decisions:
+        for topic, key, value in itertools.chain(out.decisions, extra):
             try:
                 produce(topic, value, key)
             except BufferError:
@@ -220,7 +227,8 @@ class Worker:
             self._in_txn = True
             self._txn_started = time.monotonic()
         out = self.scorer.process(msgs, int(time.time() * 1000))
-        self._produce(out)
+        shadow = self.shadow.records(out)  # at most one more booster call per intent, in the same transaction
+        self._produce(out, shadow)
         self._pending_offsets.update(out.offsets)
         self.stats.add(out, len(msgs))
         if self._batch_hook is not None:

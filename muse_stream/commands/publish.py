@@ -10,10 +10,13 @@ from ..cli import add_config_args
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("publish", help="publish a model version (booster + fitted transform)")
     add_config_args(p)
-    p.add_argument("--intent", required=True)
-    p.add_argument("--booster", required=True, help="XGBoost model file (UBJSON or JSON) with feature names")
-    p.add_argument("--calibration", required=True,
+    p.add_argument("--intent", default=None)
+    p.add_argument("--booster", default=None, help="XGBoost model file (UBJSON or JSON) with feature names")
+    p.add_argument("--calibration", default=None,
                    help="events the model did not train on: CSV, JSON lines or Parquet, one column per feature")
+    p.add_argument("--from-shadow", default=None, metavar="INTENT@VERSION",
+                   help="instead of a file: refit a shadow version on its shadow window and publish it anew")
+    p.add_argument("--window", default="1h", help="with --from-shadow: how far back the window reaches (e.g. 30m)")
     p.add_argument("--label-column", default=None)
     p.add_argument("--tenant-column", default=None, help="fit tenant-level maps for tenants with enough events")
     p.add_argument("--min-tenant-events", type=int, default=2000)
@@ -39,9 +42,22 @@ def run(args: argparse.Namespace) -> int:
     from ..tenants import read_tenants
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
+    tenants = list(read_tenants(settings).values()) or list(settings.tenants)
+    if args.from_shadow:
+        from ..lifecycle import parse_duration, publish_from_shadow
+        from .models import parse_ref
+
+        intent, ver = parse_ref(args.from_shadow, need_version=True)
+        if args.booster or args.calibration or args.activate_at is not None or args.shadow:
+            raise ConfigError("--from-shadow takes neither --booster, --calibration, --activate-at nor --shadow")
+        rep = publish_from_shadow(settings, intent=intent, version=ver, window_ms=parse_duration(args.window),
+                                  min_tenant_events=args.min_tenant_events, activate=args.activate, tenants=tenants)
+        _print_report(rep, "active" if args.activate else "published, not active")
+        return 0
+    if not (args.intent and args.booster and args.calibration):
+        raise ConfigError("publish needs --intent, --booster and --calibration (or --from-shadow INTENT@VERSION)")
     if args.train_prevalence is not None and args.prod_prevalence is None:
         raise ConfigError("--train-prevalence needs --prod-prevalence")
-    tenants = list(read_tenants(settings).values()) or list(settings.tenants)
     rep = publish_from_files(
         settings, intent=args.intent, booster_path=args.booster, calibration_path=args.calibration,
         label_column=args.label_column, tenant_column=args.tenant_column,
@@ -50,6 +66,11 @@ def run(args: argparse.Namespace) -> int:
         activate_at=args.activate_at, min_tenant_events=args.min_tenant_events, tenants=tenants, shadow=args.shadow)
     state = "active" if args.activate else (f"active from event time {args.activate_at}" if args.activate_at
                                             else "shadow" if args.shadow else "published, not active")
+    _print_report(rep, state)
+    return 0
+
+
+def _print_report(rep, state: str) -> None:
     print(f"published {rep.record.name} ({state}); transform "
           f"{'aligned to ' + rep.aligned_to if rep.aligned_to else 'onto the fixed reference'}")
     if rep.rows:
@@ -57,4 +78,3 @@ def run(args: argparse.Namespace) -> int:
         for tid, band, thr, inc, raw, new in rep.rows:
             inc_s = "-" if inc is None else f"{inc:.4%}"
             print(f"{tid:16} {band:10} {thr:7.4f} {inc_s:>10} {raw:9.4%} {new:9.4%}")
-    return 0
