@@ -134,9 +134,41 @@ class IntentConfig(_Frozen):
         return v
 
 
+class DriftSettings(_Frozen):
+    """When a tenant's live reference-scale scores have moved away from the intent's reference."""
+
+    enabled: bool = True
+    window_s: int = Field(900, ge=10, le=7 * 86400)
+    min_events: int = Field(2000, ge=100)  # fewer scores in the window: no verdict
+    psi_bins: int = Field(10, ge=2, le=100)  # equal-mass bins under the reference
+    psi_max: float = Field(0.2, gt=0)
+    # Observed / reference-implied alert rate at a band outside [1/r, r] is drift...
+    alert_ratio_max: float = Field(2.0, gt=1)
+    # ...judged only where the reference implies at least this many alerts in the window.
+    min_expected_alerts: float = Field(50.0, gt=0)
+
+
 class TelemetrySettings(_Frozen):
-    metrics_port: int = Field(0, ge=0, le=65535)  # 0 = no endpoint
+    # Worker slot N serves /metrics, /healthz, /readyz and /status on metrics_port + N; 0 = no endpoint.
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"  # "0.0.0.0" to be scraped from other hosts
     log_format: Literal["plain", "json"] = "plain"
+    # OTLP/HTTP collector, e.g. "http://127.0.0.1:4318": metrics are pushed there too, and sampled traces.
+    otlp_endpoint: str | None = None
+    otlp_headers: dict[str, str] = Field(default_factory=dict)  # never logged
+    otlp_interval_ms: int = Field(10_000, ge=100, le=3_600_000)
+    trace_sample_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of batches traced; needs otlp_endpoint
+    alert_window_s: int = Field(300, ge=10, le=7 * 86400)  # sliding window of the per-tenant alert rates
+    update_interval_s: float = Field(5.0, gt=0, le=300)  # windows, lag and drift are evaluated this often
+    stall_after_s: float = Field(120.0, gt=0)  # /healthz fails when the loop has not turned for this long
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("otlp_endpoint must be an http(s):// URL")
+        return v.rstrip("/") if v else None
 
 
 class Settings(_Frozen):

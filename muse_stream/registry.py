@@ -109,7 +109,9 @@ class ModelRegistry:
                 try:
                     self.get(rec.intent, rec.version)
                 except ModelError as e:
-                    logger.warning("shadow %s@%s refused: %s", rec.intent, rec.version, e)
+                    logger.warning("shadow %s@%s refused: %s", rec.intent, rec.version, e,
+                                   extra={"fields": {"event": "model_refused", "intent": rec.intent,
+                                                     "version": rec.version, "reason": str(e), "shadow": True}})
             self.generation += 1
 
     def _tombstone(self, key: str) -> None:
@@ -132,14 +134,20 @@ class ModelRegistry:
             except ModelError as err:
                 cur = self.activations.get(rec.intent)
                 logger.warning("activation of %s@%d refused (%s); %s stays active", rec.intent, rec.version, err,
-                               f"{rec.intent}@{cur.version}" if cur else "no version")
+                               f"{rec.intent}@{cur.version}" if cur else "no version",
+                               extra={"fields": {"event": "model_refused", "intent": rec.intent,
+                                                 "version": rec.version, "reason": str(err),
+                                                 "active_version": cur.version if cur else None}})
                 return
         prev = self.activations.get(rec.intent)
         self.activations[rec.intent] = rec
         self.generation += 1
         logger.info("model %s@%d active%s (was %s)", rec.intent, rec.version,
                     f" from event time {rec.activate_at}" if rec.activate_at is not None else "",
-                    f"{rec.intent}@{prev.version}" if prev else "none")
+                    f"{rec.intent}@{prev.version}" if prev else "none",
+                    extra={"fields": {"event": "model_activated", "intent": rec.intent, "version": rec.version,
+                                      "activate_at": rec.activate_at, "activated_at": rec.activated_at,
+                                      "previous_version": prev.version if prev else None}})
 
     # ---- lookups ------------------------------------------------------------------------------
 

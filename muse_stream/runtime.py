@@ -26,6 +26,7 @@ from .kafka.txn import AbortRequired, call_with_retry, commit_transaction
 from .registry import ModelRegistry
 from .scoring import BatchOutput, BatchScorer
 from .shadow import ShadowScorer, shadow_topic
+from .telemetry import Telemetry
 from .tenants import TenantRegistry
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Worker:
         self._delivery_error: KafkaError | None = None
         self.assigned = False
         self.ready = False
+        self.telemetry = Telemetry(self)  # metrics, traces, drift, health endpoint: per batch, never per event
 
     # ---- set-up ------------------------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class Worker:
             self.models.apply(k, v)
         if self.models.generation != gen:
             self._ensure_output_topics()  # a new shadow version writes to its intent's shadow topic
+        self.telemetry.on_models()
         tv = self.tenants.version
         for k, v in self._tenants_table.updates():
             self.tenants.apply(k, v)
@@ -143,11 +146,21 @@ class Worker:
     def _on_assign(self, consumer, partitions) -> None:
         self.stats.rebalances += 1
         self.assigned = True
-        logger.info("worker %d assigned %s", self.slot, _fmt_parts(partitions))
+        self.telemetry.on_rebalance("assigned", partitions)
+        logger.info("worker %d assigned %s", self.slot, _fmt_parts(partitions), extra=self._log_fields(
+            "assigned", partitions))
+
+    def _log_fields(self, kind: str, partitions) -> dict:
+        """The ids a rebalance line carries in JSON logs: who, which group, which partitions."""
+        return {"fields": {"event": "rebalance", "kind": kind, "worker": self.slot,
+                           "group_id": self.settings.runtime.group_id,
+                           "partitions": [f"{p.topic}[{p.partition}]" for p in partitions]}}
 
     def _on_revoke(self, consumer, partitions) -> None:
         self.stats.rebalances += 1
-        logger.info("worker %d revoked %s", self.slot, _fmt_parts(partitions))
+        self.telemetry.on_rebalance("revoked", partitions)
+        logger.info("worker %d revoked %s", self.slot, _fmt_parts(partitions), extra=self._log_fields(
+            "revoked", partitions))
         # Revoked partitions' work is committed before they go, so the next owner starts after it.
         try:
             self._commit()
@@ -157,7 +170,9 @@ class Worker:
         self.assigned = False
 
     def _on_lost(self, consumer, partitions) -> None:
-        logger.warning("worker %d lost %s; aborting the open transaction", self.slot, _fmt_parts(partitions))
+        self.telemetry.on_rebalance("lost", partitions)
+        logger.warning("worker %d lost %s; aborting the open transaction", self.slot, _fmt_parts(partitions),
+                       extra=self._log_fields("lost", partitions))
         self._abort(rewind=False)
         self.assigned = False
 
@@ -182,6 +197,7 @@ class Worker:
         return [TopicPartition(t, p, o) for (t, p), o in self._pending_offsets.items()]
 
     def _commit(self) -> None:
+        t_commit = time.perf_counter_ns()
         if self.exactly_once:
             if not self._in_txn:
                 return
@@ -202,6 +218,7 @@ class Worker:
                 raise AbortRequired(f"offset commit failed: {e.args[0].str()}") from None
         self._pending_offsets.clear()
         self.stats.commits += 1
+        self.telemetry.on_commit(t_commit)
 
     def _abort(self, *, rewind: bool = True) -> None:
         """Drop the open transaction; with rewind, seek every assigned partition back to its committed offset."""
@@ -213,6 +230,7 @@ class Worker:
             self._in_txn = False
         self._pending_offsets.clear()
         self.stats.aborts += 1
+        self.telemetry.on_abort()
         if rewind:
             assignment = self.consumer.assignment()
             if assignment:
@@ -226,11 +244,14 @@ class Worker:
             call_with_retry("begin_transaction", self.producer.begin_transaction)
             self._in_txn = True
             self._txn_started = time.monotonic()
+        t_score = time.perf_counter_ns()
         out = self.scorer.process(msgs, int(time.time() * 1000))
         shadow = self.shadow.records(out)  # at most one more booster call per intent, in the same transaction
+        t_scored = time.perf_counter_ns()
         self._produce(out, shadow)
         self._pending_offsets.update(out.offsets)
         self.stats.add(out, len(msgs))
+        self.telemetry.on_batch(out, msgs, t_score, t_scored)
         if self._batch_hook is not None:
             self._batch_hook(out, len(msgs))
 
@@ -238,6 +259,7 @@ class Worker:
 
     def run(self) -> None:
         """Run until stop is set; then finish the open transaction and leave the group cleanly."""
+        self.telemetry.start()  # liveness answers during start-up; readiness once assigned and loaded
         self._make_clients()
         self.ready = True
         s = self.settings
@@ -247,6 +269,7 @@ class Worker:
         try:
             while not self.stop_event.is_set():
                 self._refresh()
+                self.telemetry.poll_start()
                 msgs = self.consumer.consume(max_events, wait)
                 try:
                     if msgs:
@@ -267,6 +290,7 @@ class Worker:
         finally:
             self.ready = False
             self._close()
+            self.telemetry.close()
 
     def _drop_errors(self, msgs: list) -> list:
         ok = []
@@ -293,6 +317,11 @@ class Worker:
             producer.flush(10)
 
 
+def _fatal_fields(settings: Settings, slot: int, e: KafkaOpError) -> dict:
+    return {"fields": {"event": "fatal", "worker": slot, "group_id": settings.runtime.group_id,
+                       "transactional_id": transactional_id(settings, slot), "code": e.code, "error": str(e)}}
+
+
 def _fmt_parts(parts) -> str:
     return ", ".join(f"{p.topic}[{p.partition}]" for p in parts) or "nothing"
 
@@ -310,9 +339,9 @@ def run_worker(settings: Settings, slot: int) -> int:
     try:
         Worker(settings, slot=slot, stop=stop).run()
     except FatalKafkaError as e:
-        logger.error("worker %d: fatal Kafka error, exiting: %s", slot, e)
+        logger.error("worker %d: fatal Kafka error, exiting: %s", slot, e, extra=_fatal_fields(settings, slot, e))
         return 3
     except KafkaOpError as e:
-        logger.error("worker %d: %s", slot, e)
+        logger.error("worker %d: %s", slot, e, extra=_fatal_fields(settings, slot, e))
         return 2
     return 0
