@@ -30,6 +30,7 @@ from .telemetry import Telemetry
 from .tenants import TenantRegistry
 
 logger = logging.getLogger(__name__)
+MAX_ABORTS_IN_A_ROW = 10
 
 
 @dataclass
@@ -267,6 +268,7 @@ class Worker:
         interval = s.runtime.commit_interval_ms / 1000.0
         last_commit = time.monotonic()
         try:
+            aborts_in_a_row, commits_seen = 0, self.stats.commits
             while not self.stop_event.is_set():
                 self._refresh()
                 self.telemetry.poll_start()
@@ -280,8 +282,17 @@ class Worker:
                         self._commit()
                         last_commit = time.monotonic()
                 except AbortRequired as e:
+                    aborts_in_a_row += 1
+                    if aborts_in_a_row > MAX_ABORTS_IN_A_ROW:
+                        # The same batch keeps failing: stop and say so rather than spin on it forever.
+                        self._abort(rewind=False)
+                        raise FatalKafkaError(f"{aborts_in_a_row} transactions in a row aborted; last: {e}") from None
                     logger.warning("worker %d aborting the open transaction and re-reading: %s", self.slot, e)
                     self._abort()
+                    time.sleep(min(5.0, 0.1 * 2 ** aborts_in_a_row))
+                else:
+                    if self.stats.commits != commits_seen:
+                        aborts_in_a_row, commits_seen = 0, self.stats.commits
             try:
                 self._commit()
             except AbortRequired as e:
