@@ -83,6 +83,7 @@ class Worker:
         self._pending_offsets: dict[tuple[str, int], int] = {}
         self._known_topics: set[str] = set()
         self._delivery_error: KafkaError | None = None
+        self._fatal = False  # after a fatal error the producer is unusable: no commit, abort or flush on the way out
         self.assigned = False
         self.ready = False
         self.telemetry = Telemetry(self)  # metrics, traces, drift, health endpoint: per batch, never per event
@@ -198,6 +199,8 @@ class Worker:
         return [TopicPartition(t, p, o) for (t, p), o in self._pending_offsets.items()]
 
     def _commit(self) -> None:
+        if self._fatal:
+            return
         t_commit = time.perf_counter_ns()
         if self.exactly_once:
             if not self._in_txn:
@@ -223,7 +226,7 @@ class Worker:
 
     def _abort(self, *, rewind: bool = True) -> None:
         """Drop the open transaction; with rewind, seek every assigned partition back to its committed offset."""
-        if self.exactly_once and self._in_txn:
+        if self.exactly_once and self._in_txn and not self._fatal:
             try:
                 call_with_retry("abort_transaction", self.producer.abort_transaction, 30)
             except AbortRequired as e:
@@ -298,6 +301,9 @@ class Worker:
             except AbortRequired as e:
                 logger.warning("final commit failed (%s); aborting: the next owner re-reads those events", e)
                 self._abort(rewind=False)
+        except FatalKafkaError:
+            self._fatal = True
+            raise
         finally:
             self.ready = False
             self._close()
@@ -324,7 +330,7 @@ class Worker:
                 except (KafkaException, RuntimeError) as e:
                     logger.warning("closing: %s", e)
         producer = getattr(self, "producer", None)
-        if producer is not None:
+        if producer is not None and not self._fatal:
             producer.flush(10)
 
 

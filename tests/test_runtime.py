@@ -202,3 +202,33 @@ def test_two_workers_share_and_hand_over_without_loss_or_duplicates(stack):
             p.join(30)
         reader.close()
     _check_exactly_once(recs, n)
+
+
+def test_same_slot_twice_fences_the_older_worker(stack):
+    """The transactional id is the slot's: a second worker in the same slot fences the first (a zombie)."""
+    from muse_stream.kafka.clients import producer_config
+    from muse_stream.runtime import transactional_id
+
+    s = stack
+    tid = transactional_id(s, 3)
+    assert tid == f"{s.runtime.transactional_id_prefix}-{s.runtime.group_id}-3"
+    assert producer_config(s, transactional_id=tid)["transactional.id"] == tid
+    publish_model(s, "card_fraud", seed=1)
+    produce(s, [event(i, "acme") for i in range(2000)])
+    reader = TopicReader(s, decision_topics(s))
+    first = _spawn_worker(s, 3)
+    try:
+        reader.until(lambda r: len(r) >= 500, timeout=90)
+        second = _spawn_worker(s, 3)
+        produce(s, [event(i, "acme") for i in range(2000, 4000)])
+        first.join(90)
+        assert first.exitcode == 3  # fenced: a fatal error, clean exit non-zero
+        recs = reader.until(lambda r: len(r) >= 4000, timeout=120)
+        reader.poll_for(2.0)
+    finally:
+        for p in (first, locals().get("second")):
+            if p is not None:
+                p.terminate()
+                p.join(30)
+        reader.close()
+    _check_exactly_once(recs, 4000)
