@@ -220,9 +220,10 @@ def test_same_slot_twice_fences_the_older_worker(stack):
     try:
         reader.until(lambda r: len(r) >= 500, timeout=90)
         second = _spawn_worker(s, 3)
+        _wait_for_members(s, 2)  # the second is in: it fenced the first when it initialised its producer
         produce(s, [event(i, "acme") for i in range(2000, 4000)])
         first.join(90)
-        assert first.exitcode == 3  # fenced: a fatal error, clean exit non-zero
+        assert first.exitcode == 3  # the first's next write was refused as fenced: fatal, exit non-zero
         recs = reader.until(lambda r: len(r) >= 4000, timeout=120)
         reader.poll_for(2.0)
     finally:
@@ -232,3 +233,17 @@ def test_same_slot_twice_fences_the_older_worker(stack):
                 p.join(30)
         reader.close()
     _check_exactly_once(recs, 4000)
+
+
+def _wait_for_members(settings, n, timeout=60.0):
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    gid = settings.runtime.group_id
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        group = admin.describe_consumer_groups([gid])[gid].result()
+        if len(group.members) >= n and all(m.assignment.topic_partitions for m in group.members):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"group {gid} did not reach {n} members with partitions")
