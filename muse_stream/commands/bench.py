@@ -1,0 +1,249 @@
+"""`muse-stream bench`: throughput against the Kafka ceiling, latency at an offered rate, and a model swap.
+
+Against the configured cluster (--config / --bootstrap), or the local broker, started for the bench when
+none answers and none was named, and stopped afterwards only then. Everything the bench creates is named
+bench.<run id>.* and deleted at the end unless --keep-topics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+
+from ..cli import add_config_args
+
+logger = logging.getLogger(__name__)
+RUNS = ("ceiling", "runtime", "runtime-w", "runtime-alo", "latency", "swap")
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark the runtime: throughput vs the Kafka ceiling, latency, swap")
+    add_config_args(p)
+    p.add_argument("--events", type=int, default=1_000_000, help="events pre-produced for the throughput runs")
+    p.add_argument("--partitions", type=int, default=8, help="input topic partitions (default 8)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes of the multi-worker run (default 2)")
+    p.add_argument("--rate", type=float, default=5000.0, help="offered events/s of the latency and swap runs")
+    p.add_argument("--latency-seconds", type=float, default=20.0, help="length of each latency run (default 20)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds at the start of a latency run not counted")
+    p.add_argument("--trees", type=int, default=200, help="trees per synthetic booster (depth 6; default 200)")
+    p.add_argument("--batch-max-events", type=int, default=None, help="override batch.max_events")
+    p.add_argument("--batch-max-wait-ms", type=int, default=None, help="override batch.max_wait_ms")
+    p.add_argument("--commit-interval-ms", type=int, default=None, help="override runtime.commit_interval_ms")
+    p.add_argument("--skip", default="", help=f"comma-separated runs to skip: {', '.join(RUNS)}")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="where to write the JSON report (default: out/bench/bench-<run id>.json)")
+    p.add_argument("--keep-topics", action="store_true", help="keep the bench's topics and groups afterwards")
+    p.set_defaults(func=run)
+
+
+def _broker(settings, given: bool):
+    """(broker we started or None, broker pid if local and ours, broker version). Starts one when allowed."""
+    from ..errors import BrokerError
+    from ..kafka.local import LocalBroker, answers_metadata
+
+    boot = settings.kafka.bootstrap_servers
+    host, _, port = boot.split(",")[0].rpartition(":")
+    local = host in ("127.0.0.1", "localhost") and port.isdigit()
+    started = None
+    if not answers_metadata(boot, timeout=5.0):
+        if given or not local:
+            raise BrokerError(f"no Kafka broker answers at {boot}")
+        print(f"no broker answers at {boot}: starting a local one for the bench", file=sys.stderr)
+        started = LocalBroker(int(port))
+        started.start()
+    if local:
+        st = LocalBroker(int(port)).status()
+        return started, st.pid, st.version
+    return started, None, None
+
+
+def _delete(settings, topics: list[str], groups: list[str]) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    from ..kafka.clients import admin_config
+
+    admin = AdminClient(admin_config(settings))
+    for name, fut in (admin.delete_topics(topics, operation_timeout=30) if topics else {}).items():
+        try:
+            fut.result(timeout=60)
+        except Exception as e:  # noqa: BLE001 - cleanup is best effort, and says what it left
+            logger.warning("could not delete topic %s: %s", name, e)
+    if groups:
+        try:
+            for fut in admin.delete_consumer_groups(groups, request_timeout=30).values():
+                try:
+                    fut.result(timeout=60)
+                except Exception as e:  # noqa: BLE001 - a group that never committed does not exist
+                    logger.debug("consumer group not deleted: %s", e)
+        except Exception as e:  # noqa: BLE001
+            logger.warning("could not delete consumer groups: %s", e)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench.load import (
+        INTENTS,
+        SWAP_INTENT,
+        TENANTS,
+        EventFactory,
+        ModelSpec,
+        preproduce,
+        train_and_publish,
+    )
+    from ..bench.report import (
+        add_ratios,
+        evaluate_targets,
+        format_report,
+        machine_info,
+        versions_info,
+        write_json,
+    )
+    from ..bench.runs import BenchContext, latency_run, throughput_run
+    from ..config import Settings, load_settings
+    from ..errors import ConfigError, MuseError
+    from ..kafka.topics import COMPACTED, TopicSpec
+    from ..tenants import put_tenants
+
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if skip - set(RUNS):
+        raise ConfigError(f"--skip: unknown run(s) {sorted(skip - set(RUNS))}; known: {', '.join(RUNS)}")
+    if args.events < 1 or args.partitions < 1 or args.workers < 1 or args.rate <= 0 or args.latency_seconds <= 0:
+        raise ConfigError("--events, --partitions, --workers, --rate and --latency-seconds must be positive")
+    if args.warmup >= args.latency_seconds:
+        raise ConfigError("--warmup must be shorter than --latency-seconds")
+    loaded = load_settings(args.config, bootstrap=args.bootstrap)
+    given = bool(args.bootstrap or os.environ.get("MUSE_BOOTSTRAP") or args.config)
+    started_at = datetime.now(UTC)
+    t_begin = time.monotonic()
+    run_id = started_at.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
+    prefix = f"bench.{run_id}."
+    json_path = args.json or os.path.join("out", "bench", f"bench-{run_id}.json")
+
+    data = loaded.model_dump()
+    data["tenants"] = [t.model_dump() for t in TENANTS]
+    data["intents"] = [{"name": i} for i in INTENTS]
+    data["topics"].update(events=f"{prefix}in", events_partitions=args.partitions, models=f"{prefix}models",
+                          tenants=f"{prefix}tenants", deadletter=f"{prefix}setup.deadletter",
+                          decisions_prefix=f"{prefix}setup.decisions.", shadow_prefix=f"{prefix}setup.shadow.")
+    data["runtime"].update(group_id=f"{prefix}setup", transactional_id_prefix=prefix.rstrip("."))
+    if args.batch_max_events is not None:
+        data["batch"]["max_events"] = args.batch_max_events
+    if args.batch_max_wait_ms is not None:
+        data["batch"]["max_wait_ms"] = args.batch_max_wait_ms
+    if args.commit_interval_ms is not None:
+        data["runtime"]["commit_interval_ms"] = args.commit_interval_ms
+    try:
+        base = Settings.model_validate(data)
+    except ValueError as e:
+        raise ConfigError(f"bench settings: {e}") from None
+
+    started, broker_pid, broker_version = _broker(base, given)
+    factory = EventFactory()
+    ctx = BenchContext(base=base, prefix=prefix, input_topic=base.topics.events, events=args.events,
+                       partitions=args.partitions, factory=factory, broker_pid=broker_pid, verbose=args.verbose)
+    report: dict = {
+        "schema": "muse-stream-bench/1", "run_id": run_id, "started_at": started_at.isoformat(),
+        "command": ["muse-stream", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith("muse-stream") else None,
+        "arguments": {k: v for k, v in vars(args).items() if k != "func"},
+        "machine": machine_info(), "versions": versions_info(broker_version),
+        "parameters": {
+            "events": args.events, "partitions": args.partitions, "workers": args.workers,
+            "offered_rate": args.rate, "latency_seconds": args.latency_seconds, "warmup_s": args.warmup,
+            "bootstrap": base.kafka.bootstrap_servers, "broker_started_by_bench": started is not None,
+            "batch_max_events": base.batch.max_events, "batch_max_wait_ms": base.batch.max_wait_ms,
+            "commit_interval_ms": base.runtime.commit_interval_ms,
+            "transaction_timeout_ms": base.runtime.transaction_timeout_ms,
+            "decisions_partitions": base.topics.decisions_partitions, "offered_load_producer_linger_ms": 1,
+            "tenants": [t.tenant_id for t in TENANTS], "intents": list(INTENTS), "features": 30, "models": [],
+            "skipped": sorted(skip),
+        },
+        "throughput": [], "latency": [], "swap": None, "errors": [],
+    }
+    groups: list[str] = []
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        ctx.create(base, [TopicSpec(base.topics.models, 1, COMPACTED), TopicSpec(base.topics.tenants, 1, COMPACTED),
+                          TopicSpec(base.topics.events, args.partitions)])
+        put_tenants(base, list(TENANTS))
+        say(f"bench {run_id}: training and publishing the models ({args.trees} trees, depth 6)")
+        specs = [ModelSpec("card_fraud", seed=1, rounds=args.trees, shift=0.0),
+                 ModelSpec("account_takeover", seed=2, rounds=args.trees, shift=0.0)]
+        for spec in specs:
+            report["parameters"]["models"].append(train_and_publish(base, spec, activate=True))
+        swap_spec = ModelSpec(SWAP_INTENT, seed=3, rounds=args.trees, shift=0.5)
+        report["parameters"]["models"].append(train_and_publish(base, swap_spec, activate=False))
+        swap_version = int(report["parameters"]["models"][-1]["model"].rsplit("@", 1)[1])
+        say(f"pre-producing {args.events:,} events into {base.topics.events} ({args.partitions} partitions)")
+        report["load"] = preproduce(base, base.topics.events, args.events, factory)
+        say(f"  {report['load']['events_per_s']:,} events/s, {report['load']['mean_event_bytes']} bytes each")
+
+        tp_timeout = max(300.0, args.events / 2000.0)
+        plan = []
+        if "ceiling" not in skip:
+            plan.append(("ceiling", "ceiling", 1, "exactly-once"))
+        if "runtime" not in skip:
+            plan.append(("runtime-eos-1", "runtime", 1, "exactly-once"))
+        if "runtime-w" not in skip and args.workers > 1:
+            if "ceiling" not in skip:
+                plan.append((f"ceiling-{args.workers}", "ceiling", args.workers, "exactly-once"))
+            plan.append((f"runtime-eos-{args.workers}", "runtime", args.workers, "exactly-once"))
+        if "runtime-alo" not in skip:
+            plan.append(("runtime-alo-1", "runtime", 1, "at-least-once"))
+        for name, kind, w, guarantee in plan:
+            say(f"run {name}: {kind}, {w} worker(s), {guarantee}")
+            groups.append(f"{prefix}{name}")
+            try:
+                r = throughput_run(ctx, name, kind=kind, workers=w, guarantee=guarantee, timeout=tp_timeout)
+                say(f"  {r['events_per_s']:,} events/s; check: {'ok' if r['check']['exactly_once'] else r['check']}")
+            except MuseError as e:
+                r = {"run": name, "kind": kind, "workers": w, "guarantee": guarantee, "error": str(e)}
+                report["errors"].append(f"{name}: {e}")
+                say(f"  failed: {e}")
+            report["throughput"].append(r)
+        add_ratios(report["throughput"])
+
+        lat_plan = []
+        if "latency" not in skip:
+            lat_plan += [("latency-eos", "exactly-once", None), ("latency-alo", "at-least-once", None)]
+        if "swap" not in skip:
+            lat_plan.append(("swap", "exactly-once", max(args.warmup + 1.0, args.latency_seconds * 0.4)))
+        for name, guarantee, swap_at in lat_plan:
+            say(f"run {name}: {guarantee}, {args.rate:g} events/s offered for {args.latency_seconds:g} s")
+            groups.append(f"{prefix}{name}")
+            try:
+                r = latency_run(ctx, name, guarantee=guarantee, rate=args.rate, seconds=args.latency_seconds,
+                                warmup=args.warmup, swap_at=swap_at, swap_version=swap_version)
+                say(f"  p99 {r['latency_ms']['p99']} ms; check: {'ok' if r['check']['exactly_once'] else r['check']}")
+            except MuseError as e:
+                r = {"run": name, "guarantee": guarantee, "error": str(e)}
+                report["errors"].append(f"{name}: {e}")
+                say(f"  failed: {e}")
+            if name == "swap":
+                report["swap"] = r
+            else:
+                report["latency"].append(r)
+    except KeyboardInterrupt:
+        report["errors"].append("interrupted")
+        raise
+    finally:
+        report["targets"] = evaluate_targets(report)
+        report["duration_s"] = round(time.monotonic() - t_begin, 1)
+        report["finished_at"] = datetime.now(UTC).isoformat()
+        checks = [r.get("check", {}).get("exactly_once") for r in
+                  [*report["throughput"], *report["latency"], *([report["swap"]] if report["swap"] else [])]]
+        report["ok"] = not report["errors"] and bool(checks) and all(c is True for c in checks)
+        path = write_json(report, json_path)
+        if not args.keep_topics:
+            try:
+                _delete(base, ctx.topics, groups)
+            except Exception as e:  # noqa: BLE001 - never hide the run's own outcome behind cleanup
+                logger.warning("could not delete the bench topics (%s*): %s", prefix, e)
+        if started is not None:
+            started.stop()
+    print(format_report(report))
+    print(f"JSON report: {path}")
+    return 0 if report["ok"] else 1
