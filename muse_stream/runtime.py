@@ -93,14 +93,20 @@ class Worker:
     def _make_clients(self) -> None:
         s = self.settings
         if self.exactly_once:
-            self.producer = Producer(producer_config(s, transactional_id=transactional_id(s, self.slot)))
+            self.producer = Producer(producer_config(s, transactional_id=transactional_id(s, self.slot),
+                                                     **{"linger.ms": 1}))
             call_with_retry("init_transactions", self.producer.init_transactions, 60)
         else:
-            self.producer = Producer(producer_config(s, on_delivery=self._on_delivery))
+            self.producer = Producer(producer_config(s, on_delivery=self._on_delivery, **{"linger.ms": 1}))
         self.consumer = Consumer(consumer_config(
             s, group_id=s.runtime.group_id,
-            # Batches come from one consume() call; let librdkafka prefetch enough for the next one.
-            **{"queued.min.messages": max(10000, 2 * s.batch.max_events), "fetch.wait.max.ms": 50},
+            # Prefetch enough for the next batch, but cap the queue: the 64 MiB fetch sizes are for model
+            # records, and on the input topic they cost ~250 MB of RSS for nothing. The short queue backoff
+            # keeps a capped queue from starving the loop (librdkafka waits 1 s by default).
+            **{"queued.min.messages": max(10000, 2 * s.batch.max_events), "fetch.wait.max.ms": 50,
+               "queued.max.messages.kbytes": 16384, "fetch.max.bytes": 4 * 1024 * 1024,
+               "max.partition.fetch.bytes": max(4 * 1024 * 1024, s.runtime.max_event_bytes + 1024),
+               "fetch.queue.backoff.ms": 10},
         ))
         self.consumer.subscribe(self.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
@@ -275,7 +281,7 @@ class Worker:
             while not self.stop_event.is_set():
                 self._refresh()
                 self.telemetry.poll_start()
-                msgs = self.consumer.consume(max_events, wait)
+                msgs = self._next_batch(max_events, wait)
                 try:
                     if msgs:
                         msgs = self._drop_errors(msgs)
@@ -308,6 +314,19 @@ class Worker:
             self.ready = False
             self._close()
             self.telemetry.close()
+
+    def _next_batch(self, max_events: int, wait: float) -> list:
+        """Wait (up to `wait`) for the first message only, then take whatever else is already queued.
+
+        Under load the queue holds a whole batch, so batches stay full; at a low rate an event is scored as
+        soon as it arrives instead of waiting out batch.max_wait_ms for a batch that will not fill.
+        """
+        first = self.consumer.poll(wait)
+        if first is None:
+            return []
+        if max_events == 1:
+            return [first]
+        return [first, *self.consumer.consume(max_events - 1, 0)]
 
     def _drop_errors(self, msgs: list) -> list:
         ok = []
