@@ -80,7 +80,7 @@ class Worker:
         self._batch_hook = batch_hook  # called with (output, n_in) after each batch; telemetry uses it
         self._in_txn = False
         self._txn_started = 0.0
-        self._pending_offsets: dict[tuple[str, int], int] = {}
+        self._uncommitted = False  # consumed messages whose offsets are not yet committed
         self._known_topics: set[str] = set()
         self._delivery_error: KafkaError | None = None
         self._fatal = False  # after a fatal error the producer is unusable: no commit, abort or flush on the way out
@@ -202,7 +202,10 @@ class Worker:
         self.producer.poll(0)
 
     def _offsets(self) -> list[TopicPartition]:
-        return [TopicPartition(t, p, o) for (t, p), o in self._pending_offsets.items()]
+        """The next offsets to read: the consumer's positions, which stand just after the last message it
+        returned. Every returned message has been processed (and its outputs produced) before a commit, so
+        these are last processed + 1, read in one call instead of tracked per message."""
+        return [tp for tp in self.consumer.position(self.consumer.assignment()) if tp.offset >= 0]
 
     def _commit(self) -> None:
         if self._fatal:
@@ -214,7 +217,7 @@ class Worker:
             commit_transaction(self.producer, self._offsets(), self.consumer.consumer_group_metadata())
             self._in_txn = False
         else:
-            if not self._pending_offsets:
+            if not self._uncommitted:
                 return
             # At-least-once: every output is delivered before its input's offset is committed.
             if self.producer.flush(30) != 0:
@@ -226,7 +229,7 @@ class Worker:
                 self.consumer.commit(offsets=self._offsets(), asynchronous=False)
             except KafkaException as e:
                 raise AbortRequired(f"offset commit failed: {e.args[0].str()}") from None
-        self._pending_offsets.clear()
+        self._uncommitted = False
         self.stats.commits += 1
         self.telemetry.on_commit(t_commit)
 
@@ -238,7 +241,7 @@ class Worker:
             except AbortRequired as e:
                 raise FatalKafkaError(f"abort failed: {e}") from None
             self._in_txn = False
-        self._pending_offsets.clear()
+        self._uncommitted = False
         self.stats.aborts += 1
         self.telemetry.on_abort()
         if rewind:
@@ -259,7 +262,7 @@ class Worker:
         shadow = self.shadow.records(out)  # at most one more booster call per intent, in the same transaction
         t_scored = time.perf_counter_ns()
         self._produce(out, shadow)
-        self._pending_offsets.update(out.offsets)
+        self._uncommitted = True
         self.stats.add(out, len(msgs))
         self.telemetry.on_batch(out, msgs, t_score, t_scored)
         if self._batch_hook is not None:
