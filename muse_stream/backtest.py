@@ -273,7 +273,7 @@ def summary_markdown(res: dict) -> str:
     if any("labels" in b for t in res["tenants"] for b in t["bands"]):
         lines += ["", "| tenant | band | recall inc | recall cand | recall cand @ equal rate | precision inc | "
                   "precision cand |", "|---|---|---:|---:|---:|---:|---:|"]
-        f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        f = lambda v: "-" if v is None else f"{v:.3f}"
         for t in res["tenants"]:
             for b in t["bands"]:
                 lab = b.get("labels")

@@ -109,7 +109,7 @@ class TenantConfig(_Frozen):
         return None if v is None else _check_topic(v)
 
     @model_validator(mode="after")
-    def _default(self) -> "TenantConfig":
+    def _default(self) -> TenantConfig:
         if self.default_intent is not None and self.default_intent not in self.intents:
             raise ValueError(f"default_intent {self.default_intent!r} is not among intents {list(self.intents)}")
         for intent in self.pinned_versions:
@@ -181,7 +181,7 @@ class Settings(_Frozen):
     tenants: tuple[TenantConfig, ...] = ()
 
     @model_validator(mode="after")
-    def _unique(self) -> "Settings":
+    def _unique(self) -> Settings:
         ids = [t.tenant_id for t in self.tenants]
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
@@ -196,7 +196,7 @@ class Settings(_Frozen):
     def output_topic(self, tenant: TenantConfig) -> str:
         return tenant.output_topic or self.topics.decisions_topic(tenant.tenant_id)
 
-    def with_overrides(self, **sections: dict) -> "Settings":
+    def with_overrides(self, **sections: dict) -> Settings:
         """A copy with some fields of some sections replaced, validated again."""
         data = self.model_dump()
         for section, values in sections.items():

@@ -111,7 +111,7 @@ def publish_from_files(settings: Settings, *, intent: str, booster_path: str | P
     order = np.argsort(raw, kind="stable")
     if np.any(np.diff(new_scores[order]) < -1e-12) and tenant_ids is None:
         raise TransformError("the fitted transform is not monotone; nothing was published")
-    metadata = {"calibration_file": Path(calibration_path).name, "calibration_events": int(len(x)),
+    metadata = {"calibration_file": Path(calibration_path).name, "calibration_events": len(x),
                 "aligned_to": incumbent.name if incumbent_scores is not None else None,
                 "negative_sampling_rate": negative_sampling_rate, "train_prevalence": train_prevalence,
                 "prod_prevalence": prod_prevalence}
@@ -173,7 +173,7 @@ def publish_from_shadow(settings: Settings, *, intent: str, version: int, window
     # Refit with the same posterior correction the version was published with.
     prior = {k: rec.transform.get("correction", {}).get(k)
              for k in ("negative_sampling_rate", "train_prevalence", "prod_prevalence")}
-    st, reference = fit_score_transform(
+    st, _ = fit_score_transform(
         win["shadow_raw"], reference=ReferenceDistribution.from_dict(ref_rec.reference),
         incumbent_ref_scores=win["incumbent"], tenant_ids=win["tenants"], min_tenant_events=min_tenant_events,
         **prior)

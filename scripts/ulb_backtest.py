@@ -39,7 +39,14 @@ from muse_stream.modelstore import publish
 from muse_stream.runtime import Worker
 from muse_stream.tenants import put_tenants
 from muse_stream.transform import fit_score_transform
-from muse_stream.ulb_models import DEFAULT_WINDOWS, MODEL_FEATURES, model_matrix, score, train_retrained, window_mask
+from muse_stream.ulb_models import (
+    DEFAULT_WINDOWS,
+    MODEL_FEATURES,
+    model_matrix,
+    score,
+    train_retrained,
+    window_mask,
+)
 
 
 def produce_rows(settings: Settings, ulb, rows: np.ndarray, tenants: list[str]) -> int:

@@ -55,3 +55,15 @@ def settings_for(bootstrap: str):
         return base.with_overrides(**sections)
 
     return make
+
+
+@pytest.fixture
+def stack(settings_for, unique) -> Settings:
+    """Settings with the test's own topics created and its tenants seeded on the tenants topic."""
+    from muse_stream.kafka.topics import ensure_all
+    from muse_stream.tenants import seed_tenants
+
+    s = settings_for(unique)
+    ensure_all(s)
+    seed_tenants(s)
+    return s

@@ -12,25 +12,15 @@ from muse_stream.backtest import matrix, run_backtest, served
 from muse_stream.cli import main
 from muse_stream.errors import MuseError
 from muse_stream.kafka.ranges import Bound
-from muse_stream.kafka.topics import ensure_all
 from muse_stream.modelstore import read_models
 from muse_stream.registry import load_version
 from muse_stream.replay import run_replay
-from muse_stream.tenants import seed_tenants
 
 from .helpers import TopicReader, decision_topics, event, produce, publish_model, train_booster, write_config
 from .test_runtime import ThreadWorker
 
 pytestmark = pytest.mark.kafka
 T0 = 1_700_000_000_000
-
-
-@pytest.fixture
-def stack(settings_for, unique):
-    s = settings_for(unique)
-    ensure_all(s)
-    seed_tenants(s)
-    return s
 
 
 def test_backtest_rates_match_rates_computed_from_the_events(stack, tmp_path):
@@ -65,7 +55,7 @@ def test_backtest_rates_match_rates_computed_from_the_events(stack, tmp_path):
     # Same inputs, same numbers.
     again = run_backtest(s, intent="card_fraud", candidate=str(cand_path), start=Bound("start"), end=Bound("end"),
                          calibration_fraction=0.25)
-    strip = lambda r: {k: v for k, v in r.items() if k != "_arrays"}  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if k != "_arrays"}
     assert orjson.dumps(strip(again), option=orjson.OPT_SERIALIZE_NUMPY) == \
         orjson.dumps(strip(res), option=orjson.OPT_SERIALIZE_NUMPY)
 
@@ -141,7 +131,7 @@ def test_replay_equals_live_decisions_event_by_event(stack):
     reader = TopicReader(s, [t for t in res.topics if "decisions" in t])
     replayed = reader.until(lambda r: len(r) >= n)
     reader.close()
-    key = lambda m: orjson.loads(m.value())  # noqa: E731
+    key = lambda m: orjson.loads(m.value())
     a = {d["event_id"]: d for d in map(key, live)}
     b = {d["event_id"]: d for d in map(key, replayed)}
     assert a.keys() == b.keys()

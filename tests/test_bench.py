@@ -14,7 +14,7 @@ from muse_stream.bench.readers import _source_of
 from muse_stream.bench.report import add_ratios, evaluate_targets, format_report, table
 from muse_stream.bench.stats import latency_summary, per_thousand, percentile, versions_never_go_back
 from muse_stream.records import Event
-from muse_stream.scoring import _dump_each, _feature_matrix
+from muse_stream.scoring import _feature_matrix
 
 
 def test_percentile_is_nearest_rank():
@@ -74,22 +74,6 @@ def test_source_of_decision_and_dead_letter():
     headers = [("muse.source.topic", b"in"), ("muse.source.partition", b"1"), ("muse.source.offset", b"9")]
     assert _source_of(b"not json", headers) == ("in", 1, 9)
     assert _source_of(b'{"no": "source"}', None) is None
-
-
-def test_dump_each_is_byte_identical_to_one_dumps_each():
-    docs = [
-        {"event_id": 'a},{"event_id":"b', "score": 0.1234567890123, "source": {"topic": "t", "partition": 1}},
-        {"event_id": "\\", "score": 1e-300, "x": None},
-        {"event_id": "é\n\"", "score": -0.0, "band": "review"},
-    ]
-    assert _dump_each(docs) == [orjson.dumps(d) for d in docs]
-    assert _dump_each(docs[:1]) == [orjson.dumps(docs[0])]
-    assert _dump_each([]) == []
-    # A shape without event_id first falls back to one dumps each.
-    other = [{"id": 1, "event_id": "x"}, {"id": 2, "event_id": "y"}]
-    assert _dump_each(other) == [orjson.dumps(d) for d in other]
-    nested = [{"event_id": "a", "sub": [{"q": 1}, {"event_id": "z"}]}, {"event_id": "b"}]
-    assert _dump_each(nested) == [orjson.dumps(d) for d in nested]
 
 
 def test_feature_matrix_fast_path_and_missing_features():

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from muse_stream.config import DEFAULT_CONFIG, TenantConfig, load_settings
 from muse_stream.errors import ConfigError
@@ -10,7 +11,7 @@ def test_default_config_loads_and_is_frozen():
     s = load_settings(DEFAULT_CONFIG)
     assert s.topics.models == "muse.models"
     assert {t.tenant_id for t in s.tenants} >= {"cautious_bank", "lenient_shop"}
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         s.batch.max_events = 3  # type: ignore[misc]
 
 

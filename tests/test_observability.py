@@ -19,10 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from muse_stream.cli import main
 from muse_stream.kafka.clients import producer_config
 from muse_stream.kafka.local import free_port
-from muse_stream.kafka.topics import ensure_all
 from muse_stream.records import ActivationRecord, TimelineEntry, active_key, dump, version_key
 from muse_stream.scoring import BatchOutput
-from muse_stream.tenants import seed_tenants
 
 from .helpers import TopicReader, decision_topics, event, produce, publish_model, write_config
 from .test_runtime import ThreadWorker
@@ -44,14 +42,6 @@ BAD = [
     (b'{"event_id": "x", "tenant_id": "acme", "event_time": 1, "features": {"f0": 1e300}}',
      ("acme", "card_fraud", "value_too_large")),
 ]
-
-
-@pytest.fixture
-def stack(settings_for, unique):
-    s = settings_for(unique)
-    ensure_all(s)
-    seed_tenants(s)
-    return s
 
 
 def scrape(port: int) -> list:

@@ -10,24 +10,12 @@ from collections import Counter
 import orjson
 import pytest
 
-from muse_stream.kafka.topics import ensure_all
-from muse_stream.modelstore import activate, read_models
-from muse_stream.records import active_key, version_key
 from muse_stream.runtime import Worker
-from muse_stream.tenants import put_tenants, seed_tenants
 from muse_stream.workers import _child
 
 from .helpers import TopicReader, decision_topics, event, produce, publish_model, source_of
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-def stack(settings_for, unique):
-    s = settings_for(unique)
-    ensure_all(s)
-    seed_tenants(s)
-    return s
 
 
 class ThreadWorker:
@@ -131,7 +119,7 @@ def test_bad_input_goes_to_dead_letters_and_neighbours_are_scored(stack):
     assert len(recs) == len(values)
     offsets = Counter()
     for m in recs:
-        topic, part, off = source_of(m)
+        topic, _part, off = source_of(m)
         offsets[off] += 1
         if m.topic() == s.topics.deadletter:
             h = dict(m.headers())

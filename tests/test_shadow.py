@@ -6,24 +6,14 @@ import numpy as np
 import orjson
 import pytest
 
-from muse_stream.kafka.topics import ensure_all
 from muse_stream.lifecycle import parse_duration, publish_from_shadow
 from muse_stream.modelstore import read_models, set_shadow
 from muse_stream.shadow import shadow_topic
-from muse_stream.tenants import seed_tenants
 
 from .helpers import TopicReader, decision_topics, event, produce, publish_model
 from .test_runtime import ThreadWorker
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-def stack(settings_for, unique):
-    s = settings_for(unique)
-    ensure_all(s)
-    seed_tenants(s)
-    return s
 
 
 def test_shadow_scores_beside_the_active_version_and_publishes_from_its_window(stack):

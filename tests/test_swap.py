@@ -11,10 +11,8 @@ import pytest
 from confluent_kafka import Producer
 
 from muse_stream.kafka.clients import producer_config
-from muse_stream.kafka.topics import ensure_all
 from muse_stream.modelstore import activate, read_models
 from muse_stream.records import ActivationRecord, TimelineEntry, active_key, dump, version_key
-from muse_stream.tenants import seed_tenants
 
 from .helpers import TopicReader, decision_topics, event, produce, publish_model
 from .test_runtime import ThreadWorker
@@ -24,11 +22,8 @@ T0 = 1_700_000_000_000
 
 
 @pytest.fixture
-def stack(settings_for, unique):
-    s = settings_for(unique).with_overrides(batch={"max_events": 100})
-    ensure_all(s)
-    seed_tenants(s)
-    return s
+def stack(stack):
+    return stack.with_overrides(batch={"max_events": 100})
 
 
 def _decisions(recs):

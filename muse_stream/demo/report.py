@@ -46,7 +46,7 @@ def tenant_rows(decisions: list[dict], tenants: list[TenantConfig], old: str, ne
         mine = [d for d in decisions if d["tenant_id"] == t.tenant_id and d["intent"] == CARD]
         before = [d for d in mine if d["model_version"] == old]
         after = [d for d in mine if d["model_version"] == new]
-        rate = lambda ds: float(np.mean([d["band"] != "approve" for d in ds])) if ds else float("nan")  # noqa: E731
+        rate = lambda ds: float(np.mean([d["band"] != "approve" for d in ds])) if ds else float("nan")
         raw = float(np.mean([d["raw_score"] >= alert_thr for d in after])) if after else float("nan")
         rows.append(TenantRow(t.tenant_id, len(before), len(after), Counter(d["band"] for d in before),
                               Counter(d["band"] for d in after), rate(before), rate(after), raw))
@@ -69,7 +69,7 @@ def print_report(console, res: dict) -> list[TenantRow]:
                 "alert after", "ratio", "raw after", "raw ratio"):
         table.add_column(col, justify="left" if col.startswith(("tenant", "bands")) else "right")
     for r in rows:
-        fmt = lambda c: " ".join(f"{k}={v}" for k, v in sorted(c.items()) if k != "approve")  # noqa: E731
+        fmt = lambda c: " ".join(f"{k}={v}" for k, v in sorted(c.items()) if k != "approve")
         table.add_row(r.tenant_id, f"{r.events_before}/{r.events_after}", fmt(r.bands_before), fmt(r.bands_after),
                       f"{r.alert_before:.3%}", f"{r.alert_after:.3%}",
                       f"[{'green' if r.kept else 'red'}]{r.ratio:.2f}[/]", f"{r.raw_after:.3%}", f"{r.raw_ratio:.2f}")

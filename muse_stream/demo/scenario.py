@@ -81,7 +81,7 @@ def _matrix(ulb: ULB, features: list[str], rows: np.ndarray) -> np.ndarray:
 
 def tenants(card_ref: ReferenceDistribution) -> list[TenantConfig]:
     """Three risk appetites, as reference-scale thresholds for a share of the reference traffic."""
-    q = lambda top: round(float(card_ref.quantile([1.0 - top])[0]), 6)  # noqa: E731
+    q = lambda top: round(float(card_ref.quantile([1.0 - top])[0]), 6)
     return [
         TenantConfig(tenant_id="cautious_bank", intents=(CARD,), bands={"review": q(0.05), "decline": q(0.01)}),
         TenantConfig(tenant_id="balanced_pay", intents=(CARD, CNP), default_intent=CARD,

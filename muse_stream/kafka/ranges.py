@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 
@@ -43,7 +43,7 @@ def parse_bound(text: str | None, *, default: str) -> Bound:
     except ValueError:
         raise ConfigError(f"{text!r}: expected epoch ms, an ISO-8601 time, offset:N, start or end") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return Bound("time", int(dt.timestamp() * 1000))
 
 
