@@ -149,6 +149,8 @@ class DriftSettings(_Frozen):
 
 
 class TelemetrySettings(_Frozen):
+    # Off: no metrics, traces, drift or endpoint at all (the benchmark measures what they cost).
+    enabled: bool = True
     # Worker slot N serves /metrics, /healthz, /readyz and /status on metrics_port + N; 0 = no endpoint.
     metrics_port: int = Field(0, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"  # "0.0.0.0" to be scraped from other hosts

@@ -26,7 +26,7 @@ from .kafka.txn import AbortRequired, call_with_retry, commit_transaction
 from .registry import ModelRegistry
 from .scoring import BatchOutput, BatchScorer
 from .shadow import ShadowScorer, shadow_topic
-from .telemetry import Telemetry
+from .telemetry import NoTelemetry, Telemetry
 from .tenants import TenantRegistry
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,8 @@ class Worker:
         self._fatal = False  # after a fatal error the producer is unusable: no commit, abort or flush on the way out
         self.assigned = False
         self.ready = False
-        self.telemetry = Telemetry(self)  # metrics, traces, drift, health endpoint: per batch, never per event
+        # Metrics, traces, drift, health endpoint: per batch, never per event.
+        self.telemetry = Telemetry(self) if settings.telemetry.enabled else NoTelemetry()
 
     # ---- set-up ------------------------------------------------------------------------------
 

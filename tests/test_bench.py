@@ -157,7 +157,7 @@ def test_bench_end_to_end_small(bootstrap, tmp_path):
 
     out = tmp_path / "bench.json"
     code = main(["bench", "--bootstrap", bootstrap, "--events", "5000", "--trees", "20", "--rate", "1000",
-                 "--latency-seconds", "3", "--warmup", "1", "--skip", "runtime-w", "--json", str(out)])
+                 "--latency-seconds", "3", "--warmup", "1", "--skip", "runtime-w,no-telemetry", "--json", str(out)])
     report = orjson.loads(out.read_bytes())
     assert report["errors"] == []
     runs = [*report["throughput"], *report["latency"], report["swap"]]

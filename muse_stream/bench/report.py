@@ -74,7 +74,7 @@ def evaluate_targets(report: dict) -> list[dict]:
     """The issue's targets, each with its value and whether it is met (None: not measured)."""
     p = report["parameters"]
     tp, lat, swap = report.get("throughput", []), report.get("latency", []), report.get("swap") or {}
-    eos1 = _find(tp, kind="runtime", workers=1, guarantee="exactly-once") or {}
+    eos1 = _find(tp, run="runtime-eos-1") or _find(tp, kind="runtime", workers=1, guarantee="exactly-once") or {}
     alo = _find(lat, guarantee="at-least-once") or {}
     eosl = _find(lat, guarantee="exactly-once") or {}
     sw = swap.get("swap") or {}
@@ -100,6 +100,11 @@ def evaluate_targets(report: dict) -> list[dict]:
     swap_ok = None if v is None else (v <= 1000 and chk.get("exactly_once") is True
                                       and sw.get("older_version_after_newer") == 0)
     out.append(t("swap: activation -> first new decision ms, nothing lost or duplicated", v, "<= 1000", swap_ok))
+    off = _find(tp, run="runtime-eos-1-no-telemetry") or {}
+    on_rate, off_rate = eos1.get("events_per_s"), off.get("events_per_s")
+    v = round(1 - on_rate / off_rate, 3) if on_rate and off_rate else None
+    out.append(t("telemetry cost: 1 - events/s with it / without it (exactly-once, 1 worker)", v, "<= 0.05",
+                 None if v is None else v <= 0.05))
     v = max(rss) if rss else None
     out.append(t("peak RSS per worker MB (two intents loaded)", v, "<= 300", None if v is None else v <= 300))
     out.append(t("every run: each input exactly one output", all(checks) if checks else None, "true",

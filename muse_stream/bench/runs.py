@@ -38,12 +38,14 @@ class BenchContext:
     verbose: bool = False
     topics: list[str] = field(default_factory=list)  # created, to delete at the end
 
-    def settings_for(self, run: str, *, guarantee: str, input_topic: str | None = None) -> Settings:
+    def settings_for(self, run: str, *, guarantee: str, input_topic: str | None = None,
+                     telemetry: bool = True) -> Settings:
         p = f"{self.prefix}{run}"
         return self.base.with_overrides(
             topics={"events": input_topic or self.input_topic, "decisions_prefix": f"{p}.decisions.",
                     "deadletter": f"{p}.deadletter", "shadow_prefix": f"{p}.shadow."},
             runtime={"group_id": p, "transactional_id_prefix": p, "processing_guarantee": guarantee},
+            telemetry={"enabled": telemetry},
         )
 
     def create(self, settings: Settings, specs: list[TopicSpec]) -> None:
@@ -105,11 +107,12 @@ def _worker_figures(group: WorkerGroup) -> dict:
 
 
 def throughput_run(ctx: BenchContext, name: str, *, kind: str, workers: int, guarantee: str,
-                   timeout: float) -> dict:
+                   timeout: float, telemetry: bool = True) -> dict:
     """Workers read the pre-produced input from the start; the rate is taken from the visible outputs."""
-    s = ctx.settings_for(name, guarantee=guarantee)
+    s = ctx.settings_for(name, guarantee=guarantee, telemetry=telemetry)
     outs = _outputs(ctx, s)  # the ceiling writes into the same shape: one topic per tenant
-    result = {"run": name, "kind": kind, "workers": workers, "guarantee": guarantee, "events": ctx.events}
+    result = {"run": name, "kind": kind, "workers": workers, "guarantee": guarantee, "events": ctx.events,
+              "telemetry": telemetry}
     group = WorkerGroup(kind, s, workers, output_topics=outs, verbose=ctx.verbose)
     sampler = _Sampler(group, ctx.broker_pid)
     reader = ArrivalReader(s, [*outs, s.topics.deadletter], ctx.events, ready=group.stable_since,

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from ..cli import add_config_args
 
 logger = logging.getLogger(__name__)
-RUNS = ("ceiling", "runtime", "runtime-w", "runtime-alo", "latency", "swap")
+RUNS = ("ceiling", "runtime", "no-telemetry", "runtime-w", "runtime-alo", "latency", "swap")
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -187,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
             plan.append(("ceiling", "ceiling", 1, "exactly-once"))
         if "runtime" not in skip:
             plan.append(("runtime-eos-1", "runtime", 1, "exactly-once"))
+        if "no-telemetry" not in skip:
+            plan.append(("runtime-eos-1-no-telemetry", "runtime", 1, "exactly-once"))
         if "runtime-w" not in skip and args.workers > 1:
             if "ceiling" not in skip:
                 plan.append((f"ceiling-{args.workers}", "ceiling", args.workers, "exactly-once"))
@@ -197,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
             say(f"run {name}: {kind}, {w} worker(s), {guarantee}")
             groups.append(f"{prefix}{name}")
             try:
-                r = throughput_run(ctx, name, kind=kind, workers=w, guarantee=guarantee, timeout=tp_timeout)
+                r = throughput_run(ctx, name, kind=kind, workers=w, guarantee=guarantee, timeout=tp_timeout,
+                                   telemetry=not name.endswith("no-telemetry"))
                 say(f"  {r['events_per_s']:,} events/s; check: {'ok' if r['check']['exactly_once'] else r['check']}")
             except MuseError as e:
                 r = {"run": name, "kind": kind, "workers": w, "guarantee": guarantee, "error": str(e)}

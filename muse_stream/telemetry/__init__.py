@@ -3,4 +3,16 @@ score drift, health endpoints, and the data behind `muse-stream status`."""
 
 from .core import Telemetry, endpoint_port
 
-__all__ = ["Telemetry", "endpoint_port"]
+
+class NoTelemetry:
+    """What a worker uses when telemetry.enabled is false: every hook does nothing."""
+
+    def __getattr__(self, name: str):
+        return _nothing
+
+
+def _nothing(*args, **kwargs) -> None:
+    return None
+
+
+__all__ = ["NoTelemetry", "Telemetry", "endpoint_port"]
