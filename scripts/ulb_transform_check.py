@@ -27,6 +27,7 @@ import xgboost as xgb
 
 from muse_stream.datasets import ULB, load_ulb
 from muse_stream.errors import MuseError
+from muse_stream.evaluation import auc
 from muse_stream.transform import ReferenceDistribution, ScoreTransform, fit_score_transform
 from muse_stream.ulb_models import (
     DEFAULT_WINDOWS,
@@ -79,19 +80,6 @@ class Level:
     def passed(self) -> bool:
         raw_off = self.ratio_raw >= RAW_OFF_FACTOR or self.ratio_raw <= 1 / RAW_OFF_FACTOR
         return raw_off and RATIO_BAND[0] <= self.ratio_aligned <= RATIO_BAND[1]
-
-
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mann-Whitney AUC with mid-ranks for ties."""
-    order = np.argsort(scores, kind="stable")
-    s = scores[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    ends = np.r_[starts[1:], s.size]
-    ranks = np.empty(s.size)
-    ranks[order] = np.repeat(0.5 * (starts + ends - 1) + 1.0, ends - starts)
-    pos = labels == 1
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def window_scores(ulb: ULB, booster: xgb.Booster, window: tuple[float, float]) -> np.ndarray:

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from muse_stream.errors import NotFittedError, TransformError
+from muse_stream.evaluation import auc
 from muse_stream.transform import (
     PosteriorCorrection,
     QuantileMap,
@@ -23,19 +24,6 @@ THRESHOLD_LEVELS = np.array([0.95, 0.99, 0.995])
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
-
-
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mann-Whitney AUC from mid-ranks (ties count one half)."""
-    order = np.argsort(scores, kind="stable")
-    s = scores[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    ends = np.r_[starts[1:], s.size]
-    ranks = np.empty(s.size)
-    ranks[order] = np.repeat(0.5 * (starts + ends - 1) + 1.0, ends - starts)
-    pos = labels == 1
-    n_pos = int(pos.sum())
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (labels.size - n_pos)))
 
 
 def model_scores(
