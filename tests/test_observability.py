@@ -20,7 +20,6 @@ from muse_stream.cli import main
 from muse_stream.kafka.clients import producer_config
 from muse_stream.kafka.local import free_port
 from muse_stream.records import ActivationRecord, TimelineEntry, active_key, dump, version_key
-from muse_stream.scoring import BatchOutput
 
 from .helpers import TopicReader, decision_topics, event, produce, publish_model, write_config
 from .test_runtime import ThreadWorker
@@ -180,8 +179,6 @@ def test_scraped_counters_match_the_events_sent_and_the_version_gauge_follows_ac
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
 
 
-@pytest.mark.skipif("groups" not in BatchOutput.__dataclass_fields__,
-                    reason="needs BatchOutput.groups (per-group scores, bands and event times) from scoring.py")
 def test_alert_rates_band_counts_and_event_latency_match_the_decisions(stack):
     port = free_port()
     s = stack.with_overrides(telemetry={"metrics_port": port, "update_interval_s": 0.2})
