@@ -21,7 +21,7 @@ from .deadletter import headers as dead_headers
 from .errors import FatalKafkaError, KafkaOpError
 from .kafka.clients import consumer_config, producer_config
 from .kafka.table import TopicTable
-from .kafka.topics import TopicSpec, create_topics
+from .kafka.topics import TopicSpec, create_topics, existing_topics
 from .kafka.txn import AbortRequired, call_with_retry, commit_transaction
 from .registry import ModelRegistry
 from .scoring import BatchOutput, BatchScorer
@@ -93,6 +93,7 @@ class Worker:
 
     def _make_clients(self) -> None:
         s = self.settings
+        existing_topics(s, timeout=15)  # fail in seconds, with the address, when no cluster answers
         if self.exactly_once:
             self.producer = Producer(producer_config(s, transactional_id=transactional_id(s, self.slot),
                                                      **{"linger.ms": 1}))

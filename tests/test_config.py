@@ -74,3 +74,13 @@ def test_dump_toml_round_trips(tmp_path: Path):
     p = tmp_path / "out.toml"
     p.write_text(dump_toml(s))
     assert load_settings(p) == s
+
+
+def test_no_cluster_is_one_clear_line(tmp_path: Path, capsys):
+    from muse_stream.cli import main
+    from muse_stream.kafka.local import free_port
+
+    dead = f"127.0.0.1:{free_port()}"
+    assert main(["topics", "create", "--bootstrap", dead]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"muse-stream: error: cannot reach Kafka at {dead}: ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
@@ -52,6 +53,8 @@ def create_topics(admin_or_settings: AdminClient | Settings, specs: list[TopicSp
         try:
             fut.result(timeout=timeout)
             result[name] = "created"
+        except FuturesTimeout:
+            raise KafkaOpError(f"creating topic {name}: no answer from Kafka within {timeout:.0f}s") from None
         except KafkaException as e:
             err: KafkaError = e.args[0]
             if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
@@ -62,6 +65,7 @@ def create_topics(admin_or_settings: AdminClient | Settings, specs: list[TopicSp
 
 
 def ensure_all(settings: Settings, *, timeout: float = 30.0) -> dict[str, str]:
+    existing_topics(settings)  # a clear error, at once, when no cluster answers
     return create_topics(settings, planned_topics(settings), replication_factor=settings.topics.replication_factor,
                          timeout=timeout)
 
