@@ -36,6 +36,8 @@ class KafkaSettings(_Frozen):
 
 class TopicSettings(_Frozen):
     events: str = "muse.events"
+    # More input topics the workers read besides `events` (the group subscribes to all of them).
+    extra_inputs: tuple[str, ...] = ()
     events_partitions: int = Field(8, ge=1, le=10_000)
     models: str = "muse.models"
     tenants: str = "muse.tenants"
@@ -49,6 +51,15 @@ class TopicSettings(_Frozen):
     @classmethod
     def _topic(cls, v: str) -> str:
         return _check_topic(v)
+
+    @field_validator("extra_inputs")
+    @classmethod
+    def _inputs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_topic(t) for t in v)
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.events, *(t for t in self.extra_inputs if t != self.events)]
 
     def decisions_topic(self, tenant_id: str) -> str:
         return f"{self.decisions_prefix}{tenant_id}"

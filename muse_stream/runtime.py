@@ -69,7 +69,7 @@ class Worker:
         self.settings = settings
         self.slot = slot
         self.exactly_once = settings.runtime.processing_guarantee == "exactly-once"
-        self.input_topics = input_topics or [settings.topics.events]
+        self.input_topics = input_topics or settings.topics.inputs
         self.stop_event = stop or threading.Event()
         self.stats = WorkerStats()
         self.tenants = TenantRegistry(settings)

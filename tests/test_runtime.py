@@ -235,3 +235,24 @@ def _wait_for_members(settings, n, timeout=60.0):
             return
         time.sleep(0.3)
     raise AssertionError(f"group {gid} did not reach {n} members with partitions")
+
+
+def test_workers_read_every_input_topic(settings_for, unique):
+    from muse_stream.kafka.topics import ensure_all
+    from muse_stream.tenants import seed_tenants
+
+    s = settings_for(unique).with_overrides(topics={"extra_inputs": (f"t{unique}.events2",)})
+    ensure_all(s)
+    seed_tenants(s)
+    publish_model(s, "card_fraud", seed=1)
+    produce(s, [event(i, "acme") for i in range(100)])
+    produce(s, [event(i, "acme") for i in range(100, 250)], topic=f"t{unique}.events2")
+    w = ThreadWorker(s)
+    reader = TopicReader(s, decision_topics(s))
+    try:
+        recs = reader.until(lambda r: len(r) >= 250)
+    finally:
+        w.close()
+        reader.close()
+    by_topic = Counter(orjson.loads(m.value())["source"]["topic"] for m in recs)
+    assert by_topic == {s.topics.events: 100, f"t{unique}.events2": 150}

@@ -30,7 +30,7 @@ def planned_topics(settings: Settings) -> list[TopicSpec]:
     """Every topic the configuration names: input, compacted models and tenants, dead letters, decisions."""
     t = settings.topics
     specs = [
-        TopicSpec(t.events, t.events_partitions),
+        *(TopicSpec(name, t.events_partitions) for name in t.inputs),
         TopicSpec(t.models, 1, COMPACTED),
         TopicSpec(t.tenants, 1, COMPACTED),
         TopicSpec(t.deadletter, t.decisions_partitions),
