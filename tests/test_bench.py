@@ -152,11 +152,12 @@ def test_report_table_shows_every_figure():
 
 @pytest.mark.kafka
 def test_bench_end_to_end_small(bootstrap, tmp_path):
-    """A tiny bench against the test broker: every run completes and every count check passes."""
+    """A small bench against the test broker: every run completes and every count check passes (40,000
+    events, so even the ceiling spans several commits and can be timed)."""
     from muse_stream.cli import main
 
     out = tmp_path / "bench.json"
-    code = main(["bench", "--bootstrap", bootstrap, "--events", "5000", "--trees", "20", "--rate", "1000",
+    code = main(["bench", "--bootstrap", bootstrap, "--events", "40000", "--trees", "20", "--rate", "1000",
                  "--latency-seconds", "3", "--warmup", "1", "--skip", "runtime-w,no-telemetry", "--json", str(out)])
     report = orjson.loads(out.read_bytes())
     assert report["errors"] == []
@@ -165,7 +166,7 @@ def test_bench_end_to_end_small(bootstrap, tmp_path):
                                         "swap"]
     for r in runs:
         assert r["check"]["exactly_once"] is True, r
-    assert report["throughput"][0]["check"]["inputs"] == 5000
+    assert report["throughput"][0]["check"]["inputs"] == 40000
     assert report["swap"]["swap"]["older_version_after_newer"] == 0
     assert report["swap"]["swap"]["activation_to_first_new_decision_ms"] is not None
     assert report["machine"]["cores"] and report["versions"]["librdkafka"]
