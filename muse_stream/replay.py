@@ -16,7 +16,7 @@ from confluent_kafka import Producer
 from .config import Settings
 from .deadletter import headers as dead_headers
 from .errors import ConfigError, KafkaOpError
-from .kafka.clients import producer_config
+from .kafka.clients import produce_waiting, producer_config
 from .kafka.ranges import Bound, RangeReader
 from .kafka.topics import TopicSpec, create_topics, existing_topics
 from .modelstore import read_models
@@ -78,10 +78,10 @@ def run_replay(settings: Settings, *, start: Bound, end: Bound, run_id: str | No
         for batch in reader.batches(settings.batch.max_events):
             out = scorer.process(batch, int(time.time() * 1000))
             for topic, key, value in out.decisions:
-                _produce(producer, topic, value, key)
+                produce_waiting(producer, topic, value, key)
             for d in out.dead:
                 m = d.msg
-                _produce(producer, dead_topic, m.value(), m.key(),
+                produce_waiting(producer, dead_topic, m.value(), m.key(),
                          headers=dead_headers(d.reason, d.detail, m.topic(), m.partition(), m.offset()))
             n_in += len(batch)
             n_dec += len(out.decisions)
@@ -92,11 +92,3 @@ def run_replay(settings: Settings, *, start: Bound, end: Bound, run_id: str | No
         reader.close()
     return ReplayResult(run_id, n_in, n_dec, n_dead, topics, time.monotonic() - t0)
 
-
-def _produce(producer: Producer, topic: str, value: bytes, key: bytes, headers=None) -> None:
-    while True:
-        try:
-            producer.produce(topic, value, key, headers=headers)
-            return
-        except BufferError:
-            producer.poll(0.1)

@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from .config import Settings
 from .deadletter import headers as dead_headers
 from .errors import FatalKafkaError, KafkaOpError
-from .kafka.clients import consumer_config, producer_config
+from .kafka.clients import input_consumer_config, next_batch, produce_waiting, worker_producer_config
 from .kafka.table import TopicTable
 from .kafka.topics import TopicSpec, create_topics, existing_topics
 from .kafka.txn import AbortRequired, call_with_retry, commit_transaction
@@ -79,7 +79,6 @@ class Worker:
                                   max_event_bytes=settings.runtime.max_event_bytes, output_topic=output_topic)
         self._batch_hook = batch_hook  # called with (output, n_in) after each batch; telemetry uses it
         self._in_txn = False
-        self._txn_started = 0.0
         self._uncommitted = False  # consumed messages whose offsets are not yet committed
         self._known_topics: set[str] = set()
         self._delivery_error: KafkaError | None = None
@@ -95,21 +94,11 @@ class Worker:
         s = self.settings
         existing_topics(s, timeout=15)  # fail in seconds, with the address, when no cluster answers
         if self.exactly_once:
-            self.producer = Producer(producer_config(s, transactional_id=transactional_id(s, self.slot),
-                                                     **{"linger.ms": 1}))
+            self.producer = Producer(worker_producer_config(s, transactional_id=transactional_id(s, self.slot)))
             call_with_retry("init_transactions", self.producer.init_transactions, 60)
         else:
-            self.producer = Producer(producer_config(s, on_delivery=self._on_delivery, **{"linger.ms": 1}))
-        self.consumer = Consumer(consumer_config(
-            s, group_id=s.runtime.group_id,
-            # Prefetch enough for the next batch, but cap the queue: the 64 MiB fetch sizes are for model
-            # records, and on the input topic they cost ~250 MB of RSS for nothing. The short queue backoff
-            # keeps a capped queue from starving the loop (librdkafka waits 1 s by default).
-            **{"queued.min.messages": max(10000, 2 * s.batch.max_events), "fetch.wait.max.ms": 50,
-               "queued.max.messages.kbytes": 16384, "fetch.max.bytes": 4 * 1024 * 1024,
-               "max.partition.fetch.bytes": max(4 * 1024 * 1024, s.runtime.max_event_bytes + 1024),
-               "fetch.queue.backoff.ms": 10},
-        ))
+            self.producer = Producer(worker_producer_config(s, on_delivery=self._on_delivery))
+        self.consumer = Consumer(input_consumer_config(s))
         self.consumer.subscribe(self.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         self._models_table = TopicTable(s, s.topics.models)
@@ -189,18 +178,18 @@ class Worker:
     # ---- the transaction ---------------------------------------------------------------------
 
     def _produce(self, out: BatchOutput, extra: list = ()) -> None:
-        produce = self.producer.produce
+        producer = self.producer
+        produce = producer.produce
         for topic, key, value in itertools.chain(out.decisions, extra):
             try:
                 produce(topic, value, key)
-            except BufferError:
-                self.producer.poll(0.05)
-                produce(topic, value, key)
+            except BufferError:  # the client's queue is full: wait for room (a single retry could fail again)
+                produce_waiting(producer, topic, value, key)
         dl = self.settings.topics.deadletter
         for d in out.dead:
             m = d.msg
-            produce(dl, m.value(), m.key(),
-                    headers=dead_headers(d.reason, d.detail, m.topic(), m.partition(), m.offset()))
+            produce_waiting(producer, dl, m.value(), m.key(),
+                            dead_headers(d.reason, d.detail, m.topic(), m.partition(), m.offset()))
         self.producer.poll(0)
 
     def _offsets(self) -> list[TopicPartition]:
@@ -258,7 +247,6 @@ class Worker:
         if self.exactly_once and not self._in_txn:
             call_with_retry("begin_transaction", self.producer.begin_transaction)
             self._in_txn = True
-            self._txn_started = time.monotonic()
         t_score = time.perf_counter_ns()
         out = self.scorer.process(msgs, int(time.time() * 1000))
         shadow = self.shadow.records(out)  # at most one more booster call per intent, in the same transaction
@@ -286,7 +274,7 @@ class Worker:
             while not self.stop_event.is_set():
                 self._refresh()
                 self.telemetry.poll_start()
-                msgs = self._next_batch(max_events, wait)
+                msgs = next_batch(self.consumer, max_events, wait)
                 try:
                     if msgs:
                         msgs = self._drop_errors(msgs)
@@ -319,19 +307,6 @@ class Worker:
             self.ready = False
             self._close()
             self.telemetry.close()
-
-    def _next_batch(self, max_events: int, wait: float) -> list:
-        """Wait (up to `wait`) for the first message only, then take whatever else is already queued.
-
-        Under load the queue holds a whole batch, so batches stay full; at a low rate an event is scored as
-        soon as it arrives instead of waiting out batch.max_wait_ms for a batch that will not fill.
-        """
-        first = self.consumer.poll(wait)
-        if first is None:
-            return []
-        if max_events == 1:
-            return [first]
-        return [first, *self.consumer.consume(max_events - 1, 0)]
 
     def _drop_errors(self, msgs: list) -> list:
         ok = []

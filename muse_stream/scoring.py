@@ -65,7 +65,6 @@ class BatchOutput:
     dead: list[DeadLetter] = field(default_factory=list)
     # (tenant, intent, model name) -> count, for metrics and tests
     scored: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    models_used: set[str] = field(default_factory=set)
     groups: list[ScoredGroup] = field(default_factory=list)
     matrices: list[ScoredMatrix] = field(default_factory=list)
 
@@ -85,6 +84,9 @@ class _Route:
     intent: str = ""
     version: int | None = None  # fixed (pinned, or a timeline of one); else from `act` by event time
     act: object = None
+
+    def version_at(self, event_time: int) -> int:
+        return self.version if self.version is not None else self.act.version_for(event_time)
 
 
 class BatchScorer:
@@ -144,28 +146,11 @@ class BatchScorer:
             return
         if type(None) in types:  # JSON null: a missing value
             feats = {k: (_NAN if v is None else v) for k, v in feats.items()}
-        cfg = self.tenants.tenants.get(tid)
-        if cfg is None:
-            dead.append(DeadLetter(msg, Reason.UNKNOWN_TENANT, f"tenant {tid!r} is not registered"))
+        route = self._resolve(tid, intent)
+        if route.reason is not None:
+            dead.append(DeadLetter(msg, route.reason, route.detail))
             return
-        if cfg.suspended:
-            dead.append(DeadLetter(msg, Reason.TENANT_SUSPENDED, f"tenant {tid!r} is suspended"))
-            return
-        if intent is None:
-            intent = cfg.default_intent or (cfg.intents[0] if len(cfg.intents) == 1 else None)
-            if intent is None:
-                dead.append(DeadLetter(msg, Reason.MISSING_FIELD, f"no intent, and tenant {tid!r} has no default"))
-                return
-        elif intent not in cfg.intents:
-            dead.append(DeadLetter(msg, Reason.INTENT_NOT_ALLOWED, f"tenant {tid!r} may not use intent {intent!r}"))
-            return
-        version = cfg.pinned_versions.get(intent)
-        if version is None:
-            act = self.models.activations.get(intent)
-            if act is None:
-                dead.append(DeadLetter(msg, Reason.NO_ACTIVE_MODEL, f"intent {intent!r} has no active model"))
-                return
-            version = act.version if len(act.timeline) == 1 else act.version_for(et)
+        intent, version = route.intent, route.version_at(et)
         g = groups.get((intent, version))
         if g is None:
             try:
@@ -204,7 +189,6 @@ class BatchScorer:
         tenant_arr = np.array(g_tids, dtype=object)
         model_name = g.model.name
         intent = g.model.intent
-        out.models_used.add(model_name)
         for tid in dict.fromkeys(g_tids):
             mask = tenant_arr == tid
             if st.has_tenant_map(tid):
@@ -252,20 +236,22 @@ class BatchScorer:
     def _resolve(self, tid: str, intent: str | None) -> _Route:
         """Routing of a (tenant, intent) pair; the same for every event of the pair in a batch."""
         cfg = self.tenants.tenants.get(tid)
-        if cfg is None or cfg.suspended:
-            return _Route(Reason.UNKNOWN_TENANT if cfg is None else Reason.TENANT_SUSPENDED)
+        if cfg is None:
+            return _Route(Reason.UNKNOWN_TENANT, f"tenant {tid!r} is not registered")
+        if cfg.suspended:
+            return _Route(Reason.TENANT_SUSPENDED, f"tenant {tid!r} is suspended")
         if intent is None:
-            intent = cfg.default_intent or (cfg.intents[0] if len(cfg.intents) == 1 else None)
+            intent = cfg.resolve_intent(None)
             if intent is None:
-                return _Route(Reason.MISSING_FIELD)
+                return _Route(Reason.MISSING_FIELD, f"no intent, and tenant {tid!r} has no default")
         elif intent not in cfg.intents:
-            return _Route(Reason.INTENT_NOT_ALLOWED)
+            return _Route(Reason.INTENT_NOT_ALLOWED, f"tenant {tid!r} may not use intent {intent!r}")
         version = cfg.pinned_versions.get(intent)
         if version is not None:
             return _Route(intent=intent, version=version)
         act = self.models.activations.get(intent)
         if act is None:
-            return _Route(Reason.NO_ACTIVE_MODEL)
+            return _Route(Reason.NO_ACTIVE_MODEL, f"intent {intent!r} has no active model")
         return _Route(intent=intent, version=act.version if len(act.timeline) == 1 else None, act=act)
 
     def process(self, msgs: list, decided_at: int) -> BatchOutput:
@@ -302,8 +288,7 @@ class BatchScorer:
             if route.reason is not None:
                 self._route(msg, groups, out)
                 continue
-            version = route.version if route.version is not None else route.act.version_for(et)
-            g = groups.get((route.intent, version))
+            g = groups.get((route.intent, route.version_at(et)))
             if g is None:
                 self._route(msg, groups, out)  # loads the version, or dead-letters the event if it cannot
                 continue

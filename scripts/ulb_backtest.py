@@ -30,7 +30,7 @@ from muse_stream.backtest import run_backtest, summary_markdown, write_report
 from muse_stream.config import Settings, load_settings
 from muse_stream.datasets import load_ulb
 from muse_stream.demo import scenario
-from muse_stream.kafka.clients import producer_config
+from muse_stream.kafka.clients import produce_waiting, producer_config
 from muse_stream.kafka.local import LocalBroker, answers_metadata
 from muse_stream.kafka.ranges import Bound
 from muse_stream.kafka.topics import ensure_all
@@ -58,13 +58,8 @@ def produce_rows(settings: Settings, ulb, rows: np.ndarray, tenants: list[str]) 
         features = dict(zip(MODEL_FEATURES, f))
         for tid in tenants:
             eid = f"{tid}-{row}"
-            while True:
-                try:
-                    p.produce(settings.topics.events, orjson.dumps(
-                        {"event_id": eid, "tenant_id": tid, "event_time": t, "features": features}), eid.encode())
-                    break
-                except BufferError:
-                    p.poll(0.05)
+            produce_waiting(p, settings.topics.events, orjson.dumps(
+                {"event_id": eid, "tenant_id": tid, "event_time": t, "features": features}), eid.encode())
             n += 1
     assert p.flush(60) == 0
     return n

@@ -10,7 +10,7 @@ import xgboost as xgb
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from muse_stream.config import Settings, dump_toml
-from muse_stream.kafka.clients import consumer_config, producer_config
+from muse_stream.kafka.clients import consumer_config, produce_waiting, producer_config
 from muse_stream.modelstore import publish, read_models
 from muse_stream.transform import fit_score_transform
 
@@ -62,12 +62,7 @@ def produce(settings: Settings, values: list, *, topic: str | None = None, keys:
     for i, v in enumerate(values):
         raw = v if isinstance(v, bytes) else orjson.dumps(v)
         key = keys[i] if keys else str(i).encode()
-        while True:
-            try:
-                p.produce(topic, raw, key)
-                break
-            except BufferError:
-                p.poll(0.1)
+        produce_waiting(p, topic, raw, key)
     assert p.flush(30) == 0
 
 

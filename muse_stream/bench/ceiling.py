@@ -12,11 +12,11 @@ import logging
 import threading
 import time
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer
 
 from ..config import Settings
 from ..errors import FatalKafkaError
-from ..kafka.clients import consumer_config, producer_config
+from ..kafka.clients import input_consumer_config, next_batch, produce_waiting, worker_producer_config
 from ..kafka.txn import AbortRequired, call_with_retry, commit_transaction
 from ..runtime import transactional_id
 
@@ -36,7 +36,6 @@ class CeilingWorker:
         self.events_in = 0
         self.commits = 0
         self._in_txn = False
-        self._offsets: dict[tuple[str, int], int] = {}
 
     def _on_assign(self, consumer, partitions) -> None:
         self.assigned = True
@@ -47,30 +46,27 @@ class CeilingWorker:
     def _commit(self) -> None:
         if not self._in_txn:
             return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
+        # As the runtime: the consumer's positions, just after the last message it returned.
+        offsets = [tp for tp in self.consumer.position(self.consumer.assignment()) if tp.offset >= 0]
         commit_transaction(self.producer, offsets, self.consumer.consumer_group_metadata())
         self._in_txn = False
-        self._offsets.clear()
         self.commits += 1
 
     def run(self) -> None:
         s = self.settings
-        self.producer = Producer(producer_config(s, transactional_id=transactional_id(s, self.slot)))
+        # The runtime's own client settings and batching, so the only difference is the work per event.
+        self.producer = Producer(worker_producer_config(s, transactional_id=transactional_id(s, self.slot)))
         call_with_retry("init_transactions", self.producer.init_transactions, 60)
-        self.consumer = Consumer(consumer_config(
-            s, group_id=s.runtime.group_id,
-            **{"queued.min.messages": max(10000, 2 * s.batch.max_events), "fetch.wait.max.ms": 50},
-        ))
+        self.consumer = Consumer(input_consumer_config(s))
         self.consumer.subscribe([s.topics.events], on_assign=self._on_assign, on_revoke=self._on_revoke)
         max_events, wait = s.batch.max_events, s.batch.max_wait_ms / 1000.0
         interval = s.runtime.commit_interval_ms / 1000.0
         outs, n_out = self.outputs, len(self.outputs)
         produce, poll = self.producer.produce, self.producer.poll
-        offsets = self._offsets
         last_commit = time.monotonic()
         try:
             while not self.stop_event.is_set():
-                msgs = self.consumer.consume(max_events, wait)
+                msgs = next_batch(self.consumer, max_events, wait)
                 if msgs:
                     if not self._in_txn:
                         call_with_retry("begin_transaction", self.producer.begin_transaction)
@@ -86,10 +82,8 @@ class CeilingWorker:
                         part = m.partition()
                         try:
                             produce(outs[part % n_out], m.value(), m.key())
-                        except BufferError:
-                            poll(0.05)
-                            produce(outs[part % n_out], m.value(), m.key())
-                        offsets[(m.topic(), part)] = m.offset() + 1
+                        except BufferError:  # as the runtime does: wait for room
+                            produce_waiting(self.producer, outs[part % n_out], m.value(), m.key())
                     self.events_in += len(msgs)
                     poll(0)
                 if time.monotonic() - last_commit >= interval:

@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient
 
 from ..config import Settings, dump_toml, load_settings
 from ..errors import MuseError
-from ..kafka.clients import admin_config, consumer_config, producer_config
+from ..kafka.clients import admin_config, consumer_config, produce_waiting, producer_config
 from ..kafka.local import LocalBroker, answers_metadata
 from ..kafka.topics import ensure_all
 from ..modelstore import publish
@@ -135,12 +135,7 @@ class Workers:
 def _produce_day(producer: Producer, topic: str, events, rate: int, advance) -> int:
     n, start = 0, time.monotonic()
     for key, value in events:
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_waiting(producer, topic, value, key)
         n += 1
         if n % 1000 == 0:
             producer.poll(0)
