@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from .errors import MuseError
+from muse_stream.errors import MuseError
 
 # Each module defines add(subparsers), whose parsers set `func` (args -> exit code).
 COMMAND_MODULES = ["kafka", "topics", "run", "publish", "models", "demo", "bench", "backtest", "replay", "status"]
@@ -36,7 +36,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .logs import setup_logging
+    from muse_stream.logs import setup_logging
 
     # Tools speak through their own output; only the workers (`run`) log at INFO.
     setup_logging(verbose=args.verbose, level=logging.WARNING)

@@ -11,9 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from muse_stream.errors import ConfigError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "muse.toml"
+# Shipped inside the package, so an installed muse-stream runs from any folder; config/muse.toml links here.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "defaults" / "muse.toml"
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -63,6 +64,10 @@ class TopicSettings(_Frozen):
 
     def decisions_topic(self, tenant_id: str) -> str:
         return f"{self.decisions_prefix}{tenant_id}"
+
+    def shadow_topic(self, intent: str) -> str:
+        """Where shadow scores of an intent go: (incumbent score, shadow raw score) pairs, never to a tenant."""
+        return f"{self.shadow_prefix}{intent}"
 
 
 class BatchSettings(_Frozen):

@@ -9,10 +9,10 @@ import orjson
 from confluent_kafka import Producer
 from pydantic import ValidationError
 
-from .config import Settings, TenantConfig
-from .errors import KafkaOpError
-from .kafka.clients import producer_config
-from .kafka.table import TopicTable
+from muse_stream.config import Settings, TenantConfig
+from muse_stream.errors import KafkaOpError
+from muse_stream.kafka.clients import producer_config
+from muse_stream.kafka.table import TopicTable
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from muse_stream.bench.load import TENANTS, EventFactory, ModelSpec, preproduce,
 from muse_stream.config import Settings, load_settings
 from muse_stream.kafka.clients import consumer_config
 from muse_stream.kafka.topics import ensure_all
-from muse_stream.modelstore import read_models, set_shadow
-from muse_stream.scoring import BatchScorer
-from muse_stream.shadow import ShadowScorer
+from muse_stream.models.store import read_models, set_shadow
+from muse_stream.scoring.scorer import BatchScorer
+from muse_stream.scoring.shadow import ShadowScorer
 from muse_stream.tenants import TenantRegistry, put_tenants
 
 

@@ -26,20 +26,11 @@ import numpy as np
 import orjson
 from confluent_kafka import Producer
 
-from muse_stream.backtest import run_backtest, summary_markdown, write_report
+from muse_stream.analysis.backtest import run_backtest, summary_markdown, write_report
 from muse_stream.config import Settings, load_settings
-from muse_stream.datasets import load_ulb
 from muse_stream.demo import scenario
-from muse_stream.kafka.clients import produce_waiting, producer_config
-from muse_stream.kafka.local import LocalBroker, answers_metadata
-from muse_stream.kafka.ranges import Bound
-from muse_stream.kafka.topics import ensure_all
-from muse_stream.lifecycle import publish_from_shadow
-from muse_stream.modelstore import publish
-from muse_stream.runtime import Worker
-from muse_stream.tenants import put_tenants
-from muse_stream.transform import fit_score_transform
-from muse_stream.ulb_models import (
+from muse_stream.demo.datasets import load_ulb
+from muse_stream.demo.ulb_models import (
     DEFAULT_WINDOWS,
     MODEL_FEATURES,
     model_matrix,
@@ -47,6 +38,15 @@ from muse_stream.ulb_models import (
     train_retrained,
     window_mask,
 )
+from muse_stream.kafka.clients import produce_waiting, producer_config
+from muse_stream.kafka.local import LocalBroker, answers_metadata
+from muse_stream.kafka.ranges import Bound
+from muse_stream.kafka.topics import ensure_all
+from muse_stream.models.lifecycle import publish_from_shadow
+from muse_stream.models.store import publish
+from muse_stream.models.transform import fit_score_transform
+from muse_stream.tenants import put_tenants
+from muse_stream.worker.runtime import Worker
 
 
 def produce_rows(settings: Settings, ulb, rows: np.ndarray, tenants: list[str]) -> int:

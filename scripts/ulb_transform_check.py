@@ -25,11 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import xgboost as xgb
 
-from muse_stream.datasets import ULB, load_ulb
-from muse_stream.errors import MuseError
-from muse_stream.evaluation import auc
-from muse_stream.transform import ReferenceDistribution, ScoreTransform, fit_score_transform
-from muse_stream.ulb_models import (
+from muse_stream.analysis.evaluation import auc
+from muse_stream.demo.datasets import ULB, load_ulb
+from muse_stream.demo.ulb_models import (
     DEFAULT_WINDOWS,
     model_matrix,
     score,
@@ -37,6 +35,8 @@ from muse_stream.ulb_models import (
     train_retrained,
     window_mask,
 )
+from muse_stream.errors import MuseError
+from muse_stream.models.transform import ReferenceDistribution, ScoreTransform, fit_score_transform
 
 TOP_FRACTIONS = (0.005, 0.01, 0.05)
 RATIO_BAND = (0.9, 1.1)

@@ -14,11 +14,16 @@ import time
 
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from ..config import Settings
-from ..errors import FatalKafkaError
-from ..kafka.clients import input_consumer_config, next_batch, produce_waiting, worker_producer_config
-from ..kafka.txn import AbortRequired, call_with_retry, commit_transaction
-from ..runtime import transactional_id
+from muse_stream.config import Settings
+from muse_stream.errors import FatalKafkaError
+from muse_stream.kafka.checkpoint import AbortRequired, call_with_retry, commit_transaction
+from muse_stream.kafka.clients import (
+    input_consumer_config,
+    next_batch,
+    produce_waiting,
+    worker_producer_config,
+)
+from muse_stream.worker.runtime import transactional_id
 
 logger = logging.getLogger(__name__)
 

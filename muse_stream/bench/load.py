@@ -15,9 +15,9 @@ import numpy as np
 import orjson
 from confluent_kafka import Producer
 
-from ..config import Settings, TenantConfig
-from ..errors import KafkaOpError
-from ..kafka.clients import producer_config
+from muse_stream.config import Settings, TenantConfig
+from muse_stream.errors import KafkaOpError
+from muse_stream.kafka.clients import producer_config
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ def train_and_publish(settings: Settings, spec: ModelSpec, *, activate: bool, n_
     """Train a booster on synthetic data, fit its transform on fresh calibration rows, publish it."""
     import xgboost as xgb
 
-    from ..modelstore import publish, read_models
-    from ..transform import ReferenceDistribution, fit_score_transform
+    from muse_stream.models.store import publish, read_models
+    from muse_stream.models.transform import ReferenceDistribution, fit_score_transform
 
     t0 = time.monotonic()
     rng = np.random.default_rng(spec.seed)

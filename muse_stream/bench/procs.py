@@ -16,8 +16,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..config import Settings
-from ..errors import MuseError
+from muse_stream.config import Settings
+from muse_stream.errors import MuseError
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _worker_class():
     the loop before making it)."""
     name = os.environ.get("MUSE_BENCH_WORKER_CLASS")
     if not name:
-        from ..runtime import Worker
+        from muse_stream.worker.runtime import Worker
 
         return Worker
     import importlib
@@ -77,8 +77,8 @@ def _worker_class():
 
 
 def _child(kind: str, settings: Settings, slot: int, output_topics: list[str], gate, reports, verbose: bool) -> None:
-    from ..logs import setup_logging
-    from ..workers import _die_with_parent
+    from muse_stream.logs import setup_logging
+    from muse_stream.worker.supervisor import _die_with_parent
 
     _die_with_parent()
     setup_logging(verbose=verbose)
@@ -91,7 +91,7 @@ def _child(kind: str, settings: Settings, slot: int, output_topics: list[str], g
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     import xgboost  # noqa: F401 - imported before the gate, so import time is not counted as work
 
-    from .ceiling import CeilingWorker
+    from muse_stream.bench.ceiling import CeilingWorker
 
     reports.put(("imported", slot, os.getpid(), None))
     if not gate.wait(120):

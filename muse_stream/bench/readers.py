@@ -16,10 +16,10 @@ import numpy as np
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from ..config import Settings
-from ..errors import KafkaOpError
-from ..kafka.clients import consumer_config
-from .load import seq_of_key
+from muse_stream.bench.load import seq_of_key
+from muse_stream.config import Settings
+from muse_stream.errors import KafkaOpError
+from muse_stream.kafka.clients import consumer_config
 
 _READER_EXTRA = {"fetch.wait.max.ms": 10, "socket.nagle.disable": True}
 

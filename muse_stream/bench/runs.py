@@ -14,14 +14,14 @@ import numpy as np
 import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from ..config import Settings
-from ..errors import KafkaOpError, MuseError
-from ..kafka.clients import consumer_config, producer_config
-from ..kafka.topics import TopicSpec, create_topics
-from .load import SWAP_INTENT, EventFactory
-from .procs import BenchError, WorkerGroup, machine_busy_ticks, proc_cpu_seconds
-from .readers import ArrivalReader, LatencyReader, verify
-from .stats import latency_summary, per_thousand, versions_never_go_back
+from muse_stream.bench.load import SWAP_INTENT, EventFactory
+from muse_stream.bench.procs import BenchError, WorkerGroup, machine_busy_ticks, proc_cpu_seconds
+from muse_stream.bench.readers import ArrivalReader, LatencyReader, verify
+from muse_stream.bench.stats import latency_summary, per_thousand, versions_never_go_back
+from muse_stream.config import Settings
+from muse_stream.errors import KafkaOpError, MuseError
+from muse_stream.kafka.clients import consumer_config, producer_config
+from muse_stream.kafka.topics import TopicSpec, create_topics
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ def _paced_produce(ctx: BenchContext, s: Settings, topic: str, n: int, rate: flo
 
 
 def _swap(settings: Settings, version: int, into: dict) -> None:
-    from ..modelstore import activate
+    from muse_stream.models.store import activate
 
     try:
         t0 = time.time()

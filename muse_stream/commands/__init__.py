@@ -1,1 +1,2 @@
-"""One module per `muse-stream` sub-command; each defines add(subparsers)."""
+"""One module per `muse-stream` sub-command; each defines add(subparsers).
+May import anything."""

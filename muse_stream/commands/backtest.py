@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import add_config_args
+from muse_stream.cli import add_config_args
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -26,9 +26,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..backtest import run_backtest, summary_markdown, write_report
-    from ..config import load_settings
-    from ..kafka.ranges import parse_bound
+    from muse_stream.analysis.backtest import run_backtest, summary_markdown, write_report
+    from muse_stream.config import load_settings
+    from muse_stream.kafka.ranges import parse_bound
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
     start, end = parse_bound(args.start, default="start"), parse_bound(args.end, default="end")

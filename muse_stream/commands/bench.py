@@ -15,7 +15,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from ..cli import add_config_args
+from muse_stream.cli import add_config_args
 
 logger = logging.getLogger(__name__)
 RUNS = ("ceiling", "runtime", "no-telemetry", "runtime-w", "runtime-alo", "latency", "swap")
@@ -43,8 +43,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def _broker(settings, given: bool):
     """(broker we started or None, broker pid if local and ours, broker version). Starts one when allowed."""
-    from ..errors import BrokerError
-    from ..kafka.local import LocalBroker, answers_metadata
+    from muse_stream.errors import BrokerError
+    from muse_stream.kafka.local import LocalBroker, answers_metadata
 
     boot = settings.kafka.bootstrap_servers
     host, _, port = boot.split(",")[0].rpartition(":")
@@ -65,7 +65,7 @@ def _broker(settings, given: bool):
 def _delete(settings, topics: list[str], groups: list[str]) -> None:
     from confluent_kafka.admin import AdminClient
 
-    from ..kafka.clients import admin_config
+    from muse_stream.kafka.clients import admin_config
 
     admin = AdminClient(admin_config(settings))
     for name, fut in (admin.delete_topics(topics, operation_timeout=30) if topics else {}).items():
@@ -85,7 +85,7 @@ def _delete(settings, topics: list[str], groups: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench.load import (
+    from muse_stream.bench.load import (
         INTENTS,
         SWAP_INTENT,
         TENANTS,
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         preproduce,
         train_and_publish,
     )
-    from ..bench.report import (
+    from muse_stream.bench.report import (
         add_ratios,
         evaluate_targets,
         format_report,
@@ -102,11 +102,11 @@ def run(args: argparse.Namespace) -> int:
         versions_info,
         write_json,
     )
-    from ..bench.runs import BenchContext, latency_run, throughput_run
-    from ..config import Settings, load_settings
-    from ..errors import ConfigError, MuseError
-    from ..kafka.topics import COMPACTED, TopicSpec
-    from ..tenants import put_tenants
+    from muse_stream.bench.runs import BenchContext, latency_run, throughput_run
+    from muse_stream.config import Settings, load_settings
+    from muse_stream.errors import ConfigError, MuseError
+    from muse_stream.kafka.topics import COMPACTED, TopicSpec
+    from muse_stream.tenants import put_tenants
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if skip - set(RUNS):

@@ -24,9 +24,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..demo.report import RAW_FACTOR, plot, print_report
-    from ..demo.run import DemoOptions, run_demo
-    from ..errors import ConfigError
+    from muse_stream.demo.report import RAW_FACTOR, plot, print_report
+    from muse_stream.demo.run import DemoOptions, run_demo
+    from muse_stream.errors import ConfigError
 
     if args.workers < 1 or (args.events is not None and args.events < 10) or args.rate < 0:
         raise ConfigError("--workers must be >= 1, --events >= 10 and --rate >= 0")

@@ -13,7 +13,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..kafka.local import LocalBroker
+    from muse_stream.kafka.local import LocalBroker
 
     broker = LocalBroker(args.port)
     if args.action == "start":

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..cli import add_config_args
-from ..errors import ConfigError
+from muse_stream.cli import add_config_args
+from muse_stream.errors import ConfigError
 
 
 def parse_ref(ref: str, *, need_version: bool) -> tuple[str, int | None]:
@@ -31,8 +31,8 @@ def _when(ms: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import modelstore
-    from ..config import load_settings
+    from muse_stream.config import load_settings
+    from muse_stream.models import store as modelstore
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
     if args.action == "list":

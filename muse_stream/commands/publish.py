@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import add_config_args
+from muse_stream.cli import add_config_args
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -36,16 +36,16 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_settings
-    from ..errors import ConfigError
-    from ..lifecycle import publish_from_files
-    from ..tenants import read_tenants
+    from muse_stream.config import load_settings
+    from muse_stream.errors import ConfigError
+    from muse_stream.models.lifecycle import publish_from_files
+    from muse_stream.tenants import read_tenants
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
     tenants = list(read_tenants(settings).values()) or list(settings.tenants)
     if args.from_shadow:
-        from ..lifecycle import parse_duration, publish_from_shadow
-        from .models import parse_ref
+        from muse_stream.commands.models import parse_ref
+        from muse_stream.models.lifecycle import parse_duration, publish_from_shadow
 
         intent, ver = parse_ref(args.from_shadow, need_version=True)
         if args.booster or args.calibration or args.activate_at is not None or args.shadow:

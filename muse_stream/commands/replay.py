@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import add_config_args
+from muse_stream.cli import add_config_args
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -18,9 +18,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_settings
-    from ..kafka.ranges import parse_bound
-    from ..replay import run_replay
+    from muse_stream.analysis.replay import run_replay
+    from muse_stream.config import load_settings
+    from muse_stream.kafka.ranges import parse_bound
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
     res = run_replay(settings, start=parse_bound(args.start, default="start"), end=parse_bound(args.end, default="end"),

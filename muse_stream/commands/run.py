@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import add_config_args
+from muse_stream.cli import add_config_args
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -19,10 +19,10 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_settings
-    from ..errors import ConfigError
-    from ..logs import setup_logging
-    from ..workers import run_workers
+    from muse_stream.config import load_settings
+    from muse_stream.errors import ConfigError
+    from muse_stream.logs import setup_logging
+    from muse_stream.worker.supervisor import run_workers
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
     if args.guarantee:

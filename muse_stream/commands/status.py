@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import add_config_args
+from muse_stream.cli import add_config_args
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -36,9 +36,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import orjson
 
-    from ..config import load_settings
-    from ..errors import ConfigError
-    from ..telemetry.status import collect, render, worker_urls
+    from muse_stream.config import load_settings
+    from muse_stream.errors import ConfigError
+    from muse_stream.telemetry.status import collect, render, worker_urls
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
     workers = args.workers or settings.runtime.workers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import add_config_args
+from muse_stream.cli import add_config_args
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -15,9 +15,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_settings
-    from ..kafka.topics import ensure_all, planned_topics
-    from ..tenants import seed_tenants
+    from muse_stream.config import load_settings
+    from muse_stream.kafka.topics import ensure_all, planned_topics
+    from muse_stream.tenants import seed_tenants
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
     if args.action == "list":

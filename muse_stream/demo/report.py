@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import TenantConfig
-from .scenario import CARD, DAY_MS
+from muse_stream.config import TenantConfig
+from muse_stream.demo.scenario import CARD, DAY_MS
 
 RATIO_BAND = (0.9, 1.1)
 RAW_FACTOR = 2.0

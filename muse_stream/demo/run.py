@@ -17,14 +17,14 @@ import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from ..config import Settings, dump_toml, load_settings
-from ..errors import MuseError
-from ..kafka.clients import admin_config, consumer_config, produce_waiting, producer_config
-from ..kafka.local import LocalBroker, answers_metadata
-from ..kafka.topics import ensure_all
-from ..modelstore import publish
-from ..tenants import put_tenants
-from . import scenario
+from muse_stream.config import Settings, dump_toml, load_settings
+from muse_stream.demo import scenario
+from muse_stream.errors import MuseError
+from muse_stream.kafka.clients import admin_config, consumer_config, produce_waiting, producer_config
+from muse_stream.kafka.local import LocalBroker, answers_metadata
+from muse_stream.kafka.topics import ensure_all
+from muse_stream.models.store import publish
+from muse_stream.tenants import put_tenants
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def run_demo(opts: DemoOptions, console) -> dict:
     """Run the whole demo; return the figures the report prints (and the test checks)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..datasets import load_ulb
+    from muse_stream.demo.datasets import load_ulb
 
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     out_dir = opts.out_dir / f"demo-{run_id}"

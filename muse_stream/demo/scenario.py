@@ -13,10 +13,9 @@ import numpy as np
 import orjson
 import xgboost as xgb
 
-from ..config import TenantConfig
-from ..datasets import ULB
-from ..transform import ReferenceDistribution, ScoreTransform, fit_score_transform
-from ..ulb_models import (
+from muse_stream.config import TenantConfig
+from muse_stream.demo.datasets import ULB
+from muse_stream.demo.ulb_models import (
     DEFAULT_NEGATIVE_SAMPLING_RATE,
     DEFAULT_WINDOWS,
     MODEL_FEATURES,
@@ -26,6 +25,7 @@ from ..ulb_models import (
     train_retrained,
     window_mask,
 )
+from muse_stream.models.transform import ReferenceDistribution, ScoreTransform, fit_score_transform
 
 CARD = "card_fraud"
 CNP = "cnp_fraud"  # card-not-present: the second intent, with a model of its own

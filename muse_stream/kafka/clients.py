@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..config import Settings
+from muse_stream.config import Settings
 
 _rdlog = logging.getLogger("muse_stream.librdkafka")
 MAX_RECORD_BYTES = 64 * 1024 * 1024

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import orjson
 
-from ..errors import BrokerError
+from muse_stream.errors import BrokerError
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 
-from ..config import Settings
-from ..errors import ConfigError, KafkaOpError
-from .clients import reader_config
+from muse_stream.config import Settings
+from muse_stream.errors import ConfigError, KafkaOpError
+from muse_stream.kafka.clients import reader_config
 
 
 @dataclass(frozen=True)

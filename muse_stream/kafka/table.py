@@ -6,9 +6,9 @@ import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from ..config import Settings
-from ..errors import KafkaOpError
-from .clients import reader_config
+from muse_stream.config import Settings
+from muse_stream.errors import KafkaOpError
+from muse_stream.kafka.clients import reader_config
 
 
 class TopicTable:

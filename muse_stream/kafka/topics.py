@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from ..config import Settings
-from ..errors import KafkaOpError
-from .clients import MAX_RECORD_BYTES, admin_config
+from muse_stream.config import Settings
+from muse_stream.errors import KafkaOpError
+from muse_stream.kafka.clients import MAX_RECORD_BYTES, admin_config
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,10 @@
 """Observability: metrics (OpenTelemetry, served to Prometheus, optionally pushed over OTLP), batch traces,
-score drift, health endpoints, and the data behind `muse-stream status`."""
+score drift, health endpoints, and the data behind `muse-stream status`.
 
-from .core import Telemetry, endpoint_port
+May import: errors, config, kafka, models, tenants, scoring.
+"""
+
+from muse_stream.telemetry.core import Telemetry, endpoint_port
 
 
 class NoTelemetry:

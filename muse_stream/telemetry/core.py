@@ -17,14 +17,14 @@ import numpy as np
 import orjson
 from confluent_kafka import KafkaException, TopicPartition
 
-from ..deadletter import Reason
-from ..errors import ConfigError, MuseError
-from ..transform import ReferenceDistribution
-from .drift import DriftMonitor
-from .metrics import MetricsHub
-from .server import TelemetryServer
-from .tracing import BatchTracer
-from .windows import SlidingCounts
+from muse_stream.errors import ConfigError, MuseError
+from muse_stream.models.transform import ReferenceDistribution
+from muse_stream.scoring.deadletter import Reason
+from muse_stream.telemetry.drift import DriftMonitor
+from muse_stream.telemetry.metrics import MetricsHub
+from muse_stream.telemetry.server import TelemetryServer
+from muse_stream.telemetry.tracing import BatchTracer
+from muse_stream.telemetry.windows import SlidingCounts
 
 logger = logging.getLogger(__name__)
 

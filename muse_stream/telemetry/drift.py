@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import DriftSettings
-from ..transform import ReferenceDistribution
-from .windows import SlidingCounts
+from muse_stream.config import DriftSettings
+from muse_stream.models.transform import ReferenceDistribution
+from muse_stream.telemetry.windows import SlidingCounts
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
 
-from .histogram import BulkHistogram, ExtrasExporter, with_extras
+from muse_stream.telemetry.histogram import BulkHistogram, ExtrasExporter, with_extras
 
 logger = logging.getLogger(__name__)
 

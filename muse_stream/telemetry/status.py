@@ -14,10 +14,10 @@ import urllib.request
 import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from ..config import Settings
-from ..errors import MuseError
-from ..kafka.clients import consumer_config
-from .core import endpoint_port
+from muse_stream.config import Settings
+from muse_stream.errors import MuseError
+from muse_stream.kafka.clients import consumer_config
+from muse_stream.telemetry.core import endpoint_port
 
 
 def worker_urls(settings: Settings, *, workers: int, first_slot: int = 0) -> list[str]:
@@ -72,7 +72,7 @@ def group_lag(settings: Settings, timeout: float = 10.0) -> dict:
 
 
 def active_models(settings: Settings) -> dict:
-    from ..modelstore import read_models
+    from muse_stream.models.store import read_models
 
     try:
         reg = read_models(settings)

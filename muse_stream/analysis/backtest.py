@@ -1,0 +1,302 @@
+"""Backtesting a candidate model on a range of the input topic, against the incumbent that served it.
+
+The incumbent of each event is the version its activation timeline gives (activate_at included) or the
+tenant's pinned one. A candidate without a transform is fitted on the first part of the range, aligned to
+the incumbent on the same events, and judged on the rest. Everything is sorted by (event_time, partition,
+offset) first, so the same inputs give the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from muse_stream.analysis.evaluation import ks_distance, psi, wilson
+from muse_stream.config import Settings
+from muse_stream.errors import DataError, ModelError
+from muse_stream.kafka.ranges import Bound, RangeReader
+from muse_stream.models.lifecycle import load_booster
+from muse_stream.models.registry import LoadedModel, load_version
+from muse_stream.models.store import read_models
+from muse_stream.models.tabular import read_table
+from muse_stream.models.transform import ReferenceDistribution, ScoreTransform, fit_score_transform
+from muse_stream.tenants import read_tenants
+
+logger = logging.getLogger(__name__)
+_NUM = (int, float)
+
+
+@dataclass
+class RangeEvents:
+    event_ids: list[str] = field(default_factory=list)
+    tenants: list[str] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)
+    features: list[dict] = field(default_factory=list)
+    skipped: int = 0  # events of the range that are not of this intent or that the runtime would dead-letter
+
+
+def read_range_events(settings: Settings, intent: str, start: Bound, end: Bound, tenants: dict) -> RangeEvents:
+    reader = RangeReader(settings, settings.topics.events, start, end)
+    rows = []
+    skipped = 0
+    try:
+        for batch in reader.batches():
+            for m in batch:
+                try:
+                    ev = orjson.loads(m.value())
+                    tid, eid, et, feats = ev["tenant_id"], ev["event_id"], ev["event_time"], ev["features"]
+                    cfg = tenants[tid]
+                    it = cfg.resolve_intent(ev.get("intent"))
+                    ok = (it == intent and it in cfg.intents and not cfg.suspended and type(et) is int
+                          and isinstance(eid, str) and isinstance(feats, dict))
+                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    ok = False
+                if not ok:
+                    skipped += 1
+                    continue
+                rows.append((et, m.partition(), m.offset(), eid, tid, feats))
+    finally:
+        reader.close()
+    rows.sort(key=lambda r: r[:3])
+    out = RangeEvents(skipped=skipped)
+    for et, _, _, eid, tid, feats in rows:
+        out.times.append(et)
+        out.event_ids.append(eid)
+        out.tenants.append(tid)
+        out.features.append(feats)
+    return out
+
+
+def matrix(features: list[dict], names: tuple[str, ...] | list[str]) -> np.ndarray:
+    x = np.array([[f.get(n) if isinstance(f.get(n), _NUM) else np.nan for n in names] for f in features],
+                 dtype=np.float64)
+    return x.astype(np.float32)
+
+
+def served(model: LoadedModel, x: np.ndarray, tenants: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(raw, served) scores of a loaded version, each tenant through its own map where it has one."""
+    raw = np.asarray(model.predict(x), dtype=np.float64)
+    out = model.transform.apply(raw)
+    for tid in model.transform.tenant_ids:
+        mask = tenants == tid
+        if mask.any():
+            out[mask] = model.transform.apply(raw[mask], tid)
+    return raw, out
+
+
+@dataclass
+class Candidate:
+    name: str
+    booster: object
+    features: tuple[str, ...]
+    transform: ScoreTransform | None
+
+
+def resolve_candidate(settings: Settings, spec: str, intent: str, reg) -> Candidate:
+    p = Path(spec)
+    if p.exists():
+        booster, feats = load_booster(p)
+        return Candidate(p.name, booster, tuple(feats), None)
+    ci, sep, ver = spec.partition("@")
+    if not sep or not ver.isdigit():
+        raise DataError(f"candidate {spec!r} is neither a booster file nor INTENT@VERSION")
+    if ci != intent:
+        raise ModelError(f"candidate {spec} is a version of intent {ci!r}, not {intent!r}")
+    rec = reg.versions.get((ci, int(ver)))
+    if rec is None:
+        raise ModelError(f"{spec} is not on the models topic")
+    m = load_version(rec)
+    return Candidate(m.name, m.booster, m.features, m.transform)
+
+
+def load_labels(path: str, event_ids: list[str]) -> np.ndarray:
+    """Labels aligned to event_ids (NaN where unlabelled); the file needs columns event_id and label."""
+    t = read_table(path)
+    if "event_id" not in t or "label" not in t:
+        raise DataError(f"{path}: needs columns event_id and label")
+    ids = [str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in t["event_id"].tolist()]
+    lab = dict(zip(ids, np.asarray(t["label"], dtype=np.float64).tolist()))
+    y = np.array([lab.get(e, np.nan) for e in event_ids], dtype=np.float64)
+    if np.isnan(y).all():
+        raise DataError(f"{path}: no label matches an event of the range")
+    return y
+
+
+def run_backtest(settings: Settings, *, intent: str, candidate: str, start: Bound, end: Bound,
+                 labels: str | None = None, calibration_fraction: float = 0.3,
+                 negative_sampling_rate: float | None = None) -> dict:
+    """Everything the report needs, as plain data (written out by write_report)."""
+    if not 0.05 <= calibration_fraction <= 0.9:
+        raise DataError("--calibration-fraction must be within [0.05, 0.9]")
+    reg = read_models(settings)
+    act = reg.activations.get(intent)
+    if act is None:
+        raise ModelError(f"intent {intent!r} has no activation on {settings.topics.models} (unknown intent?)")
+    ref_rec = reg.references.get(intent)
+    if ref_rec is None:
+        raise ModelError(f"intent {intent!r} has no reference distribution")
+    reference = ReferenceDistribution.from_dict(ref_rec.reference)
+    cand = resolve_candidate(settings, candidate, intent, reg)
+    tenants = read_tenants(settings)
+    ev = read_range_events(settings, intent, start, end, tenants)
+    n = len(ev.event_ids)
+    if n == 0:
+        raise DataError(f"the range holds no events of intent {intent!r} ({ev.skipped} others skipped)")
+    present = set().union(*(f.keys() for f in ev.features[: min(n, 1000)]))
+    missing = [f for f in cand.features if f not in present]
+    if missing:
+        raise DataError(f"candidate {cand.name}: features {missing[:5]} are not in the events")
+    y = load_labels(labels, ev.event_ids) if labels else None
+    tids = np.array(ev.tenants, dtype=object)
+    times = np.array(ev.times, dtype=np.int64)
+    # The incumbent, event by event: a pinned version, else the timeline's version at the event's time.
+    inc_ver = np.array([tenants[t].pinned_versions.get(intent) or act.version_for(et)
+                        for t, et in zip(ev.tenants, ev.times)], dtype=np.int64)
+    inc_raw, inc_served = np.empty(n), np.empty(n)
+    for v in np.unique(inc_ver).tolist():
+        rows = np.flatnonzero(inc_ver == v)
+        model = load_version(reg.versions[(intent, v)])
+        inc_raw[rows], inc_served[rows] = served(model, matrix([ev.features[i] for i in rows], model.features),
+                                                 tids[rows])
+    cand_raw = np.asarray(cand.booster.inplace_predict(matrix(ev.features, cand.features)), dtype=np.float64)
+    fitted_here = cand.transform is None
+    n_cal = int(n * calibration_fraction) if fitted_here else 0
+    if fitted_here:
+        if n_cal < 200 or n - n_cal < 200:
+            raise DataError(f"{n} events are too few to fit on {calibration_fraction:.0%} and evaluate on the rest")
+        st, _ = fit_score_transform(cand_raw[:n_cal], reference=reference, incumbent_ref_scores=inc_served[:n_cal],
+                                    tenant_ids=tids[:n_cal], negative_sampling_rate=negative_sampling_rate)
+    else:
+        st = cand.transform
+    ev_rows = slice(n_cal, n)
+    c_served = st.apply(cand_raw)
+    for tid in st.tenant_ids:
+        mask = tids == tid
+        c_served[mask] = st.apply(cand_raw[mask], tid)
+    result = {"intent": intent, "candidate": cand.name, "candidate_transform": "fitted on the range" if fitted_here
+              else "its own", "events": n, "calibration_events": n_cal, "evaluation_events": n - n_cal,
+              "skipped_events": ev.skipped, "incumbent_versions": sorted({f"{intent}@{v}" for v in inc_ver.tolist()}),
+              "range": {"first_event_time": int(times.min()), "last_event_time": int(times.max())},
+              "tenants": []}
+    e_tids, e_inc, e_raw, e_cand = tids[ev_rows], inc_served[ev_rows], cand_raw[ev_rows], c_served[ev_rows]
+    e_y = None if y is None else y[ev_rows]
+    result["distance"] = {"ks": ks_distance(e_inc, e_cand), "psi": psi(e_inc, e_cand)}
+    for tid in sorted(set(e_tids.tolist())):
+        mask = e_tids == tid
+        cfg = tenants[tid]
+        entry = {"tenant_id": tid, "events": int(mask.sum()),
+                 "ks": ks_distance(e_inc[mask], e_cand[mask]), "psi": psi(e_inc[mask], e_cand[mask]), "bands": []}
+        for band, thr in sorted(cfg.bands.items(), key=lambda kv: kv[1]):
+            row = {"band": band, "threshold": thr}
+            for key, scores in (("incumbent", e_inc[mask]), ("candidate_raw", e_raw[mask]),
+                                ("candidate", e_cand[mask])):
+                k = int((scores >= thr).sum())
+                lo, hi = wilson(k, int(mask.sum()))
+                row[key] = {"alert_rate": k / int(mask.sum()), "ci95": [lo, hi], "alerts": k}
+            row["ratio"] = (row["candidate"]["alert_rate"] / row["incumbent"]["alert_rate"]
+                            if row["incumbent"]["alert_rate"] else None)
+            if e_y is not None:
+                row["labels"] = _label_stats(e_y[mask], e_inc[mask], e_cand[mask], thr)
+            entry["bands"].append(row)
+        result["tenants"].append(entry)
+    result["_arrays"] = {"incumbent": e_inc, "candidate": e_cand, "candidate_raw": e_raw, "tenants": e_tids}
+    return result
+
+
+def _label_stats(y: np.ndarray, inc: np.ndarray, cand: np.ndarray, thr: float) -> dict:
+    known = ~np.isnan(y)
+    y, inc, cand = y[known] > 0.5, inc[known], cand[known]
+
+    def rp(flag: np.ndarray) -> dict:
+        tp = int((flag & y).sum())
+        return {"recall": tp / int(y.sum()) if y.sum() else None,
+                "precision": tp / int(flag.sum()) if flag.sum() else None}
+
+    inc_flag = inc >= thr
+    # Equal alert rate: the candidate's threshold that flags as many events as the incumbent does.
+    k = int(inc_flag.sum())
+    eq = np.zeros_like(y)
+    if k:
+        eq[np.argsort(-cand, kind="stable")[:k]] = True
+    return {"labelled": int(known.sum()), "positives": int(y.sum()), "incumbent": rp(inc_flag),
+            "candidate": rp(cand >= thr), "candidate_equal_alert_rate": rp(eq.astype(bool))}
+
+
+def summary_markdown(res: dict) -> str:
+    lines = [f"# Backtest of {res['candidate']} for intent {res['intent']}", "",
+             f"{res['events']:,} events ({res['calibration_events']:,} to fit the candidate's transform, "
+             f"{res['evaluation_events']:,} evaluated); incumbent: {', '.join(res['incumbent_versions'])}; "
+             f"candidate transform: {res['candidate_transform']}. KS {res['distance']['ks']:.4f}, "
+             f"PSI {res['distance']['psi']:.4f} (reference-scale scores, evaluated events).", "",
+             "| tenant | band | threshold | incumbent | candidate raw | candidate | ratio | 95% CI candidate |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for t in res["tenants"]:
+        for b in t["bands"]:
+            ci = b["candidate"]["ci95"]
+            ratio = "-" if b["ratio"] is None else f"{b['ratio']:.2f}"
+            lines.append(f"| {t['tenant_id']} | {b['band']} | {b['threshold']:.6g} | "
+                         f"{b['incumbent']['alert_rate']:.3%} | {b['candidate_raw']['alert_rate']:.3%} | "
+                         f"{b['candidate']['alert_rate']:.3%} | {ratio} | {ci[0]:.3%}-{ci[1]:.3%} |")
+    if any("labels" in b for t in res["tenants"] for b in t["bands"]):
+        lines += ["", "| tenant | band | recall inc | recall cand | recall cand @ equal rate | precision inc | "
+                  "precision cand |", "|---|---|---:|---:|---:|---:|---:|"]
+        f = lambda v: "-" if v is None else f"{v:.3f}"
+        for t in res["tenants"]:
+            for b in t["bands"]:
+                lab = b.get("labels")
+                if lab:
+                    lines.append(f"| {t['tenant_id']} | {b['band']} | {f(lab['incumbent']['recall'])} | "
+                                 f"{f(lab['candidate']['recall'])} | {f(lab['candidate_equal_alert_rate']['recall'])} | "
+                                 f"{f(lab['incumbent']['precision'])} | {f(lab['candidate']['precision'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(res: dict, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arrays = res["_arrays"]
+    data = {k: v for k, v in res.items() if k != "_arrays"}
+    paths = [out_dir / "backtest.json", out_dir / "backtest.md", out_dir / "backtest.png"]
+    paths[0].write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    paths[1].write_text(summary_markdown(res))
+    _plot(res, arrays, paths[2])
+    return paths
+
+
+def _plot(res: dict, arrays: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for key, label in (("incumbent", "incumbent (served)"), ("candidate", f"{res['candidate']} (transformed)"),
+                       ("candidate_raw", f"{res['candidate']} (raw)")):
+        s = np.sort(arrays[key])
+        a1.loglog(np.clip(s, 1e-7, 1), 1 - np.arange(s.size) / s.size, label=label)
+    a1.set_title(f"{res['intent']}: share of events at or above a score")
+    a1.set_xlabel("score")
+    a1.set_ylim(1e-4, 1.05)
+    a1.grid(True, which="both", alpha=0.3)
+    a1.legend()
+    labels, inc, cand, raw = [], [], [], []
+    for t in res["tenants"]:
+        for b in t["bands"]:
+            labels.append(f"{t['tenant_id']}\n{b['band']}")
+            inc.append(b["incumbent"]["alert_rate"])
+            cand.append(b["candidate"]["alert_rate"])
+            raw.append(b["candidate_raw"]["alert_rate"])
+    x = np.arange(len(labels))
+    a2.bar(x - 0.27, inc, 0.27, label="incumbent")
+    a2.bar(x, cand, 0.27, label="candidate, transformed")
+    a2.bar(x + 0.27, raw, 0.27, label="candidate, raw")
+    a2.set_xticks(x, labels, fontsize=7)
+    a2.set_yscale("log")
+    a2.set_title("alert rate per tenant and band (evaluated events)")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,199 @@
+"""Publishing a model version: score the calibration set, fit and check the transform, publish, report."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from muse_stream.config import Settings, TenantConfig
+from muse_stream.errors import DataError, ModelError, TransformError
+from muse_stream.models.records import VersionRecord
+from muse_stream.models.registry import load_version
+from muse_stream.models.store import publish, read_models
+from muse_stream.models.tabular import read_table
+from muse_stream.models.transform import ReferenceDistribution, fit_score_transform
+
+logger = logging.getLogger(__name__)
+MIN_CALIBRATION_EVENTS = 1000
+
+
+def load_booster(path: str | Path):
+    """A booster file (UBJSON or JSON) and its feature names."""
+    import xgboost as xgb
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: booster file not found")
+    booster = xgb.Booster()
+    try:
+        booster.load_model(str(p))
+    except xgb.core.XGBoostError as e:
+        raise ModelError(f"{p}: not an XGBoost model: {str(e).splitlines()[0][:200]}") from None
+    if not booster.feature_names:
+        raise ModelError(f"{p}: the booster has no feature names; train it with named features")
+    return booster, list(booster.feature_names)
+
+
+def feature_matrix(table: dict[str, np.ndarray], features: list[str], source: str) -> np.ndarray:
+    missing = [f for f in features if f not in table]
+    if missing:
+        raise DataError(f"{source}: the booster's features {missing[:5]}{'...' if len(missing) > 5 else ''} "
+                        f"are not columns of the calibration set")
+    bad = [f for f in features if table[f].dtype == object]
+    if bad:
+        raise DataError(f"{source}: feature columns {bad[:5]} are not numeric")
+    return np.column_stack([table[f] for f in features]).astype(np.float32)
+
+
+def served_scores(model, x: np.ndarray, tenant_ids: np.ndarray | None) -> np.ndarray:
+    """What a loaded version would serve: transformed scores, with each tenant's own map where it has one."""
+    raw = np.asarray(model.predict(x), dtype=np.float64)
+    out = model.transform.apply(raw)
+    if tenant_ids is not None:
+        for tid in model.transform.tenant_ids:
+            mask = tenant_ids == tid
+            if mask.any():
+                out[mask] = model.transform.apply(raw[mask], tid)
+    return out
+
+
+@dataclass
+class PublishReport:
+    record: VersionRecord
+    aligned_to: str | None
+    rows: list[tuple[str, str, float, float | None, float, float]]  # tenant, band, thr, incumbent, raw, new
+
+
+def publish_from_files(settings: Settings, *, intent: str, booster_path: str | Path, calibration_path: str | Path,
+                       label_column: str | None = None, tenant_column: str | None = None,
+                       negative_sampling_rate: float | None = None, train_prevalence: float | None = None,
+                       prod_prevalence: float | None = None, align: bool = True, activate: bool = False,
+                       activate_at: int | None = None, min_tenant_events: int = 2000,
+                       tenants: list[TenantConfig] | None = None, shadow: bool = False) -> PublishReport:
+    booster, features = load_booster(booster_path)
+    table = read_table(calibration_path)
+    if label_column is not None and label_column not in table:
+        raise DataError(f"{calibration_path}: label column {label_column!r} not found")
+    x = feature_matrix(table, features, str(calibration_path))
+    if len(x) < MIN_CALIBRATION_EVENTS:
+        raise DataError(f"{calibration_path}: {len(x)} calibration events; at least {MIN_CALIBRATION_EVENTS} needed")
+    tenant_ids = None
+    if tenant_column is not None:
+        if tenant_column not in table:
+            raise DataError(f"{calibration_path}: tenant column {tenant_column!r} not found")
+        tenant_ids = np.asarray([str(t) for t in table[tenant_column]], dtype=object)
+    raw = np.asarray(booster.inplace_predict(x), dtype=np.float64)
+    reg = read_models(settings)
+    ref_rec = reg.references.get(intent)
+    reference = ReferenceDistribution.from_dict(ref_rec.reference) if ref_rec else None
+    incumbent = None
+    act = reg.activations.get(intent)
+    if act is not None:
+        incumbent = load_version(reg.versions[(intent, act.version)])
+    incumbent_scores = None
+    if align and incumbent is not None and reference is not None:
+        try:
+            incumbent_scores = served_scores(incumbent, feature_matrix(table, list(incumbent.features),
+                                                                       str(calibration_path)), tenant_ids)
+        except DataError as e:
+            logger.warning("not aligning to %s (%s); fitting onto the fixed reference", incumbent.name, e)
+    st, reference = fit_score_transform(
+        raw, reference=reference, incumbent_ref_scores=incumbent_scores, tenant_ids=tenant_ids,
+        min_tenant_events=min_tenant_events, negative_sampling_rate=negative_sampling_rate,
+        train_prevalence=train_prevalence, prod_prevalence=prod_prevalence)
+    new_scores = st.apply(raw)
+    if tenant_ids is not None:
+        for tid in st.tenant_ids:
+            new_scores[tenant_ids == tid] = st.apply(raw[tenant_ids == tid], tid)
+    order = np.argsort(raw, kind="stable")
+    if np.any(np.diff(new_scores[order]) < -1e-12) and tenant_ids is None:
+        raise TransformError("the fitted transform is not monotone; nothing was published")
+    metadata = {"calibration_file": Path(calibration_path).name, "calibration_events": len(x),
+                "aligned_to": incumbent.name if incumbent_scores is not None else None,
+                "negative_sampling_rate": negative_sampling_rate, "train_prevalence": train_prevalence,
+                "prod_prevalence": prod_prevalence}
+    if label_column is not None:
+        metadata["calibration_positives"] = int(np.nansum(table[label_column]))
+    rec = publish(settings, intent=intent, booster_bytes=bytes(booster.save_raw("ubj")), features=features,
+                  transform=st.to_dict(), reference=reference.to_dict(),
+                  reference_source=f"{intent} first version calibration", metadata=metadata,
+                  activate=activate, activate_at=activate_at, shadow=shadow)
+    inc_scores = served_scores(incumbent, feature_matrix(table, list(incumbent.features), "calibration"),
+                               tenant_ids) if incumbent is not None and _has(table, incumbent.features) else None
+    rows = []
+    for t in tenants or []:
+        if intent not in t.intents:
+            continue
+        mask = np.ones(len(x), bool) if tenant_ids is None or not (tenant_ids == t.tenant_id).any() \
+            else tenant_ids == t.tenant_id
+        for band, thr in sorted(t.bands.items(), key=lambda kv: kv[1]):
+            rows.append((t.tenant_id, band, thr,
+                         None if inc_scores is None else float(np.mean(inc_scores[mask] >= thr)),
+                         float(np.mean(raw[mask] >= thr)), float(np.mean(new_scores[mask] >= thr))))
+    return PublishReport(rec, metadata["aligned_to"], rows)
+
+
+def _has(table: dict, features) -> bool:
+    return all(f in table and table[f].dtype != object for f in features)
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '30m', '2h', '1d' or plain milliseconds -> milliseconds."""
+    units = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+    t = text.strip().lower()
+    for suffix in ("ms", "s", "m", "h", "d"):
+        if t.endswith(suffix) and t[: -len(suffix)].replace(".", "", 1).isdigit():
+            return int(float(t[: -len(suffix)]) * units[suffix])
+    if t.isdigit():
+        return int(t)
+    raise DataError(f"{text!r}: expected a duration such as 90s, 30m, 2h or 1d")
+
+
+def publish_from_shadow(settings: Settings, *, intent: str, version: int, window_ms: int,
+                        min_tenant_events: int = 2000, activate: bool = False,
+                        tenants: list[TenantConfig] | None = None) -> PublishReport:
+    """Fit a shadow version's transform aligned to the incumbent on its shadow window; publish it anew."""
+    import base64
+
+    from muse_stream.models.shadow_window import read_shadow_window
+
+    reg = read_models(settings)
+    rec = reg.versions.get((intent, version))
+    if rec is None:
+        raise ModelError(f"{intent}@{version} is not on the models topic")
+    ref_rec = reg.references.get(intent)
+    if ref_rec is None:
+        raise ModelError(f"intent {intent!r} has no reference distribution")
+    win = read_shadow_window(settings, intent, version, window_ms)
+    if win["shadow_raw"].size < MIN_CALIBRATION_EVENTS:
+        raise DataError(f"{win['shadow_raw'].size} shadow events in the window; at least {MIN_CALIBRATION_EVENTS} needed")
+    # Refit with the same posterior correction the version was published with.
+    prior = {k: rec.transform.get("correction", {}).get(k)
+             for k in ("negative_sampling_rate", "train_prevalence", "prod_prevalence")}
+    st, _ = fit_score_transform(
+        win["shadow_raw"], reference=ReferenceDistribution.from_dict(ref_rec.reference),
+        incumbent_ref_scores=win["incumbent"], tenant_ids=win["tenants"], min_tenant_events=min_tenant_events,
+        **prior)
+    new_scores = st.apply(win["shadow_raw"])
+    for tid in st.tenant_ids:
+        new_scores[win["tenants"] == tid] = st.apply(win["shadow_raw"][win["tenants"] == tid], tid)
+    booster_bytes = base64.b64decode(rec.booster_b64)
+    metadata = {**rec.metadata, "from_shadow": rec.name, "shadow_window_ms": window_ms,
+                "calibration_events": int(win["shadow_raw"].size), "aligned_to": "the shadow window's incumbents"}
+    new = publish(settings, intent=intent, booster_bytes=booster_bytes, features=list(rec.features),
+                  transform=st.to_dict(), metadata=metadata, activate=activate)
+    rows = []
+    for t in tenants or []:
+        if intent not in t.intents:
+            continue
+        mask = win["tenants"] == t.tenant_id
+        if not mask.any():
+            continue
+        for band, thr in sorted(t.bands.items(), key=lambda kv: kv[1]):
+            rows.append((t.tenant_id, band, thr, float(np.mean(win["incumbent"][mask] >= thr)),
+                         float(np.mean(win["shadow_raw"][mask] >= thr)), float(np.mean(new_scores[mask] >= thr))))
+    return PublishReport(new, "the incumbent on the shadow window", rows)
+

@@ -1,0 +1,184 @@
+"""Record shapes on muse-stream's topics: events in, decisions out, and the models topic's records.
+
+The runtime's hot path does not build these pydantic models per event (see scoring.py); they are the
+documented contract, used by producers, tools, tests and the slow path that explains a bad event.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from muse_stream.errors import ModelError
+
+
+class _Rec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Event(_Rec):
+    """An input event: one transaction of one tenant."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    event_id: str = Field(min_length=1, max_length=256)
+    tenant_id: str = Field(min_length=1, max_length=64)
+    intent: str | None = None
+    event_time: int = Field(ge=0, le=2**62)
+    features: dict[str, float | None]
+
+
+class Source(_Rec):
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int  # the input record's Kafka timestamp (ms), for end-to-end latency downstream
+
+
+class Decision(_Rec):
+    """One decision per event, on the tenant's own topic."""
+
+    event_id: str
+    tenant_id: str
+    intent: str
+    score: float
+    raw_score: float
+    band: str
+    model_version: str
+    transform_version: str
+    event_time: int
+    decided_at: int
+    source: Source
+
+
+# ---- models topic -------------------------------------------------------------------------------
+
+def version_key(intent: str, version: int) -> bytes:
+    return f"version/{intent}/{version}".encode()
+
+
+def active_key(intent: str) -> bytes:
+    return f"active/{intent}".encode()
+
+
+def reference_key(intent: str) -> bytes:
+    return f"reference/{intent}".encode()
+
+
+def shadow_key(intent: str) -> bytes:
+    return f"shadow/{intent}".encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class VersionRecord(_Rec):
+    """A model version: the booster (UBJSON, base64 in JSON), its features and its fitted transform."""
+
+    kind: Literal["version"] = "version"
+    intent: str
+    version: int = Field(ge=1)
+    features: tuple[str, ...] = Field(min_length=1)
+    booster_b64: str
+    booster_sha256: str
+    transform: dict  # ScoreTransform.to_dict()
+    metadata: dict = Field(default_factory=dict)
+    created_at: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.intent}@{self.version}"
+
+    def booster_bytes(self) -> bytes:
+        """The booster bytes, verified against the recorded sha256."""
+        try:
+            raw = base64.b64decode(self.booster_b64, validate=True)
+        except ValueError as e:
+            raise ModelError(f"{self.name}: booster is not valid base64: {e}") from None
+        if sha256_hex(raw) != self.booster_sha256:
+            raise ModelError(f"{self.name}: booster checksum does not match its record")
+        return raw
+
+
+class TimelineEntry(_Rec):
+    version: int = Field(ge=1)
+    # Events with event_time >= from_time use this version; None: from the start of time.
+    from_time: int | None = None
+
+
+class ActivationRecord(_Rec):
+    """The active pointer of an intent. It carries the whole timeline, so compaction never loses history."""
+
+    kind: Literal["activation"] = "activation"
+    intent: str
+    version: int = Field(ge=1)
+    activate_at: int | None = None
+    previous: int | None = None
+    activated_at: int
+    timeline: tuple[TimelineEntry, ...] = Field(min_length=1)
+
+    @field_validator("timeline")
+    @classmethod
+    def _ordered(cls, v: tuple[TimelineEntry, ...]) -> tuple[TimelineEntry, ...]:
+        if v[0].from_time is not None:
+            raise ValueError("a timeline starts with an entry from the start of time")
+        times = [e.from_time for e in v[1:]]
+        if any(t is None for t in times) or times != sorted(times):
+            raise ValueError("timeline entries must be in increasing from_time")
+        return v
+
+    def version_for(self, event_time: int) -> int:
+        ver = self.timeline[0].version
+        for e in self.timeline[1:]:
+            if event_time >= e.from_time:  # type: ignore[operator]
+                ver = e.version
+        return ver
+
+
+def next_timeline(prev: ActivationRecord | None, version: int, activate_at: int | None) -> tuple[TimelineEntry, ...]:
+    """The timeline after activating `version`: immediately (replaces all) or from event time `activate_at`."""
+    if prev is None or activate_at is None:
+        return (TimelineEntry(version=version),)
+    kept = [e for e in prev.timeline if e.from_time is None or e.from_time < activate_at]
+    return (*kept, TimelineEntry(version=version, from_time=activate_at))
+
+
+class ReferenceRecord(_Rec):
+    """An intent's reference distribution: fixed once, never moved by a later publish."""
+
+    kind: Literal["reference"] = "reference"
+    intent: str
+    reference: dict  # ReferenceDistribution.to_dict()
+    source: str  # e.g. "card_fraud@1 calibration" or "explicit"
+    created_at: int
+
+
+class ShadowRecord(_Rec):
+    """Which version, if any, workers score in shadow for an intent."""
+
+    kind: Literal["shadow"] = "shadow"
+    intent: str
+    version: int | None
+    set_at: int
+
+
+ModelsRecord = VersionRecord | ActivationRecord | ReferenceRecord | ShadowRecord
+_KINDS = {"version": VersionRecord, "activation": ActivationRecord, "reference": ReferenceRecord, "shadow": ShadowRecord}
+
+
+def parse_models_record(value: bytes) -> ModelsRecord:
+    """Parse a models-topic value; raises ModelError on anything malformed."""
+    try:
+        data = orjson.loads(value)
+        cls = _KINDS[data["kind"]]
+        return cls.model_validate(data)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"malformed models record: {str(e).splitlines()[0][:200]}") from None
+
+
+def dump(record: BaseModel) -> bytes:
+    return orjson.dumps(record.model_dump(mode="json"))

@@ -1,0 +1,178 @@
+"""The model registry: the models topic read as a table, and per intent the active version, loaded.
+
+A version is loaded (booster + transform, checksum verified) only when an activation, a pin or a shadow
+needs it; a version that fails to load is refused with a logged reason, and the previous state stays.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from muse_stream.errors import ModelError, MuseError
+from muse_stream.models.records import (
+    ActivationRecord,
+    ReferenceRecord,
+    ShadowRecord,
+    VersionRecord,
+    parse_models_record,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A version ready to score: booster and transform together, so they always swap as one."""
+
+    intent: str
+    version: int
+    features: tuple[str, ...]
+    booster: object  # xgboost.Booster
+    transform: object  # transform.ScoreTransform
+    record: VersionRecord = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.intent}@{self.version}"
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Raw scores for a float32 matrix in this model's feature order: one booster call."""
+        return self.booster.inplace_predict(x, validate_features=False)
+
+
+def load_version(record: VersionRecord, *, nthread: int = 1) -> LoadedModel:
+    """Verify and load a version record; ModelError says why it cannot be used."""
+    import xgboost as xgb
+
+    from muse_stream.models.transform import ScoreTransform
+
+    raw = record.booster_bytes()  # checks the sha256
+    try:
+        booster = xgb.Booster(params={"nthread": nthread})
+        booster.load_model(bytearray(raw))
+    except xgb.core.XGBoostError as e:
+        raise ModelError(f"{record.name}: booster does not load: {str(e).splitlines()[0][:200]}") from None
+    if booster.num_features() != len(record.features):
+        raise ModelError(f"{record.name}: booster has {booster.num_features()} features, record names "
+                         f"{len(record.features)}")
+    try:
+        transform = ScoreTransform.from_dict(record.transform)
+    except MuseError as e:
+        raise ModelError(f"{record.name}: transform is invalid: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{record.name}: transform is invalid: {e!r}"[:300]) from None
+    return LoadedModel(record.intent, record.version, record.features, booster, transform, record)
+
+
+class ModelRegistry:
+    """Everything on the models topic, and the loaded versions the scoring loop needs."""
+
+    def __init__(self, *, load: bool = True, nthread: int = 1) -> None:
+        self._load = load
+        self._nthread = nthread
+        self.versions: dict[tuple[str, int], VersionRecord] = {}
+        self.activations: dict[str, ActivationRecord] = {}
+        self.references: dict[str, ReferenceRecord] = {}
+        self.shadows: dict[str, ShadowRecord] = {}
+        self.loaded: dict[tuple[str, int], LoadedModel] = {}
+        self.refused: dict[tuple[str, int], str] = {}
+        self._pending: dict[str, ActivationRecord] = {}
+        self.generation = 0  # bumped whenever what scores an event may have changed
+
+    # ---- reading the topic --------------------------------------------------------------------
+
+    def apply(self, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            self._tombstone(key.decode(errors="replace"))
+            return
+        try:
+            rec = parse_models_record(value)
+        except ModelError as e:
+            logger.warning("models record %r refused: %s", key[:100], e)
+            return
+        if isinstance(rec, VersionRecord):
+            self.versions[(rec.intent, rec.version)] = rec
+            pending = self._pending.get(rec.intent)
+            if pending is not None and any(e.version == rec.version for e in pending.timeline):
+                self._pending.pop(rec.intent)
+                self._activate(pending)
+        elif isinstance(rec, ActivationRecord):
+            self._activate(rec)
+        elif isinstance(rec, ReferenceRecord):
+            self.references.setdefault(rec.intent, rec)  # the first reference of an intent is the one
+        elif isinstance(rec, ShadowRecord):
+            self.shadows[rec.intent] = rec
+            if rec.version is not None and self._load:
+                try:
+                    self.get(rec.intent, rec.version)
+                except ModelError as e:
+                    logger.warning("shadow %s@%s refused: %s", rec.intent, rec.version, e,
+                                   extra={"fields": {"event": "model_refused", "intent": rec.intent,
+                                                     "version": rec.version, "reason": str(e), "shadow": True}})
+            self.generation += 1
+
+    def _tombstone(self, key: str) -> None:
+        parts = key.split("/")
+        if parts[0] == "version" and len(parts) == 3 and parts[2].isdigit():
+            ident = (parts[1], int(parts[2]))
+            self.versions.pop(ident, None)
+            # A loaded version stays loaded while the active timeline still names it.
+
+    def _activate(self, rec: ActivationRecord) -> None:
+        missing = [e.version for e in rec.timeline if (rec.intent, e.version) not in self.versions]
+        if missing:
+            logger.warning("activation of %s@%d waits for version record(s) %s", rec.intent, rec.version, missing)
+            self._pending[rec.intent] = rec
+            return
+        if self._load:
+            try:
+                for e in rec.timeline:
+                    self.get(rec.intent, e.version)
+            except ModelError as err:
+                cur = self.activations.get(rec.intent)
+                logger.warning("activation of %s@%d refused (%s); %s stays active", rec.intent, rec.version, err,
+                               f"{rec.intent}@{cur.version}" if cur else "no version",
+                               extra={"fields": {"event": "model_refused", "intent": rec.intent,
+                                                 "version": rec.version, "reason": str(err),
+                                                 "active_version": cur.version if cur else None}})
+                return
+        prev = self.activations.get(rec.intent)
+        self.activations[rec.intent] = rec
+        self.generation += 1
+        logger.info("model %s@%d active%s (was %s)", rec.intent, rec.version,
+                    f" from event time {rec.activate_at}" if rec.activate_at is not None else "",
+                    f"{rec.intent}@{prev.version}" if prev else "none",
+                    extra={"fields": {"event": "model_activated", "intent": rec.intent, "version": rec.version,
+                                      "activate_at": rec.activate_at, "activated_at": rec.activated_at,
+                                      "previous_version": prev.version if prev else None}})
+
+    # ---- lookups ------------------------------------------------------------------------------
+
+    def get(self, intent: str, version: int) -> LoadedModel:
+        """The loaded version, loading it on first use; ModelError when it is unknown or refused."""
+        ident = (intent, version)
+        m = self.loaded.get(ident)
+        if m is not None:
+            return m
+        if ident in self.refused:
+            raise ModelError(f"{intent}@{version} was refused: {self.refused[ident]}")
+        rec = self.versions.get(ident)
+        if rec is None:
+            raise ModelError(f"{intent}@{version} is not on the models topic")
+        try:
+            m = load_version(rec, nthread=self._nthread)
+        except ModelError as e:
+            self.refused[ident] = str(e)
+            raise
+        self.loaded[ident] = m
+        return m
+
+    def active_version(self, intent: str) -> int | None:
+        a = self.activations.get(intent)
+        return a.version if a else None
+
+    def versions_of(self, intent: str) -> list[VersionRecord]:
+        return sorted((r for (i, _), r in self.versions.items() if i == intent), key=lambda r: r.version)

@@ -1,0 +1,173 @@
+"""The bench's pure helpers (percentiles, checks, report), the scorer's batched decision dump, and one small
+end-to-end `muse-stream bench` against the test broker."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from muse_stream.bench.load import FEATURES, EventFactory, seq_of_key
+from muse_stream.bench.readers import _source_of
+from muse_stream.bench.report import add_ratios, evaluate_targets, format_report, table
+from muse_stream.bench.stats import latency_summary, per_thousand, percentile, versions_never_go_back
+from muse_stream.models.records import Event
+from muse_stream.scoring.scorer import _feature_matrix
+
+
+def test_percentile_is_nearest_rank():
+    values = list(range(1, 101))  # 1..100
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 99.9) == 100
+    assert percentile(values, 100) == 100
+    assert percentile(values, 0) == 1
+    assert percentile([7.0], 99.9) == 7.0
+    assert percentile([3, 1, 2], 50) == 2  # unsorted input
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError):
+        percentile([1, 2], 101)
+
+
+def test_latency_summary_counts_unseen_apart():
+    ms = np.array([1.0, 2.0, 3.0, np.nan, 10.0])
+    s = latency_summary(ms)
+    assert s["count"] == 4 and s["unseen"] == 1
+    assert s["p50"] == 2.0 and s["p99"] == 10.0 and s["max"] == 10.0 and s["mean"] == 4.0
+    empty = latency_summary(np.array([np.nan]))
+    assert empty["count"] == 0 and empty["p99"] is None and empty["max"] is None
+
+
+def test_per_thousand():
+    assert per_thousand(2.0, 4000) == 0.5
+    assert per_thousand(None, 10) is None
+    assert per_thousand(1.0, 0) is None
+
+
+def test_versions_never_go_back():
+    rows = [(0, 1, 1), (0, 2, 2), (0, 3, 2), (1, 1, 1), (1, 2, 1), (1, 3, 2)]
+    assert versions_never_go_back(rows) == 0
+    assert versions_never_go_back([(0, 5, 1), (0, 1, 1), (0, 3, 2)]) == 1  # offset 5 went back to v1
+    assert versions_never_go_back([]) == 0
+
+
+def test_events_have_the_production_shape():
+    f = EventFactory()
+    raw = f.event(123, 1_764_331_200_000)
+    ev = Event.model_validate(orjson.loads(raw))
+    assert ev.event_id == "e-123" and ev.event_time == 1_764_331_200_000
+    assert list(ev.features) == FEATURES and len(FEATURES) == 30
+    assert 350 <= f.mean_size() <= 480
+    tenants = {orjson.loads(f.event(i, 0))["tenant_id"] for i in range(2000)}
+    assert len(tenants) == 4
+    intents = {orjson.loads(f.event(i, 0)).get("intent") for i in range(2000)}
+    assert {"card_fraud", "account_takeover", None} <= intents
+    assert seq_of_key(b"e-123") == 123
+
+
+def test_source_of_decision_and_dead_letter():
+    d = orjson.dumps({"event_id": "e-1", "score": 0.5,
+                      "source": {"topic": "in", "partition": 3, "offset": 77, "timestamp": 5}})
+    assert _source_of(d, None) == ("in", 3, 77)
+    headers = [("muse.source.topic", b"in"), ("muse.source.partition", b"1"), ("muse.source.offset", b"9")]
+    assert _source_of(b"not json", headers) == ("in", 1, 9)
+    assert _source_of(b'{"no": "source"}', None) is None
+
+
+def test_feature_matrix_fast_path_and_missing_features():
+    names = ("a", "b", "c")
+    rows = [{"c": 3, "a": 1.5, "b": -2.0, "extra": 9}, {"a": 0.0, "b": 1e10, "c": math.nan}]
+    x = _feature_matrix(rows, names)
+    assert x.dtype == np.float64 and x.shape == (2, 3)
+    assert x[0].tolist() == [1.5, -2.0, 3.0] and x[1, 1] == 1e10 and math.isnan(x[1, 2])
+    y = _feature_matrix([{"a": 1}, {"b": 2}], names)  # missing -> NaN
+    assert y[0, 0] == 1 and math.isnan(y[0, 1]) and y[1, 1] == 2 and math.isnan(y[1, 0])
+    one = _feature_matrix([{"a": 4}, {}], ("a",))
+    assert one[0, 0] == 4 and math.isnan(one[1, 0])
+
+
+def _report(**over) -> dict:
+    tp = [
+        {"run": "ceiling", "kind": "ceiling", "workers": 1, "guarantee": "exactly-once", "events_per_s": 100_000,
+         "peak_rss_mb_max": 250.0, "check": {"exactly_once": True, "outputs": 10, "inputs": 10}},
+        {"run": "runtime-eos-1", "kind": "runtime", "workers": 1, "guarantee": "exactly-once",
+         "events_per_s": 60_000, "peak_rss_mb_max": 280.0, "cpu_s_per_1k_events": 0.016,
+         "check": {"exactly_once": True, "outputs": 10, "inputs": 10}},
+        {"run": "runtime-eos-2", "kind": "runtime", "workers": 2, "guarantee": "exactly-once",
+         "events_per_s": 90_000, "peak_rss_mb_max": 310.0,
+         "check": {"exactly_once": False, "outputs": 11, "inputs": 10, "missing": 0, "duplicated": 1,
+                   "foreign": 0}},
+    ]
+    lat = [{"run": "latency-eos", "guarantee": "exactly-once", "offered_events_per_s": 5000,
+            "latency_ms": {"p50": 60.0, "p99": 140.0, "p99.9": 160.0, "max": 170.0},
+            "check": {"exactly_once": True, "outputs": 5, "inputs": 5}},
+           {"run": "latency-alo", "guarantee": "at-least-once", "offered_events_per_s": 5000,
+            "latency_ms": {"p50": 5.0, "p99": 12.0, "p99.9": 20.0, "max": 30.0},
+            "check": {"exactly_once": True, "outputs": 5, "inputs": 5}}]
+    swap = {"run": "swap", "guarantee": "exactly-once", "check": {"exactly_once": True, "outputs": 5, "inputs": 5},
+            "latency_ms": {"p99": 150.0},
+            "swap": {"model": "card_fraud@2", "activation_to_first_new_decision_ms": 120,
+                     "activation_to_first_new_decision_visible_ms": 200.0, "older_version_after_newer": 0}}
+    r = {"run_id": "x", "machine": {"cores": 2, "cpu_model": "test"}, "versions": {"kafka_broker": "4.0"},
+         "parameters": {"commit_interval_ms": 100, "offered_rate": 5000.0, "bootstrap": "b:1", "events": 10,
+                        "partitions": 8, "batch_max_events": 2000, "batch_max_wait_ms": 50, "warmup_s": 2.0,
+                        "models": [{"model": "card_fraud@1", "trees": 200, "depth": 6}]},
+         "load": {"mean_event_bytes": 430.0}, "throughput": tp, "latency": lat, "swap": swap, "errors": []}
+    r.update(over)
+    return r
+
+
+def test_ratios_and_targets():
+    r = _report()
+    add_ratios(r["throughput"])
+    assert r["throughput"][1]["ratio_to_ceiling"] == 0.6
+    assert r["throughput"][2]["ratio_to_ceiling"] == 0.9  # no 2-worker ceiling: against the 1-worker one
+    assert "ratio_to_ceiling" not in r["throughput"][0]
+    met = {t["target"].split(":")[0].split(" p99")[0]: t["met"] for t in evaluate_targets(r)}
+    assert met["exactly-once, 1 worker"] is True  # 60,000 >= 50,000
+    assert met["exactly-once, 1 worker / ceiling"] is True
+    assert met["at-least-once"] is False  # 12 ms > 10 ms
+    assert met["exactly-once"] is True  # 140 <= 150
+    assert met["swap"] is True
+    assert met["peak RSS per worker MB (two intents loaded)"] is False  # 310 > 300
+    assert met["every run"] is False  # one duplicate
+    unmeasured = evaluate_targets(_report(throughput=[], latency=[], swap=None))
+    assert all(t["met"] is None for t in unmeasured[:6])
+
+
+def test_report_table_shows_every_figure():
+    r = _report()
+    add_ratios(r["throughput"])
+    r["targets"] = evaluate_targets(r)
+    text = format_report(r)
+    for needle in ("runtime-eos-1", "60,000", "0.6", "FAIL missing 0 dup 1", "latency-alo", "12.0",
+                   "card_fraud@2", "120 ms", "Targets", "NO", "ok 10/10"):
+        assert needle in text, needle
+    t = table(["a", "n"], [["x", 1], ["yy", None]])
+    lines = t.splitlines()
+    assert lines[0].split() == ["a", "n"] and lines[2].split() == ["x", "1"] and lines[3].split() == ["yy", "-"]
+
+
+@pytest.mark.kafka
+def test_bench_end_to_end_small(bootstrap, tmp_path):
+    """A small bench against the test broker: every run completes and every count check passes (40,000
+    events, so even the ceiling spans several commits and can be timed)."""
+    from muse_stream.cli import main
+
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--bootstrap", bootstrap, "--events", "40000", "--trees", "20", "--rate", "1000",
+                 "--latency-seconds", "3", "--warmup", "1", "--skip", "runtime-w,no-telemetry", "--json", str(out)])
+    report = orjson.loads(out.read_bytes())
+    assert report["errors"] == []
+    runs = [*report["throughput"], *report["latency"], report["swap"]]
+    assert [r["run"] for r in runs] == ["ceiling", "runtime-eos-1", "runtime-alo-1", "latency-eos", "latency-alo",
+                                        "swap"]
+    for r in runs:
+        assert r["check"]["exactly_once"] is True, r
+    assert report["throughput"][0]["check"]["inputs"] == 40000
+    assert report["swap"]["swap"]["older_version_after_newer"] == 0
+    assert report["swap"]["swap"]["activation_to_first_new_decision_ms"] is not None
+    assert report["machine"]["cores"] and report["versions"]["librdkafka"]
+    assert code == 0

@@ -1,0 +1,94 @@
+"""`muse-stream publish` and `models` against the real broker, including bad input that publishes nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from muse_stream.cli import main
+from muse_stream.config import load_settings
+from muse_stream.kafka.topics import ensure_all
+from muse_stream.models.store import read_models
+from muse_stream.tenants import seed_tenants
+from tests.fixtures.helpers import FEATURES, synthetic, train_booster, write_config
+
+pytestmark = pytest.mark.kafka
+
+
+def _csv(path, x, extra: dict | None = None):
+    cols = {f: x[:, i] for i, f in enumerate(FEATURES)} | (extra or {})
+    names = list(cols)
+    rows = [",".join(names)] + [",".join(str(cols[n][i]) for n in names) for i in range(len(x))]
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def cli_env(settings_for, unique, tmp_path):
+    s = settings_for(unique)
+    ensure_all(s)
+    seed_tenants(s)
+    cfg = write_config(s, tmp_path / "muse.toml")
+    assert load_settings(cfg) == s
+    return s, cfg, tmp_path
+
+
+def test_publish_activate_rollback_cli(cli_env, capsys):
+    s, cfg, tmp = cli_env
+    b1, b2 = tmp / "v1.ubj", tmp / "v2.json"
+    train_booster(1).save_model(str(b1))
+    train_booster(2, shift=1.5, depth=4).save_model(str(b2))
+    x, y = synthetic(6000, 42)
+    tenants = np.array(["acme", "globex"] * 3000, dtype=object)
+    cal = _csv(tmp / "cal.csv", x, {"label": y, "tenant": tenants})
+    assert main(["publish", "--config", cfg, "--intent", "card_fraud", "--booster", str(b1),
+                 "--calibration", cal, "--label-column", "label", "--activate"]) == 0
+    assert "card_fraud@1 (active)" in capsys.readouterr().out
+    assert main(["publish", "--config", cfg, "--intent", "card_fraud", "--booster", str(b2), "--calibration", cal,
+                 "--tenant-column", "tenant", "--min-tenant-events", "2000", "--negative-sampling-rate", "0.5",
+                 "--activate"]) == 0
+    out = capsys.readouterr().out
+    assert "aligned to card_fraud@1" in out
+    # The table: per tenant band, the new transformed alert rate stays near the incumbent's.
+    rows = [line.split() for line in out.splitlines() if line.startswith(("acme", "globex"))]
+    assert rows
+    for r in rows:
+        inc, new = float(r[3].rstrip("%")), float(r[5].rstrip("%"))
+        assert abs(new - inc) <= max(0.1 * inc, 0.3), r
+    reg = read_models(s)
+    assert reg.active_version("card_fraud") == 2
+    assert set(reg.versions[("card_fraud", 2)].transform["tenant_maps"]) == {"acme", "globex"}
+    assert main(["models", "list", "--config", cfg]) == 0
+    assert "card_fraud@2" in capsys.readouterr().out
+    assert main(["models", "rollback", "card_fraud", "--config", cfg]) == 0
+    assert read_models(s).active_version("card_fraud") == 1
+    assert main(["models", "activate", "card_fraud@2", "--at", "1700000000000", "--config", cfg]) == 0
+    act = read_models(s).activations["card_fraud"]
+    assert act.version == 2 and act.activate_at == 1700000000000 and act.version_for(1) == 1
+    assert main(["models", "show", "card_fraud@2", "--config", cfg]) == 0
+    assert "tenant maps acme, globex" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["missing_file", "feature_mismatch", "too_small", "bad_booster"])
+def test_publish_bad_input_publishes_nothing(cli_env, capsys, case):
+    s, cfg, tmp = cli_env
+    b = tmp / "m.ubj"
+    train_booster(1).save_model(str(b))
+    x, _ = synthetic(3000, 1)
+    cal = _csv(tmp / "cal.csv", x)
+    if case == "missing_file":
+        cal = str(tmp / "nope.csv")
+    elif case == "feature_mismatch":
+        cal = _csv(tmp / "cal2.csv", x[:, :3].repeat(2, axis=1)[:, :5] * 1)
+        (tmp / "cal2.csv").write_text((tmp / "cal2.csv").read_text().replace("f4", "g4", 1))
+    elif case == "too_small":
+        cal = _csv(tmp / "small.csv", x[:50])
+    else:
+        b.write_bytes(b"garbage")
+    rc = main(["publish", "--config", cfg, "--intent", "card_fraud", "--booster", str(b), "--calibration", cal,
+               "--activate"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+    assert err.startswith("muse-stream: error:")
+    assert not read_models(s).versions
