@@ -4,7 +4,8 @@ score drift, health endpoints, and the data behind `muse-stream status`.
 May import: errors, config, kafka, models, tenants, scoring.
 """
 
-from muse_stream.telemetry.core import Telemetry, endpoint_port
+from muse_stream.telemetry.facade import Telemetry
+from muse_stream.telemetry.server import endpoint_port
 
 
 class NoTelemetry:

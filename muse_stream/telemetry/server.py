@@ -13,6 +13,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 logger = logging.getLogger(__name__)
 
 
+def endpoint_port(base: int, slot: int) -> int:
+    """The port of worker `slot`'s endpoint: one per worker, so workers on one host never collide."""
+    return base + slot
+
+
 class Source(Protocol):
     registry: CollectorRegistry
 

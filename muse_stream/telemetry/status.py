@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from muse_stream.config import Settings
 from muse_stream.errors import MuseError
 from muse_stream.kafka.clients import consumer_config
-from muse_stream.telemetry.core import endpoint_port
+from muse_stream.telemetry.server import endpoint_port
 
 
 def worker_urls(settings: Settings, *, workers: int, first_slot: int = 0) -> list[str]:
