@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from confluent_kafka import Producer
 
 from muse_stream.analysis.backtest import run_backtest, summary_markdown, write_report
 from muse_stream.config import Settings, load_settings
@@ -38,8 +37,9 @@ from muse_stream.demo.ulb_models import (
     train_retrained,
     window_mask,
 )
-from muse_stream.kafka.clients import produce_waiting, producer_config
+from muse_stream.kafka.clients import producer_config
 from muse_stream.kafka.local import LocalBroker, answers_metadata
+from muse_stream.kafka.producer import OutputProducer
 from muse_stream.kafka.ranges import Bound
 from muse_stream.kafka.topics import ensure_all
 from muse_stream.models.lifecycle import publish_from_shadow
@@ -50,7 +50,7 @@ from muse_stream.worker.runtime import Worker
 
 
 def produce_rows(settings: Settings, ulb, rows: np.ndarray, tenants: list[str]) -> int:
-    p = Producer(producer_config(settings, **{"linger.ms": 20}))
+    p = OutputProducer(producer_config(settings, **{"linger.ms": 20}))
     feats = ulb.X[rows][:, [ulb.feature_names.index(f) for f in MODEL_FEATURES]].tolist()
     times = (scenario.BASE_MS + ulb.time[rows] * 1000).astype(np.int64).tolist()
     n = 0
@@ -58,10 +58,10 @@ def produce_rows(settings: Settings, ulb, rows: np.ndarray, tenants: list[str]) 
         features = dict(zip(MODEL_FEATURES, f))
         for tid in tenants:
             eid = f"{tid}-{row}"
-            produce_waiting(p, settings.topics.events, orjson.dumps(
+            p.produce(settings.topics.events, orjson.dumps(
                 {"event_id": eid, "tenant_id": tid, "event_time": t, "features": features}), eid.encode())
             n += 1
-    assert p.flush(60) == 0
+    p.flush(60)
     return n
 
 

@@ -11,15 +11,14 @@ import re
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import Producer
-
 from muse_stream.config import Settings
-from muse_stream.errors import ConfigError, KafkaOpError
-from muse_stream.kafka.clients import produce_waiting, producer_config
+from muse_stream.errors import ConfigError
+from muse_stream.kafka.clients import producer_config
+from muse_stream.kafka.producer import OutputProducer
 from muse_stream.kafka.ranges import Bound, RangeReader
 from muse_stream.kafka.topics import TopicSpec, create_topics, existing_topics
 from muse_stream.models.store import read_models
-from muse_stream.scoring.deadletter import headers as dead_headers
+from muse_stream.scoring.deadletter import write_dead_letters
 from muse_stream.scoring.scorer import BatchScorer
 from muse_stream.tenants import TenantRegistry, read_tenants
 
@@ -71,23 +70,18 @@ def run_replay(settings: Settings, *, start: Bound, end: Bound, run_id: str | No
     create_topics(settings, [TopicSpec(t, settings.topics.decisions_partitions) for t in topics],
                   replication_factor=settings.topics.replication_factor)
     reader = RangeReader(settings, settings.topics.events, start, end)
-    producer = Producer(producer_config(settings))
+    producer = OutputProducer(producer_config(settings), name="replay producer")
     t0 = time.monotonic()
     n_in = n_dec = n_dead = 0
     try:
         for batch in reader.batches(settings.batch.max_events):
             out = scorer.process(batch, int(time.time() * 1000))
-            for topic, key, value in out.decisions:
-                produce_waiting(producer, topic, value, key)
-            for d in out.dead:
-                m = d.msg
-                produce_waiting(producer, dead_topic, m.value(), m.key(),
-                         headers=dead_headers(d.reason, d.detail, m.topic(), m.partition(), m.offset()))
+            producer.produce_all(out.decisions)
+            write_dead_letters(producer, dead_topic, out.dead)
             n_in += len(batch)
             n_dec += len(out.decisions)
             n_dead += len(out.dead)
-        if producer.flush(60) != 0:
-            raise KafkaOpError("the replay's decisions were not all delivered within 60 s")
+        producer.flush(60)  # raises what was not delivered
     finally:
         reader.close()
     return ReplayResult(run_id, n_in, n_dec, n_dead, topics, time.monotonic() - t0)

@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from muse_stream.config import Settings, dump_toml, load_settings
 from muse_stream.demo import scenario
 from muse_stream.errors import MuseError
-from muse_stream.kafka.clients import admin_config, consumer_config, produce_waiting, producer_config
+from muse_stream.kafka.clients import admin_config, consumer_config, producer_config
 from muse_stream.kafka.local import LocalBroker, answers_metadata
+from muse_stream.kafka.producer import OutputProducer
 from muse_stream.kafka.topics import ensure_all
 from muse_stream.models.store import publish
 from muse_stream.tenants import put_tenants
@@ -132,10 +133,10 @@ class Workers:
         return self.proc.returncode
 
 
-def _produce_day(producer: Producer, topic: str, events, rate: int, advance) -> int:
+def _produce_day(producer: OutputProducer, topic: str, events, rate: int, advance) -> int:
     n, start = 0, time.monotonic()
     for key, value in events:
-        produce_waiting(producer, topic, value, key)
+        producer.produce(topic, value, key)
         n += 1
         if n % 1000 == 0:
             producer.poll(0)
@@ -145,8 +146,7 @@ def _produce_day(producer: Producer, topic: str, events, rate: int, advance) -> 
                 if ahead > 0:
                     time.sleep(ahead)
     advance(n % 1000)
-    if producer.flush(60) != 0:
-        raise MuseError("the replay producer could not deliver every event")
+    producer.flush(60)  # raises DeliveryError (a MuseError) naming what was not delivered
     return n
 
 
@@ -192,7 +192,7 @@ def run_demo(opts: DemoOptions, console) -> dict:
         rows = scenario.replay_rows(ulb, opts.events)
         tids = [t.tenant_id for t in tenants]
         per_day = scenario.day_size(len(rows), len(tids))
-        producer = Producer(producer_config(settings, **{"linger.ms": 10}))
+        producer = OutputProducer(producer_config(settings, **{"linger.ms": 10}), name="demo producer")
         swap: dict = {}
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, disable=not opts.progress, transient=False) as bar:

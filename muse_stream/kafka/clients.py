@@ -1,13 +1,88 @@
-"""librdkafka client configurations, built from validated settings in one place."""
+"""librdkafka client configurations, built from validated settings in one place, and the clients made from them.
+
+Security settings in `[kafka.client]` pass through to librdkafka untouched and are never logged: client errors
+name the property, never its value, and authentication failures name the mechanism and user, never the secret.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+import time
+
+from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from muse_stream.config import Settings
+from muse_stream.errors import ConfigError, KafkaOpError
 
+logger = logging.getLogger(__name__)
 _rdlog = logging.getLogger("muse_stream.librdkafka")
 MAX_RECORD_BYTES = 64 * 1024 * 1024
+ERROR_LOG_INTERVAL_S = 30.0
+_AUTH_CODES = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
+_AUTHZ_CODES = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+                KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED}
+
+
+def describe_error(err: KafkaError, conf: dict) -> str:
+    """librdkafka's text, with what a person needs to act on an authentication or authorization failure."""
+    text = redact(err.str(), conf)
+    if err.code() in _AUTH_CODES or "SASL authentication" in text or "Authentication failed" in text:
+        return (f"authentication failed (mechanism {conf.get('sasl.mechanism') or conf.get('sasl.mechanisms', '?')},"
+                f" user {conf.get('sasl.username', '?')!r}; check the credentials in [kafka.client]): {text}")
+    if err.code() in _AUTHZ_CODES:
+        return f"not authorized (user {conf.get('sasl.username', '?')!r}; check the ACLs): {text}"
+    return text
+
+
+def redact(text: str, conf: dict) -> str:
+    """`text` with every configured string value blanked (a password may appear in librdkafka's messages)."""
+    text = re.sub(r'Invalid value "[^"]*"', "Invalid value", text)
+    for v in conf.values():
+        if isinstance(v, str) and len(v) >= 4 and v in text:
+            text = text.replace(v, "***")
+    return text
+
+
+class ClientErrors:
+    """error_cb for every client: a fatal error is kept for the caller to raise; the same error repeated
+    (a broker outage gives thousands of `Connection refused`) is logged once per interval with a count."""
+
+    def __init__(self, name: str, conf: dict, *, interval: float = ERROR_LOG_INTERVAL_S) -> None:
+        self.name = name
+        self.fatal: KafkaError | None = None
+        self.last: KafkaError | None = None
+        self._conf = conf
+        self._interval = interval
+        self._seen: dict[int, tuple[float, int]] = {}  # code -> (last logged, suppressed since)
+
+    def __call__(self, err: KafkaError) -> None:
+        self.last = err
+        if err.fatal():
+            self.fatal = err
+            logger.error("%s: fatal client error: %s", self.name, describe_error(err, self._conf))
+            return
+        now = time.monotonic()
+        logged, suppressed = self._seen.get(err.code(), (None, 0))
+        if logged is not None and now - logged < self._interval:
+            self._seen[err.code()] = (logged, suppressed + 1)
+            return
+        more = f" ({suppressed} more like it in the last {now - logged:.0f}s)" if suppressed else ""
+        logger.warning("%s: %s%s", self.name, describe_error(err, self._conf), more)
+        self._seen[err.code()] = (now, 0)
+
+
+def make_client(cls, conf: dict, name: str):
+    """Construct a librdkafka client (Producer, Consumer, AdminClient) with an error callback; an invalid
+    setting is a ConfigError naming the property, never its value."""
+    errors = ClientErrors(name, conf)
+    try:
+        client = cls({**conf, "error_cb": errors})
+    except KafkaException as e:
+        raise ConfigError(f"[kafka.client]: {redact(e.args[0].str(), conf)}") from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"[kafka.client]: {redact(str(e), conf)}") from None
+    return client, errors
 
 
 def base_config(settings: Settings) -> dict:
@@ -28,6 +103,8 @@ def producer_config(settings: Settings, *, transactional_id: str | None = None, 
         "batch.num.messages": 10000,
         "compression.type": "lz4",
         "message.max.bytes": MAX_RECORD_BYTES,
+        # Only failures reach the delivery callback: no Python call per delivered record.
+        "delivery.report.only.error": True,
     }
     if transactional_id:
         conf["transactional.id"] = transactional_id
@@ -56,26 +133,26 @@ def reader_config(settings: Settings, **extra) -> dict:
     return consumer_config(settings, group_id="muse-stream-reader-unused", **extra)
 
 
-def produce_waiting(producer, topic: str, value: bytes, key: bytes | None = None, headers=None) -> None:
-    """producer.produce, waiting for room while the client's queue is full (delivery reports are served
-    meanwhile); the queue drains, or its messages time out and fail, so this does not wait forever."""
-    while True:
-        try:
-            producer.produce(topic, value, key, headers=headers)
-            return
-        except BufferError:
-            producer.poll(0.05)
+def make_consumer(conf: dict, name: str = "consumer") -> Consumer:
+    """A Consumer with the rate-limited error callback (what every consumer of the project should use)."""
+    return make_client(Consumer, conf, name)[0]
 
 
-def input_consumer_config(settings: Settings, **extra) -> dict:
+def input_consumer_config(settings: Settings, *, slot: int | None = None, **extra) -> dict:
     """The workers' consumer of the input topics (in the group). Prefetch enough for the next batch, but cap
     the queue: the 64 MiB fetch sizes are for model records, and on the input topic they cost ~250 MB of RSS
-    for nothing. The short queue backoff keeps a capped queue from starving the loop (librdkafka waits 1 s)."""
-    return consumer_config(settings, group_id=settings.runtime.group_id, **{
+    for nothing. The short queue backoff keeps a capped queue from starving the loop (librdkafka waits 1 s).
+
+    With a slot, the member is static (group.instance.id from the slot): a slot restarted within the session
+    timeout takes its partitions back without a rebalance of the other workers."""
+    conf = consumer_config(settings, group_id=settings.runtime.group_id, **{
         "queued.min.messages": max(10000, 2 * settings.batch.max_events), "fetch.wait.max.ms": 50,
         "queued.max.messages.kbytes": 16384, "fetch.max.bytes": 4 * 1024 * 1024,
         "max.partition.fetch.bytes": max(4 * 1024 * 1024, settings.runtime.max_event_bytes + 1024),
         "fetch.queue.backoff.ms": 10, **extra})
+    if slot is not None:
+        conf["group.instance.id"] = f"{settings.runtime.group_id}-{slot}"
+    return conf
 
 
 def worker_producer_config(settings: Settings, **extra) -> dict:
@@ -83,15 +160,11 @@ def worker_producer_config(settings: Settings, **extra) -> dict:
     return producer_config(settings, **{"linger.ms": 1, **extra})
 
 
-def next_batch(consumer, max_events: int, wait: float) -> list:
-    """Wait (up to `wait`) for the first message only, then take whatever else is already queued.
-
-    Under load the queue holds a whole batch, so batches stay full; at a low rate an event is handled as
-    soon as it arrives instead of waiting out batch.max_wait_ms for a batch that will not fill.
-    """
-    first = consumer.poll(wait)
-    if first is None:
-        return []
-    if max_events == 1:
-        return [first]
-    return [first, *consumer.consume(max_events - 1, 0)]
+def check_reachable(client, settings: Settings, timeout: float = 15.0) -> None:
+    """One metadata request: a clear error naming the address (or authentication) when no cluster answers."""
+    try:
+        client.list_topics(timeout=timeout)
+    except KafkaException as e:
+        err: KafkaError = e.args[0]
+        raise KafkaOpError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: "
+                           f"{describe_error(err, base_config(settings))}", error=err) from None

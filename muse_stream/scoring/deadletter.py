@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from muse_stream.errors import RecordTooLarge
+
 
 class Reason(str, Enum):
     MALFORMED_JSON = "malformed_json"
@@ -27,3 +29,19 @@ def headers(reason: Reason, detail: str, topic: str, partition: int, offset: int
         ("muse.source.partition", str(partition).encode()),
         ("muse.source.offset", str(offset).encode()),
     ]
+
+
+def write_dead_letters(producer, topic: str, dead: list) -> None:
+    """Produce each dead letter (scorer.DeadLetter) with its original bytes and headers, through an
+    OutputProducer. A value too large for the producer is dropped from the dead letter, which keeps the
+    reason and where the record is, so the record still has its one output."""
+    for d in dead:
+        m = d.msg
+        try:
+            producer.produce(topic, m.value(), m.key(),
+                             headers=headers(d.reason, d.detail, m.topic(), m.partition(), m.offset()))
+        except RecordTooLarge:
+            size = len(m.value() or b"")
+            detail = f"{d.detail}; value ({size} bytes) too large to copy, dropped"
+            producer.produce(topic, None, m.key(), headers=headers(d.reason, detail, m.topic(), m.partition(),
+                                                                   m.offset()))
