@@ -86,6 +86,42 @@ class RuntimeSettings(_Frozen):
     # Feature values beyond this magnitude (or non-finite) are bad input, sent to the dead-letter topic.
     max_abs_feature: float = Field(1e30, gt=0)
     max_event_bytes: int = Field(1_000_000, ge=64)
+    # The `run` supervisor. A slot that fails more often than this within a minute is a crash loop, not a
+    # blip: the supervisor stops every worker and exits non-zero rather than restart it forever.
+    max_restarts_per_minute: int = Field(5, ge=0, le=1000)
+    # A worker whose loop has not turned (no heartbeat) for this long is stuck, e.g. inside a librdkafka call
+    # that outlives its timeout: it is killed and restarted. Longer than any wait the loop itself makes.
+    stall_after_s: float = Field(60.0, ge=1.0, le=3600.0)
+    # Added to stall_after_s before a worker's first heartbeat: start-up (imports, init_transactions, catching
+    # up the models topic) may take longer than one loop turn.
+    startup_grace_s: float = Field(60.0, ge=0.0, le=3600.0)
+    # After SIGTERM, workers get this long to finish or abort their transaction before SIGKILL. At most 25 s, so
+    # `run` always ends within 30 s of SIGTERM.
+    shutdown_grace_s: float = Field(20.0, ge=0.5, le=25.0)
+
+
+def _check_bands(v: dict[str, float]) -> dict[str, float]:
+    for name, thr in v.items():
+        if not 0.0 <= thr <= 1.0:
+            raise ValueError(f"band {name!r} threshold {thr} is outside [0, 1]")
+        if name == "approve":
+            raise ValueError("'approve' is the band below every threshold; it takes no threshold")
+    if len(set(v.values())) != len(v):
+        raise ValueError("two bands share a threshold")
+    return v
+
+
+class BandPeriod(_Frozen):
+    """A tenant's bands from an event time on: events with event_time >= from_time use them, until the next
+    period's from_time. from_time None: from the start of time."""
+
+    from_time: int | None = Field(None, ge=0)
+    bands: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, v: dict[str, float]) -> dict[str, float]:
+        return _check_bands(v)
 
 
 class TenantConfig(_Frozen):
@@ -99,6 +135,10 @@ class TenantConfig(_Frozen):
     output_topic: str | None = None
     pinned_versions: dict[str, int] = Field(default_factory=dict)
     suspended: bool = False
+    # Every band change, in event time (written by tenants.put_tenants; users leave it out): the record carries
+    # the whole history, so compaction of the tenants topic loses none of it and replays use the bands that
+    # were in force. Its last period's bands are `bands`. Empty: `bands` for every event time.
+    band_timeline: tuple[BandPeriod, ...] = ()
 
     @field_validator("tenant_id")
     @classmethod
@@ -110,13 +150,16 @@ class TenantConfig(_Frozen):
     @field_validator("bands")
     @classmethod
     def _bands(cls, v: dict[str, float]) -> dict[str, float]:
-        for name, thr in v.items():
-            if not 0.0 <= thr <= 1.0:
-                raise ValueError(f"band {name!r} threshold {thr} is outside [0, 1]")
-            if name == "approve":
-                raise ValueError("'approve' is the band below every threshold; it takes no threshold")
-        if len(set(v.values())) != len(v):
-            raise ValueError("two bands share a threshold")
+        return _check_bands(v)
+
+    @field_validator("band_timeline")
+    @classmethod
+    def _timeline(cls, v: tuple[BandPeriod, ...]) -> tuple[BandPeriod, ...]:
+        if v and v[0].from_time is not None:
+            raise ValueError("a band timeline starts with a period from the start of time")
+        times = [p.from_time for p in v[1:]]
+        if any(t is None for t in times) or times != sorted(set(times)):
+            raise ValueError("band timeline periods must be in strictly increasing from_time")
         return v
 
     @field_validator("output_topic")
@@ -131,7 +174,13 @@ class TenantConfig(_Frozen):
         for intent in self.pinned_versions:
             if intent not in self.intents:
                 raise ValueError(f"pinned intent {intent!r} is not among intents {list(self.intents)}")
+        if self.band_timeline and self.band_timeline[-1].bands != self.bands:
+            raise ValueError("bands must be the band timeline's last period's bands")
         return self
+
+    def band_periods(self) -> tuple[BandPeriod, ...]:
+        """The band timeline, never empty: one period from the start of time when the record has none."""
+        return self.band_timeline or (BandPeriod(bands=self.bands),)
 
     def resolve_intent(self, intent: str | None) -> str | None:
         if intent is None:
