@@ -1,4 +1,4 @@
-"""`muse-stream kafka start|stop|status`: the local development broker."""
+"""`muse-stream kafka start|stop|status`: the local development broker, or a local multi-node cluster."""
 
 from __future__ import annotations
 
@@ -6,15 +6,46 @@ import argparse
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("kafka", help="start, stop or inspect the local development broker")
+    p = sub.add_parser("kafka", help="start, stop or inspect the local development broker (or cluster)")
     p.add_argument("action", choices=["start", "stop", "status"])
-    p.add_argument("--port", type=int, default=9092, help="broker port on 127.0.0.1 (default 9092)")
+    p.add_argument("--port", type=int, default=9092,
+                   help="broker port on 127.0.0.1; a cluster's first node (default 9092)")
+    p.add_argument("--nodes", type=int, default=None,
+                   help="start: 1 (default) for one broker, or N combined broker+controller nodes on ports "
+                        "port..port+N-1 (controllers on the N ports after them); stop/status find a cluster "
+                        "started at --port by themselves")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from muse_stream.errors import BrokerError
+    from muse_stream.kafka.cluster import LocalCluster
     from muse_stream.kafka.local import LocalBroker
 
+    if args.nodes is not None and not 1 <= args.nodes <= 9:
+        raise BrokerError(f"--nodes must be 1 to 9, not {args.nodes}")
+    if args.action == "start" and (args.nodes or 1) > 1:
+        cluster = LocalCluster(args.nodes, base_port=args.port)
+        status = cluster.start()
+        print(status.describe())
+        print(f"bootstrap: {cluster.bootstrap}")
+        return 0
+    cluster = None
+    if args.action != "start" and args.nodes != 1:
+        cluster = LocalCluster.existing(args.port)
+        if args.nodes is None and cluster is not None and not cluster.running():
+            cluster = None  # a cluster once started here, now stopped: this is about the single broker
+        elif cluster is None and args.nodes:
+            cluster = LocalCluster(args.nodes, base_port=args.port)
+    if cluster is not None:
+        if args.action == "stop":
+            stopped = cluster.stop()
+            print(f"stopped the {cluster.nodes}-node cluster at {cluster.bootstrap}" if stopped
+                  else f"no node of the cluster at {cluster.bootstrap} was running")
+            return 0
+        status = cluster.status()
+        print(status.describe())
+        return 0 if status.up else 1
     broker = LocalBroker(args.port)
     if args.action == "start":
         print(broker.start().describe())

@@ -1,7 +1,8 @@
-"""The local development broker: Apache Kafka 4.x jars from Maven Central, one KRaft node on 127.0.0.1.
+"""The local development broker: Apache Kafka 4.x jars from Maven Central, KRaft nodes on 127.0.0.1.
 
 Jars are resolved once into a cache outside the repository (~/.cache/muse-stream/kafka-<version>/libs);
 each broker instance (one per port) keeps its properties, data, log and pid in ~/.cache/muse-stream/broker-<port>.
+A node of a multi-node cluster (kafka/cluster.py) is the same LocalBroker given a node id and the shared Quorum.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def fetch_kafka(root: Path | None = None, *, version: str | None = None) -> Path
         cmd = ["mvn", "-B", "-q", "-f", str(pom), f"-Dkafka.version={version or KAFKA_VERSION_RANGE}",
                "dependency:copy-dependencies", f"-DoutputDirectory={libs}"]
         print(f"fetching the Kafka broker jars with Maven into {root} (once) ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
             raise BrokerError(f"Maven could not fetch the Kafka broker jars:\n{tail}")
@@ -112,28 +113,62 @@ def answers_metadata(bootstrap: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def broker_properties(*, port: int, controller_port: int, data_dir: Path) -> str:
-    """The single-node KRaft settings; docker-compose.kafka.yml mirrors them."""
+@dataclass(frozen=True)
+class Quorum:
+    """What every node of one cluster shares: the cluster id it is formatted with and the static controller
+    voters (node id -> controller port). Internal topics are replicated to up to 3 nodes, with a min ISR one
+    below that, so a 3-node cluster keeps accepting acks=all and transactions with one node down."""
+
+    cluster_id: str
+    voters: dict[int, int]
+
+    @property
+    def replication(self) -> int:
+        return min(3, len(self.voters))
+
+    @property
+    def min_isr(self) -> int:
+        return max(1, self.replication - 1)
+
+
+def new_cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def broker_properties(*, port: int, controller_port: int, data_dir: Path, node_id: int = 1,
+                      quorum: Quorum | None = None) -> str:
+    """A combined broker+controller KRaft node; without a quorum, the single-node settings that
+    docker-compose.kafka.yml mirrors."""
+    voters = quorum.voters if quorum else {node_id: controller_port}
+    rf, isr = (quorum.replication, quorum.min_isr) if quorum else (1, 1)
+    multi = [
+        # One machine, many nodes: notice a dead node in seconds so its partitions' leadership moves quickly.
+        "broker.session.timeout.ms=6000",
+        "broker.heartbeat.interval.ms=1000",
+    ] if len(voters) > 1 else []
     return "\n".join([
         "process.roles=broker,controller",
-        "node.id=1",
+        f"node.id={node_id}",
         f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
         f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
         "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=PLAINTEXT",
-        f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+        "controller.quorum.voters=" + ",".join(f"{n}@127.0.0.1:{p}" for n, p in sorted(voters.items())),
         f"log.dirs={data_dir}",
         "num.partitions=1",
         "auto.create.topics.enable=false",
-        "offsets.topic.replication.factor=1",
+        f"default.replication.factor={rf}",
+        f"min.insync.replicas={isr}",
+        f"offsets.topic.replication.factor={rf}",
         "offsets.topic.num.partitions=10",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
+        f"transaction.state.log.replication.factor={rf}",
+        f"transaction.state.log.min.isr={isr}",
         "transaction.state.log.num.partitions=10",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
+        f"share.coordinator.state.topic.replication.factor={rf}",
+        f"share.coordinator.state.topic.min.isr={isr}",
         "group.initial.rebalance.delay.ms=0",
+        *multi,
         f"message.max.bytes={MAX_MESSAGE_BYTES}",
         f"replica.fetch.max.bytes={MAX_MESSAGE_BYTES}",
         "log.cleaner.min.compaction.lag.ms=0",
@@ -158,12 +193,16 @@ class BrokerStatus:
 
 
 class LocalBroker:
-    """One local KRaft broker instance, identified by its port."""
+    """One local KRaft broker instance, identified by its port; alone (its own one-voter quorum), or node
+    `node_id` of a cluster whose Quorum it is given."""
 
-    def __init__(self, port: int = 9092, *, home: Path | None = None, heap: str = "512m") -> None:
+    def __init__(self, port: int = 9092, *, home: Path | None = None, heap: str = "512m", node_id: int = 1,
+                 quorum: Quorum | None = None) -> None:
         self.port = port
         self.home = home or cache_root() / f"broker-{port}"
         self.heap = heap
+        self.node_id = node_id
+        self.quorum = quorum
 
     @property
     def bootstrap(self) -> str:
@@ -183,7 +222,7 @@ class LocalBroker:
         except (OSError, orjson.JSONDecodeError):
             return {}
 
-    def _live_pid(self) -> int | None:
+    def live_pid(self) -> int | None:
         pid = self._state().get("pid")
         if not pid:
             return None
@@ -202,7 +241,7 @@ class LocalBroker:
         return pid
 
     def status(self) -> BrokerStatus:
-        pid = self._live_pid()
+        pid = self.live_pid()
         up = answers_metadata(self.bootstrap)
         return BrokerStatus(up=up, bootstrap=self.bootstrap, version=self._state().get("version") if pid else None,
                             log_file=self.log_file, pid=pid, managed=pid is not None)
@@ -211,31 +250,41 @@ class LocalBroker:
         """Start the broker and wait until it answers; return at once when one already answers there."""
         if answers_metadata(self.bootstrap):
             return self.status()
-        if self._live_pid() is not None:
-            # Ours, still starting (or hung): wait for it rather than start a second one.
-            return self._wait_ready(self._live_pid(), timeout)
+        # Ours, still starting (or hung): wait for it rather than start a second one.
+        pid = self.live_pid() or self.launch()
+        return self.wait_ready(pid, timeout)
+
+    def launch(self) -> int:
+        """Format (first time only) and start the broker process without waiting for it; return its pid.
+        A cluster launches every node before waiting: no node answers until a majority of voters is up."""
         if port_open("127.0.0.1", self.port):
             raise BrokerError(f"port {self.port} is taken by something that is not a Kafka broker")
         kafka_dir = fetch_kafka()
         version = (kafka_dir / "libs" / ".complete").read_text().strip()
         self.home.mkdir(parents=True, exist_ok=True)
         data = self.home / "data"
-        state = self._state()
-        cport = state.get("controller_port")
-        if not cport or port_open("127.0.0.1", cport):
-            cport = free_port()
+        if self.quorum is not None:
+            cport = self.quorum.voters[self.node_id]  # fixed: every node lists it among the voters
+            if port_open("127.0.0.1", cport):
+                raise BrokerError(f"controller port {cport} of node {self.node_id} is taken")
+        else:
+            cport = self._state().get("controller_port")
+            if not cport or port_open("127.0.0.1", cport):
+                cport = free_port()
         props = self.home / "server.properties"
-        props.write_text(broker_properties(port=self.port, controller_port=cport, data_dir=data))
+        props.write_text(broker_properties(port=self.port, controller_port=cport, data_dir=data,
+                                           node_id=self.node_id, quorum=self.quorum))
         log4j = self.home / "log4j2.properties"
         log4j.write_text(resources.files(__package__).joinpath("log4j2.properties").read_text())
         java = ["java", f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
                 f"-Dlog4j2.configurationFile={log4j}", "-Djava.awt.headless=true",
                 "-cp", str(kafka_dir / "libs" / "*")]
         if not (data / "meta.properties").exists():
-            # The id may start with "-": pass it as --cluster-id=ID so it is not read as an option.
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            # The id may start with "-": pass it as --cluster-id=ID so it is not read as an option. Formatted
+            # with the static controller.quorum.voters of the properties (Kafka 4 refuses them with --standalone).
+            cluster_id = self.quorum.cluster_id if self.quorum else new_cluster_id()
             fmt = subprocess.run([*java, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props)],
-                                 capture_output=True, text=True)
+                                 check=False, capture_output=True, text=True)
             if fmt.returncode != 0:
                 raise BrokerError(f"formatting the KRaft log folder failed: {(fmt.stdout + fmt.stderr).strip()[-800:]}")
         with open(self.log_file, "ab") as log:
@@ -243,14 +292,14 @@ class LocalBroker:
                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.home)
         self._state_file.write_bytes(orjson.dumps({"pid": proc.pid, "version": version, "controller_port": cport,
                                                    "port": self.port}))
-        return self._wait_ready(proc.pid, timeout)
+        return proc.pid
 
-    def _wait_ready(self, pid: int | None, timeout: float) -> BrokerStatus:
+    def wait_ready(self, pid: int | None, timeout: float) -> BrokerStatus:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if answers_metadata(self.bootstrap, timeout=2.0):
                 return self.status()
-            if pid is None or self._live_pid() is None:
+            if pid is None or self.live_pid() is None:
                 raise BrokerError(f"the broker exited during start-up; last lines of {self.log_file}:\n{self.log_tail()}")
             time.sleep(0.3)
         self.stop()
@@ -265,17 +314,22 @@ class LocalBroker:
 
     def stop(self, *, timeout: float = 30.0) -> bool:
         """Stop the broker cleanly (SIGTERM, then SIGKILL after `timeout`). False when none of ours was running."""
-        pid = self._live_pid()
+        return self.kill(signal.SIGTERM, timeout=timeout)
+
+    def kill(self, sig: int = signal.SIGKILL, *, timeout: float = 30.0) -> bool:
+        """Send `sig` to the broker, wait up to `timeout` for it to exit, then SIGKILL it. Fault tests kill -9
+        a node this way. False when none of ours was running."""
+        pid = self.live_pid()
         if pid is None:
             return False
         try:
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pid, sig)
         except ProcessLookupError:
             return False
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._live_pid() is not None:
+        while time.monotonic() < deadline and self.live_pid() is not None:
             time.sleep(0.2)
-        if self._live_pid() is not None:
+        if self.live_pid() is not None:
             logger.warning("broker pid %s did not stop in %.0fs; killing it", pid, timeout)
             try:
                 os.killpg(pid, signal.SIGKILL)
