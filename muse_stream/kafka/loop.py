@@ -96,7 +96,8 @@ class StreamLoop:
 
     def __init__(self, settings: LoopSettings, *, consumer_config: dict, producer, process: Callable[[list], None],
                  between_batches: Callable[[], None] | None = None, hooks: LoopHooks | None = None,
-                 stats: LoopStats | None = None, stop: threading.Event | None = None, name: str = "worker") -> None:
+                 stats: LoopStats | None = None, stop: threading.Event | None = None, name: str = "worker",
+                 consumer=None) -> None:
         self.settings = settings
         self.producer = producer
         self.process = process
@@ -106,7 +107,8 @@ class StreamLoop:
         self.stop = stop or threading.Event()
         self.name = name
         self.assigned = False
-        self.consumer = make_consumer(consumer_config, f"{name} consumer")
+        # `consumer` is for tests of the step order with a fake; workers always build their own.
+        self.consumer = consumer if consumer is not None else make_consumer(consumer_config, f"{name} consumer")
         self.checkpoint = Checkpoint(producer, self.consumer, exactly_once=settings.exactly_once)
 
     # ---- the loop -----------------------------------------------------------------------------

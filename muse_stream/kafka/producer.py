@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from muse_stream.errors import DeliveryError, FatalKafkaError, KafkaOpError, RecordTooLarge
 from muse_stream.kafka.checkpoint import call_with_retry
-from muse_stream.kafka.clients import make_client
+from muse_stream.kafka.clients import ClientErrors, make_client
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +28,12 @@ logger = logging.getLogger(__name__)
 class OutputProducer:
     """A Producer that never loses a write silently. `client` is the underlying Producer, for transactions."""
 
-    def __init__(self, config: dict, *, name: str = "producer", queue_wait_s: float = 300.0) -> None:
+    def __init__(self, config: dict, *, name: str = "producer", queue_wait_s: float = 300.0, client=None) -> None:
         self.name = name
-        self.client, self.errors = make_client(Producer, {**config, "on_delivery": self._on_delivery}, name)
+        if client is None:
+            self.client, self.errors = make_client(Producer, {**config, "on_delivery": self._on_delivery}, name)
+        else:  # tests of the step order hand in a fake client
+            self.client, self.errors = client, ClientErrors(name, config)
         self._queue_wait_s = queue_wait_s  # a queue that stays full this long means Kafka is not taking writes
         self._failed: tuple[KafkaError, str] | None = None
         self.failures = 0
