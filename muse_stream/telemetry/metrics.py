@@ -2,7 +2,7 @@
 
 Readers: always a Prometheus reader on the worker's own CollectorRegistry (served at /metrics when the
 endpoint is on), and a periodic OTLP/HTTP push when a collector endpoint is configured. Every name below
-appears in docs/observability.md with its labels; keep the two in step.
+appears in docs/operations.md (Metrics) with its labels; keep the two in step.
 """
 
 from __future__ import annotations
