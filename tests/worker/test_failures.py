@@ -1,0 +1,100 @@
+"""The failure rule against the real broker: an exception injected at each step between consume and commit
+stops the worker with the batch uncommitted; after a restart every input record has exactly one output."""
+
+from __future__ import annotations
+
+import pytest
+
+import muse_stream.kafka.checkpoint as checkpoint
+from muse_stream.kafka.producer import OutputProducer
+from muse_stream.models.registry import LoadedModel
+from muse_stream.scoring.scorer import BatchScorer
+from tests.fixtures.helpers import TopicReader, decision_topics, event, produce, publish_model
+from tests.fixtures.workers import ThreadWorker, assert_exactly_once
+
+pytestmark = pytest.mark.kafka
+
+
+class Injected(RuntimeError):
+    pass
+
+
+def _fail_on_call(n: int, original):
+    """`original`, raising Injected on its n-th call (later calls pass)."""
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise Injected(f"injected on call {n}")
+        return original(*args, **kwargs)
+
+    return wrapper
+
+
+def _fail_kafka_call(name: str, n: int):
+    original = checkpoint.call_with_retry
+    calls = {"n": 0}
+
+    def wrapper(what, fn, *args, **kwargs):
+        if what == name:
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise Injected(f"injected in {name}")
+        return original(what, fn, *args, **kwargs)
+
+    return wrapper
+
+
+def _fail_midway(n: int):
+    """OutputProducer.produce_all that, on its n-th call, produces half the batch's records and then raises:
+    the open transaction holds outputs of a batch that must not commit."""
+    original = OutputProducer.produce_all
+    calls = {"n": 0}
+
+    def wrapper(self, records):
+        calls["n"] += 1
+        records = list(records)
+        if calls["n"] == n and records:
+            original(self, records[: len(records) // 2])
+            raise Injected("injected half-way through producing a batch")
+        return original(self, records)
+
+    return wrapper
+
+
+STEPS = {
+    "parse": lambda mp: mp.setattr(BatchScorer, "process", _fail_on_call(3, BatchScorer.process)),
+    "score": lambda mp: mp.setattr(LoadedModel, "predict", _fail_on_call(4, LoadedModel.predict)),
+    "produce": lambda mp: mp.setattr(OutputProducer, "produce_all", _fail_midway(5)),
+    "send_offsets": lambda mp: mp.setattr(checkpoint, "call_with_retry",
+                                          _fail_kafka_call("send_offsets_to_transaction", 2)),
+    "commit": lambda mp: mp.setattr(checkpoint, "call_with_retry", _fail_kafka_call("commit_transaction", 2)),
+}
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_injected_exception_loses_nothing_and_duplicates_nothing_after_restart(stack, step):
+    # Small batches and a commit per batch, so the failure lands after earlier batches were committed.
+    s = stack.with_overrides(batch={"max_events": 50}, runtime={"commit_interval_ms": 0})
+    publish_model(s, "card_fraud", seed=1)
+    publish_model(s, "account_takeover", seed=2)
+    n = 1500
+    produce(s, [event(i, ["acme", "globex", "initech"][i % 3]) for i in range(n)])
+    reader = TopicReader(s, decision_topics(s) + [s.topics.deadletter])
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            STEPS[step](mp)
+            w = ThreadWorker(s)
+            w.thread.join(60)
+            assert not w.thread.is_alive(), "the worker kept running after the injected failure"
+            assert isinstance(w.error, Injected), w.error
+        before = reader.poll_for(1.0)
+        assert len(before) < n  # it stopped part-way: the failed batch and what follows are not committed
+        w = ThreadWorker(s)  # the restart, same slot, nothing injected
+        recs = reader.until(lambda r: len(r) >= n, timeout=120)
+        reader.poll_for(2.0)  # anything extra would be a duplicate
+        w.close()
+    finally:
+        reader.close()
+    assert_exactly_once(recs, n)
