@@ -59,7 +59,7 @@ def test_exactly_once_commit_reads_top_to_bottom():
 
 
 def test_at_least_once_flushes_before_committing_offsets():
-    loop, log, consumer, client, _ = make_loop(exactly_once=False)
+    loop, log, consumer, _client, _ = make_loop(exactly_once=False)
     loop.run()
     seq = names(log)
     assert "begin_transaction" not in seq and "send_offsets_to_transaction" not in seq
@@ -71,7 +71,7 @@ def test_unexpected_error_in_process_aborts_and_commits_nothing_even_on_close():
     def boom(msgs):
         raise ValueError("model misbehaved")
 
-    loop, log, consumer, client, _ = make_loop(process=boom)
+    loop, log, consumer, _client, _ = make_loop(process=boom)
     with pytest.raises(ValueError):
         loop.run()
     seq = names(log)
@@ -86,7 +86,7 @@ def test_error_after_some_outputs_were_produced_commits_none_of_them():
         loop.producer.produce("out", b"x", b"k")
         raise RuntimeError("after the first output")
 
-    loop, log, consumer, client, _ = make_loop(process=half)
+    loop, _log, consumer, client, _ = make_loop(process=half)
     with pytest.raises(RuntimeError):
         loop.run()
     assert client.produced == [] and consumer.committed_offsets == {}
@@ -123,7 +123,7 @@ def test_fatal_error_stops_without_abort_or_commit():
 
 
 def test_failed_delivery_is_raised_before_commit_and_the_batch_is_redone():
-    loop, log, consumer, client, _ = make_loop(batches_then_stop=3)
+    loop, log, consumer, _client, _ = make_loop(batches_then_stop=3)
     original = loop.process
 
     def process_with_one_failed_delivery(msgs):
@@ -141,7 +141,7 @@ def test_failed_delivery_is_raised_before_commit_and_the_batch_is_redone():
 
 
 def test_aborts_are_bounded():
-    loop, log, consumer, client, _ = make_loop(batches_then_stop=100, max_aborts=3)
+    loop, _log, consumer, _client, _ = make_loop(batches_then_stop=100, max_aborts=3)
 
     def always_abort(msgs):
         raise AbortRequired("always")
@@ -155,7 +155,7 @@ def test_aborts_are_bounded():
 def test_revoke_inside_the_next_poll_commits_only_processed_records():
     """A rebalance callback runs inside poll or consume: what it commits must be the processed batch, never a
     message that poll has already returned but nobody has processed."""
-    loop, log, consumer, client, stop = make_loop(batches_then_stop=2, max_events=3, per_partition=5,
+    loop, _log, consumer, _client, _stop = make_loop(batches_then_stop=2, max_events=3, per_partition=5,
                                                   commit_interval_s=3600.0)
     committed_at_revoke = {}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-import muse_stream.kafka.checkpoint as checkpoint
+from muse_stream.kafka import checkpoint
 from muse_stream.kafka.producer import OutputProducer
 from muse_stream.models.registry import LoadedModel
 from muse_stream.scoring.scorer import BatchScorer
