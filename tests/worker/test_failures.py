@@ -3,6 +3,7 @@ stops the worker with the batch uncommitted; after a restart every input record 
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from muse_stream.kafka import checkpoint
@@ -98,3 +99,32 @@ def test_injected_exception_loses_nothing_and_duplicates_nothing_after_restart(s
     finally:
         reader.close()
     assert_exactly_once(recs, n)
+
+
+def test_record_too_large_for_the_producer_ends_as_a_dead_letter_without_its_value(stack):
+    """64.5 MiB: the broker takes it (65 MiB), the producer cannot write it back out (64 MiB)."""
+    from muse_stream.kafka.clients import producer_config
+
+    s = stack
+    publish_model(s, "card_fraud", seed=1)
+    big = b'{"event_id": "big", "pad": "' + b"x" * (64 * 1024 * 1024 + 512 * 1024) + b'"}'
+    p = OutputProducer(producer_config(s, **{"message.max.bytes": 66 * 1024 * 1024, "compression.type": "none"}))
+    p.produce(s.topics.events, orjson.dumps(event(0, "acme")), b"0")
+    p.produce(s.topics.events, big, b"big")
+    p.produce(s.topics.events, orjson.dumps(event(2, "acme")), b"2")
+    p.flush(60)
+    del big
+    reader = TopicReader(s, decision_topics(s) + [s.topics.deadletter])
+    w = ThreadWorker(s)
+    try:
+        recs = reader.until(lambda r: len(r) >= 3, timeout=90)
+        reader.poll_for(1.0)
+    finally:
+        w.close()
+        reader.close()
+    assert_exactly_once(recs, 3)
+    dead = [m for m in recs if m.topic() == s.topics.deadletter]
+    assert len(dead) == 1
+    h = dict(dead[0].headers())
+    assert h["muse.reason"] == b"event_too_large" and dead[0].value() is None
+    assert b"too large to copy" in h["muse.detail"]
