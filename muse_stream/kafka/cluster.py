@@ -84,7 +84,6 @@ class LocalCluster:
         self.base_port = base_port
         self.home = home or cluster_home(base_port)
         self.heap = heap
-        self._quorum: Quorum | None = None
 
     @classmethod
     def existing(cls, base_port: int, home: Path | None = None) -> LocalCluster | None:
@@ -100,26 +99,30 @@ class LocalCluster:
     def bootstrap(self) -> str:
         return ",".join(f"127.0.0.1:{self.base_port + i}" for i in range(self.nodes))
 
+    def _meta(self) -> dict:
+        try:
+            return orjson.loads((self.home / "cluster.json").read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+
+    def _ensure_recorded(self) -> None:
+        """Create the cluster's id once and keep it in cluster.json: a restarted node must find the same id
+        in its formatted log folder. Only starting writes it; status and stop only read."""
+        meta = self._meta()
+        if meta.get("nodes") == self.nodes and meta.get("base_port") == self.base_port and meta.get("cluster_id"):
+            return
+        # A new cluster (or a new layout): folders formatted for another one would refuse to join it.
+        for i in range(self.nodes):
+            shutil.rmtree(self._node_home(i) / "data", ignore_errors=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "cluster.json").write_bytes(orjson.dumps(
+            {"cluster_id": new_cluster_id(), "nodes": self.nodes, "base_port": self.base_port}))
+
     @property
     def quorum(self) -> Quorum:
-        """The cluster id and voters, created once and kept in cluster.json: a restarted node must find the
-        same id in its formatted log folder."""
-        if self._quorum is None:
-            path = self.home / "cluster.json"
-            try:
-                meta = orjson.loads(path.read_bytes())
-            except (OSError, orjson.JSONDecodeError):
-                meta = {}
-            if meta.get("nodes") != self.nodes or meta.get("base_port") != self.base_port:
-                # A new cluster (or a new layout): folders formatted for another one would refuse to join.
-                for i in range(self.nodes):
-                    shutil.rmtree(self._node_home(i) / "data", ignore_errors=True)
-                meta = {"cluster_id": new_cluster_id(), "nodes": self.nodes, "base_port": self.base_port}
-                self.home.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(orjson.dumps(meta))
-            voters = {i + 1: self.base_port + self.nodes + i for i in range(self.nodes)}
-            self._quorum = Quorum(cluster_id=meta["cluster_id"], voters=voters)
-        return self._quorum
+        """The cluster id (empty until the first start records one) and the static voters."""
+        voters = {i + 1: self.base_port + self.nodes + i for i in range(self.nodes)}
+        return Quorum(cluster_id=self._meta().get("cluster_id", ""), voters=voters)
 
     def _node_home(self, i: int) -> Path:
         return self.home / f"node-{i}"
@@ -136,6 +139,7 @@ class LocalCluster:
     def start(self, *, timeout: float = 120.0) -> ClusterStatus:
         """Start every node that is not running, then wait until each answers and all are registered."""
         deadline = time.monotonic() + timeout
+        self._ensure_recorded()
         for i in range(self.nodes):
             node = self.node(i)
             if node.live_pid() is None and not answers_metadata(node.bootstrap, timeout=1.0):
@@ -206,6 +210,7 @@ class LocalCluster:
 
     def start_node(self, i: int, *, timeout: float = 90.0) -> BrokerStatus:
         """Start node i again (its data and cluster id kept) and wait until it answers and is registered."""
+        self._ensure_recorded()
         status = self.node(i).start(timeout=timeout)
         self._wait_registered(self.nodes, time.monotonic() + timeout)
         return status
