@@ -210,7 +210,7 @@ class Supervisor:
                              extra={"fields": {"event": "supervisor_gave_up"}})
                 self._stop_all()
                 return GIVE_UP_EXIT
-            logger.info("signal %d: stopping %d worker(s), up to %.0fs each to finish", self._stop_signal,
+            logger.info("signal %d: stopping %d worker(s), up to %.0fs for them to finish", self._stop_signal,
                         sum(s.proc is not None for s in self.slots), self.rt.shutdown_grace_s)
             return self._stop_all()
         finally:
