@@ -36,7 +36,8 @@ from muse_stream.demo.ulb_models import (
     window_mask,
 )
 from muse_stream.errors import MuseError
-from muse_stream.models.transform import ReferenceDistribution, ScoreTransform, fit_score_transform
+from muse_stream.models.quantile import ReferenceDistribution
+from muse_stream.models.transform import ScoreTransform, fit_score_transform
 
 TOP_FRACTIONS = (0.005, 0.01, 0.05)
 RATIO_BAND = (0.9, 1.1)

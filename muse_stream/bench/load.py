@@ -73,8 +73,9 @@ def train_and_publish(settings: Settings, spec: ModelSpec, *, activate: bool, n_
     """Train a booster on synthetic data, fit its transform on fresh calibration rows, publish it."""
     import xgboost as xgb
 
+    from muse_stream.models.quantile import ReferenceDistribution
     from muse_stream.models.store import publish, read_models
-    from muse_stream.models.transform import ReferenceDistribution, fit_score_transform
+    from muse_stream.models.transform import fit_score_transform
 
     t0 = time.monotonic()
     rng = np.random.default_rng(spec.seed)

@@ -25,7 +25,8 @@ from muse_stream.demo.ulb_models import (
     train_retrained,
     window_mask,
 )
-from muse_stream.models.transform import ReferenceDistribution, ScoreTransform, fit_score_transform
+from muse_stream.models.quantile import ReferenceDistribution
+from muse_stream.models.transform import ScoreTransform, fit_score_transform
 
 CARD = "card_fraud"
 CNP = "cnp_fraud"  # card-not-present: the second intent, with a model of its own

@@ -10,11 +10,12 @@ import numpy as np
 
 from muse_stream.config import Settings, TenantConfig
 from muse_stream.errors import DataError, ModelError, TransformError
+from muse_stream.models.quantile import ReferenceDistribution
 from muse_stream.models.records import VersionRecord
 from muse_stream.models.registry import load_version
 from muse_stream.models.store import publish, read_models
 from muse_stream.models.tabular import read_table
-from muse_stream.models.transform import ReferenceDistribution, fit_score_transform
+from muse_stream.models.transform import fit_score_transform
 
 logger = logging.getLogger(__name__)
 MIN_CALIBRATION_EVENTS = 1000
@@ -50,14 +51,7 @@ def feature_matrix(table: dict[str, np.ndarray], features: list[str], source: st
 
 def served_scores(model, x: np.ndarray, tenant_ids: np.ndarray | None) -> np.ndarray:
     """What a loaded version would serve: transformed scores, with each tenant's own map where it has one."""
-    raw = np.asarray(model.predict(x), dtype=np.float64)
-    out = model.transform.apply(raw)
-    if tenant_ids is not None:
-        for tid in model.transform.tenant_ids:
-            mask = tenant_ids == tid
-            if mask.any():
-                out[mask] = model.transform.apply(raw[mask], tid)
-    return out
+    return model.transform.apply(np.asarray(model.predict(x), dtype=np.float64), tenant_ids)
 
 
 @dataclass
@@ -104,10 +98,7 @@ def publish_from_files(settings: Settings, *, intent: str, booster_path: str | P
         raw, reference=reference, incumbent_ref_scores=incumbent_scores, tenant_ids=tenant_ids,
         min_tenant_events=min_tenant_events, negative_sampling_rate=negative_sampling_rate,
         train_prevalence=train_prevalence, prod_prevalence=prod_prevalence)
-    new_scores = st.apply(raw)
-    if tenant_ids is not None:
-        for tid in st.tenant_ids:
-            new_scores[tenant_ids == tid] = st.apply(raw[tenant_ids == tid], tid)
+    new_scores = st.apply(raw, tenant_ids)
     order = np.argsort(raw, kind="stable")
     if np.any(np.diff(new_scores[order]) < -1e-12) and tenant_ids is None:
         raise TransformError("the fitted transform is not monotone; nothing was published")
@@ -177,9 +168,7 @@ def publish_from_shadow(settings: Settings, *, intent: str, version: int, window
         win["shadow_raw"], reference=ReferenceDistribution.from_dict(ref_rec.reference),
         incumbent_ref_scores=win["incumbent"], tenant_ids=win["tenants"], min_tenant_events=min_tenant_events,
         **prior)
-    new_scores = st.apply(win["shadow_raw"])
-    for tid in st.tenant_ids:
-        new_scores[win["tenants"] == tid] = st.apply(win["shadow_raw"][win["tenants"] == tid], tid)
+    new_scores = st.apply(win["shadow_raw"], win["tenants"])
     booster_bytes = base64.b64decode(rec.booster_b64)
     metadata = {**rec.metadata, "from_shadow": rec.name, "shadow_window_ms": window_ms,
                 "calibration_events": int(win["shadow_raw"].size), "aligned_to": "the shadow window's incumbents"}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from muse_stream.config import DriftSettings
-from muse_stream.models.transform import ReferenceDistribution
+from muse_stream.models.quantile import ReferenceDistribution
 from muse_stream.telemetry.windows import SlidingCounts
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from collections import deque
 import numpy as np
 
 from muse_stream.errors import ConfigError, MuseError
-from muse_stream.models.transform import ReferenceDistribution
+from muse_stream.models.quantile import ReferenceDistribution
 from muse_stream.telemetry.drift import DriftMonitor
 from muse_stream.telemetry.gauges import register_gauges
 from muse_stream.telemetry.health import liveness_check, readiness_check, status_document

@@ -10,14 +10,10 @@ import pytest
 
 from muse_stream.analysis.evaluation import auc
 from muse_stream.errors import NotFittedError, TransformError
-from muse_stream.models.transform import (
-    PosteriorCorrection,
-    QuantileMap,
-    ReferenceDistribution,
-    ScoreTransform,
-    default_levels,
-    fit_score_transform,
-)
+from muse_stream.models.correction import PosteriorCorrection
+from muse_stream.models.knots import default_levels
+from muse_stream.models.quantile import QuantileMap, ReferenceDistribution
+from muse_stream.models.transform import ScoreTransform, fit_score_transform
 
 THRESHOLD_LEVELS = np.array([0.95, 0.99, 0.995])
 
@@ -352,6 +348,56 @@ def test_tenant_maps_on_the_fixed_reference():
     rates = alert_rates(st.apply(raw[:4_000], "x"), ref.quantile([0.95, 0.99]))
     np.testing.assert_allclose(rates, [0.05, 0.01], rtol=0.05)
 
+
+
+# ---- one call for a batch of mixed tenants ----------------------------------------------------------------
+
+
+def _per_tenant_apply(st: ScoreTransform, raw: np.ndarray, tenants: np.ndarray) -> np.ndarray:
+    """The reference: the intent map for every row, then each tenant with a map over its own rows."""
+    out = st.apply(raw)
+    for tid in st.tenant_ids:
+        rows = tenants == tid
+        if rows.any():
+            out[rows] = st.apply(raw[rows], tid)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vectorised_apply_equals_per_tenant_apply_bit_for_bit(seed):
+    rng = np.random.default_rng(seed)
+    names = ["t0", "t1", "t2", "t3", "small", "unseen"]
+    cal_tenants = rng.choice(names[:5], size=20_000, p=[0.3, 0.25, 0.2, 0.2, 0.05]).astype(object)
+    cal_raw = sigmoid(rng.normal(-5, 1.5, cal_tenants.size) + (cal_tenants == "t1") * 1.0)
+    _, ref = fit_score_transform(model_scores(10_000, 40 + seed)[0])
+    st, _ = fit_score_transform(cal_raw, reference=ref, tenant_ids=cal_tenants, min_tenant_events=2000,
+                                negative_sampling_rate=0.5)
+    assert st.tenant_ids == ("t0", "t1", "t2", "t3")  # several maps; "small" and "unseen" use the intent map
+    raw = np.r_[sigmoid(rng.normal(-5, 2, 5_000)), 0.0, 1.0, np.nan]
+    tenants = rng.choice(names, size=raw.size).astype(object)
+    tenants[rng.random(raw.size) < 0.05] = None
+    want = _per_tenant_apply(st, raw, tenants)
+    for ids in (tenants, tenants.tolist(), list(tenants), tuple(tenants)):
+        got = st.apply(raw, ids)
+        assert got.dtype == np.float64 and np.array_equal(got.view(np.int64), want.view(np.int64))
+    assert not np.array_equal(want, st.apply(raw), equal_nan=True)  # the tenant maps did something
+
+
+def test_vectorised_apply_single_tenant_none_and_no_maps():
+    st, _, raw, tenants = _tenant_transform()
+    assert np.array_equal(st.apply(raw, "t1"), st.apply(raw, np.full(raw.size, "t1", dtype=object)))
+    assert np.array_equal(st.apply(raw, None), st.apply(raw, [None] * raw.size))
+    assert np.array_equal(st.apply(raw, "other"), st.apply(raw))
+    no_maps, _ = fit_score_transform(raw)
+    assert np.array_equal(no_maps.apply(raw, tenants), no_maps.apply(raw))
+    assert st.apply(raw[:0], tenants[:0]).shape == (0,)
+
+
+@pytest.mark.parametrize("ids", [["t1"], np.array([["t1", "t2"]], dtype=object), [["t1"], ["t2"]]])
+def test_vectorised_apply_rejects_ids_that_do_not_fit_the_scores(ids):
+    st, *_ = _tenant_transform()
+    with pytest.raises(TransformError):
+        st.apply(np.array([0.1, 0.2]), ids)
 
 # ---- persistence ------------------------------------------------------------------------------------------
 

@@ -1,0 +1,123 @@
+"""Quantile knots: the shared level grid, and the checks every transform applies to scores and knot arrays.
+
+Both transform levels (correction.py, quantile.py) and the per-version transform (transform.py) build on
+these, so a record that one of them writes, another can validate the same way on load.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from muse_stream.errors import TransformError
+
+FORMAT = 1  # of every persisted transform record
+# Fewer calibration scores than this cannot say anything useful about a distribution.
+MIN_FIT_SCORES = 100
+
+
+def default_levels(
+    *, body_step: float = 1e-3, tail_start: float = 1e-2, tail_end: float = 1e-7, per_decade: int = 300
+) -> np.ndarray:
+    """The shared probability-level grid: uniform in the body, log-spaced in 1 - q in the top tail.
+
+    Defaults give 2,492 levels; within the top 0.1% adjacent levels are less than 8e-6 apart, because
+    alert thresholds live there.
+    """
+    if not (0 < tail_end < tail_start < 1 and 0 < body_step < 1 and per_decade >= 1):
+        raise TransformError("invalid level grid parameters")
+    body = np.linspace(0.0, 1.0 - tail_start, round((1.0 - tail_start) / body_step) + 1)
+    n_tail = round(math.log10(tail_start / tail_end) * per_decade)
+    # The first log point equals the body's last level: skip it rather than risk a near-duplicate.
+    tail = 1.0 - np.logspace(math.log10(tail_start), math.log10(tail_end), n_tail + 1)[1:]
+    return np.concatenate([body, tail, [1.0]])
+
+
+def as_1d(a: Any, name: str) -> np.ndarray:
+    """`a` as a 1-D float64 array, or TransformError naming `name`."""
+    try:
+        arr = np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TransformError(f"{name}: not numeric: {e}") from None
+    if arr.ndim != 1:
+        raise TransformError(f"{name}: expected a 1-D array, got shape {arr.shape}")
+    return arr
+
+
+def as_probabilities(a: Any, name: str) -> np.ndarray:
+    """A 1-D float64 array with every non-NaN value in [0, 1]."""
+    arr = as_1d(a, name)
+    bad = (arr < 0.0) | (arr > 1.0)  # NaN compares False: it is left to the NaN policy
+    if bad.any():
+        raise TransformError(f"{name}: {int(bad.sum())} value(s) outside [0, 1] (or infinite)")
+    return arr
+
+
+def calibration_scores(a: Any, name: str, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+    """Scores to fit on: finite, within [low, high], and enough of them."""
+    arr = as_1d(a, name)
+    if not np.isfinite(arr).all():
+        raise TransformError(f"{name}: calibration scores must be finite (no NaN)")
+    if arr.size < MIN_FIT_SCORES:
+        raise TransformError(f"{name}: {arr.size} scores, need at least {MIN_FIT_SCORES}")
+    if arr.min() < low or arr.max() > high:
+        raise TransformError(f"{name}: scores outside [{low}, {high}]")
+    return arr
+
+
+def check_levels(levels: np.ndarray, name: str = "levels") -> None:
+    """A level grid: finite, strictly increasing, from 0 to 1."""
+    if levels.size < 2 or not np.isfinite(levels).all():
+        raise TransformError(f"{name}: need at least 2 finite levels")
+    if levels[0] != 0.0 or levels[-1] != 1.0:
+        raise TransformError(f"{name}: must start at 0 and end at 1")
+    if not (np.diff(levels) > 0).all():
+        raise TransformError(f"{name}: must be strictly increasing")
+
+
+def check_knots(values: np.ndarray, n: int, name: str) -> None:
+    """Knot values for a grid of `n` levels: finite and non-decreasing."""
+    if values.size != n:
+        raise TransformError(f"{name}: {values.size} knots for {n} levels")
+    if not np.isfinite(values).all():
+        raise TransformError(f"{name}: knots must be finite")
+    if (np.diff(values) < 0).any():
+        raise TransformError(f"{name}: knots must be non-decreasing")
+
+
+def record_field(d: Mapping[str, Any], key: str, what: str) -> Any:
+    """d[key] of a persisted record, or TransformError saying what is missing."""
+    if not isinstance(d, Mapping):
+        raise TransformError(f"{what}: expected a dict, got {type(d).__name__}")
+    if key not in d:
+        raise TransformError(f"{what}: missing {key!r}")
+    return d[key]
+
+
+def optional_float(v: Any, name: str) -> float | None:
+    """None, or a number (not a bool) as float."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise TransformError(f"{name}: expected a number, got {v!r}")
+    return float(v)
+
+
+def strict_knots(levels: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Collapse runs of tied knots so both coordinates strictly increase.
+
+    A run of equal x (a mass point in the model's scores) or equal y becomes one knot at the run's
+    middle level. The resulting map is strictly increasing, so it never creates ties between scores.
+    """
+    starts_mask = np.ones(x.size, dtype=bool)
+    starts_mask[1:] = (x[1:] > x[:-1]) & (y[1:] > y[:-1])
+    starts = np.flatnonzero(starts_mask)
+    ends = np.append(starts[1:], x.size) - 1
+    mid = 0.5 * (levels[starts] + levels[ends])
+    # Clip into the run's own range so a rounding overshoot cannot meet the next run.
+    xs = np.clip(np.interp(mid, levels, x), x[starts], x[ends])
+    ys = np.clip(np.interp(mid, levels, y), y[starts], y[ends])
+    return xs, ys
