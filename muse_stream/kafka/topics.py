@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 
@@ -41,13 +42,15 @@ def planned_topics(settings: Settings) -> list[TopicSpec]:
 
 def create_topics(admin_or_settings: AdminClient | Settings, specs: list[TopicSpec], *,
                   replication_factor: int = 1, timeout: float = 30.0) -> dict[str, str]:
-    """Create topics that do not exist yet. Returns name -> "created" | "exists"."""
+    """Create topics that do not exist yet. Returns name -> "created" | "exists", once the cluster's metadata
+    shows every one of them with all its partitions, each with a leader (or KafkaOpError within `timeout`)."""
     admin = (AdminClient(admin_config(admin_or_settings)) if isinstance(admin_or_settings, Settings)
              else admin_or_settings)
     if not specs:
         return {}
     new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=replication_factor, config=s.config)
            for s in specs]
+    deadline = time.monotonic() + timeout
     result: dict[str, str] = {}
     for name, fut in admin.create_topics(new, request_timeout=timeout, operation_timeout=timeout).items():
         try:
@@ -61,7 +64,43 @@ def create_topics(admin_or_settings: AdminClient | Settings, specs: list[TopicSp
                 result[name] = "exists"
             else:
                 raise KafkaOpError(f"creating topic {name}: {err.str()}", code=err.code(), description=err.str()) from None
+    # A topic that existed keeps the partitions it has (planned counts may have changed since).
+    wait_until_ready(admin, {s.name: s.partitions if result[s.name] == "created" else 1 for s in specs}, deadline)
     return result
+
+
+def _not_ready(md, name: str, partitions: int) -> str | None:
+    """Why the metadata does not show the topic ready yet (None: its partitions are there, each with a leader)."""
+    t = md.topics.get(name)
+    if t is None or t.error is not None:
+        return f"not in the metadata yet ({t.error.str() if t is not None and t.error else 'unknown topic'})"
+    if len(t.partitions) < partitions:
+        return f"{len(t.partitions)} of {partitions} partitions known"
+    leaderless = sorted(p for p, pm in t.partitions.items() if pm.leader < 0 or pm.error is not None)
+    return f"no leader yet for partitions {leaderless[:10]}" if leaderless else None
+
+
+def wait_until_ready(admin: AdminClient, partitions: dict[str, int], deadline: float) -> None:
+    """Return once the cluster's metadata shows each topic (name -> at least that many partitions) with its
+    partitions, each with a leader. The broker answers CreateTopics before every broker knows the topic: a
+    client that reads or writes it at once could be told it does not exist."""
+    waiting = dict(partitions)
+    why: dict[str, str] = {}
+    while True:
+        try:
+            md = admin.list_topics(timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+        except KafkaException as e:
+            md, why["*"] = None, e.args[0].str()
+        if md is not None:
+            why = {name: r for name, n in waiting.items() if (r := _not_ready(md, name, n)) is not None}
+            waiting = {name: waiting[name] for name in why}
+            if not waiting:
+                return
+        if time.monotonic() > deadline:
+            detail = "; ".join(f"{n}: {r}" for n, r in sorted(why.items())[:5])
+            raise KafkaOpError(f"topics {sorted(waiting)[:5]} are not ready in the cluster's metadata in time "
+                               f"({detail})")
+        time.sleep(0.1)
 
 
 def ensure_all(settings: Settings, *, timeout: float = 30.0) -> dict[str, str]:

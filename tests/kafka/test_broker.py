@@ -6,9 +6,11 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from muse_stream.kafka.clients import consumer_config, producer_config
+from muse_stream.errors import KafkaOpError
+from muse_stream.kafka.clients import admin_config, consumer_config, producer_config
 from muse_stream.kafka.local import answers_metadata
-from muse_stream.kafka.topics import ensure_all, planned_topics
+from muse_stream.kafka.table import TopicTable
+from muse_stream.kafka.topics import TopicSpec, create_topics, ensure_all, planned_topics, wait_until_ready
 from muse_stream.tenants import read_tenants, seed_tenants
 
 pytestmark = pytest.mark.kafka
@@ -40,6 +42,31 @@ def test_tenants_seeded_once(settings_for, unique):
     assert seed_tenants(s) == 3
     assert seed_tenants(s) == 0
     assert set(read_tenants(s)) == {"acme", "globex", "initech"}
+
+
+def test_created_topics_are_usable_the_moment_create_returns(settings_for, unique):
+    s = settings_for(unique)
+    specs = [TopicSpec(f"t{unique}.ready{i}", 6) for i in range(6)]
+    assert set(create_topics(s, specs).values()) == {"created"}
+    # Fresh clients, at once: every partition is known and led, a reader finds the topic, a write lands.
+    md = AdminClient(admin_config(s)).list_topics(timeout=10)
+    for spec in specs:
+        parts = md.topics[spec.name].partitions
+        assert len(parts) == 6 and all(p.leader >= 0 for p in parts.values())
+        TopicTable(s, spec.name).close()
+    p = Producer(producer_config(s))
+    for spec in specs:
+        for part in range(6):
+            p.produce(spec.name, b"x", partition=part)
+    assert p.flush(30) == 0
+    # Existing topics count as ready with the partitions they have, whatever the spec now says.
+    assert create_topics(s, [TopicSpec(specs[0].name, 12)]) == {specs[0].name: "exists"}
+
+
+def test_waiting_for_a_topic_that_never_appears_names_it(settings_for, unique):
+    s = settings_for(unique)
+    with pytest.raises(KafkaOpError, match=f"t{unique}.never"):
+        wait_until_ready(AdminClient(admin_config(s)), {f"t{unique}.never": 1}, time.monotonic() + 1.0)
 
 
 def _read_all(s, topic, group, timeout=4.0):
