@@ -1,0 +1,153 @@
+"""Tenant records and their band history: bands by event time, carried through compaction, written at the
+input watermark (real broker for the writers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from muse_stream.config import BandPeriod, Settings, TenantConfig
+from muse_stream.errors import ConfigError
+from muse_stream.kafka.clients import reader_config
+from muse_stream.tenants import TenantRegistry, put_tenants, read_tenants, seed_tenants, with_bands_from
+from tests.fixtures.helpers import event, produce
+
+T0 = 1_700_000_000_000
+OLD = {"review": 0.9, "decline": 0.99}
+NEW = {"review": 0.5}
+
+
+def _cfg(bands: dict, timeline: tuple = ()) -> TenantConfig:
+    return TenantConfig(tenant_id="acme", intents=("card_fraud",), bands=bands, band_timeline=timeline)
+
+
+def _bands_at(reg: TenantRegistry, times: list[int], tid: str = "acme") -> list[dict[str, float]]:
+    """The bands in force for each event time, as the scorer gets them from band_groups."""
+    out: list = [None] * len(times)
+    for bands, rows in reg.band_groups(tid, np.array(times, dtype=np.int64)):
+        for i in range(len(times)) if rows is None else rows.tolist():
+            out[i] = dict(zip(bands.names[1:], bands.thresholds.tolist()))
+    return out
+
+
+def _registry(*cfgs: TenantConfig) -> TenantRegistry:
+    reg = TenantRegistry(Settings(), log_changes=False)
+    for c in cfgs:
+        reg.apply(c.tenant_id.encode(), orjson.dumps(c.model_dump(mode="json")))
+    return reg
+
+
+# ---- records and the registry, no broker --------------------------------------------------------
+
+def test_config_without_timeline_is_one_period_from_the_start_of_time():
+    c = _cfg(OLD)
+    assert c.band_timeline == () and c.band_periods() == (BandPeriod(bands=OLD),)
+    assert _bands_at(_registry(c), [0, T0, 2**62]) == [OLD] * 3
+
+
+def test_timeline_validation():
+    with pytest.raises(ValueError, match="start of time"):
+        _cfg(NEW, (BandPeriod(from_time=5, bands=NEW),))
+    with pytest.raises(ValueError, match="increasing"):
+        _cfg(NEW, (BandPeriod(bands=OLD), BandPeriod(from_time=9, bands=OLD), BandPeriod(from_time=9, bands=NEW)))
+    with pytest.raises(ValueError, match="last period"):
+        _cfg(OLD, (BandPeriod(bands=OLD), BandPeriod(from_time=9, bands=NEW)))
+    with pytest.raises(ValueError, match="outside"):
+        BandPeriod(bands={"review": 2.0})
+
+
+def test_band_groups_split_a_batch_at_the_change():
+    reg = _registry(_cfg(NEW, (BandPeriod(bands=OLD), BandPeriod(from_time=T0 + 10, bands=NEW))))
+    # All before, all after: one group for every row.
+    [(b, rows)] = reg.band_groups("acme", np.array([T0, T0 + 9]))
+    assert rows is None and b.names == ["approve", "review", "decline"]
+    [(b, rows)] = reg.band_groups("acme", np.array([T0 + 10, T0 + 99]))
+    assert rows is None and b.names == ["approve", "review"]
+    # Straddling: rows split by event time, the change's own time on the new side.
+    groups = reg.band_groups("acme", np.array([T0 + 12, T0 + 3, T0 + 10, T0 + 9]))
+    assert sorted((g.names[-1], rows.tolist()) for g, rows in groups) == [("decline", [1, 3]), ("review", [0, 2])]
+    assert reg.bands["acme"].names == ["approve", "review"]  # the newest bands, for telemetry
+
+
+def test_with_bands_from_keeps_history_and_replaces_what_follows():
+    prev = _cfg(OLD)
+    a = with_bands_from(prev, _cfg(NEW), T0)
+    assert a.band_periods() == (BandPeriod(bands=OLD), BandPeriod(from_time=T0, bands=NEW))
+    b = with_bands_from(a, _cfg({"review": 0.7}), T0 + 50)
+    assert [p.from_time for p in b.band_periods()] == [None, T0, T0 + 50]
+    # A change at an earlier time replaces the periods from that time on.
+    c = with_bands_from(b, _cfg({"review": 0.6}), T0 + 20)
+    assert [(p.from_time, p.bands) for p in c.band_periods()] == [(None, OLD), (T0, NEW), (T0 + 20, {"review": 0.6})]
+    # Unchanged bands keep the timeline; other fields come from the new config.
+    d = with_bands_from(c, c.model_copy(update={"suspended": True, "band_timeline": ()}), T0 + 99)
+    assert d.suspended and d.band_timeline == c.band_timeline
+    # No effective time (empty topics): the new bands for every event.
+    assert with_bands_from(c, _cfg(NEW), 0).band_periods() == (BandPeriod(bands=NEW),)
+    # A new tenant: from the start of time.
+    assert with_bands_from(None, _cfg(NEW), T0).band_periods() == (BandPeriod(bands=NEW),)
+
+
+# ---- writers against the real broker --------------------------------------------------------------
+
+def _last_record(s: Settings, tid: str) -> bytes:
+    """The newest record of a tenant on the tenants topic: all compaction would keep."""
+    c = Consumer(reader_config(s))
+    try:
+        tp = TopicPartition(s.topics.tenants, 0)
+        lo, hi = c.get_watermark_offsets(tp, timeout=10)
+        c.assign([TopicPartition(s.topics.tenants, 0, lo)])
+        last = None
+        while True:
+            for m in c.consume(100, 1.0):
+                if m.error() is None and m.key() == tid.encode():
+                    last = m.value()
+            if c.position([tp])[0].offset >= hi:
+                return last
+    finally:
+        c.close()
+
+
+@pytest.mark.kafka
+def test_band_change_takes_effect_at_the_input_watermark(stack):
+    s = stack
+    produce(s, [event(i, "acme", t0=T0) for i in range(40)])  # event times T0 .. T0+39
+    acme = next(t for t in s.tenants if t.tenant_id == "acme")
+    [written] = put_tenants(s, [acme.model_copy(update={"bands": NEW})])
+    assert written.band_periods() == (BandPeriod(bands=acme.bands), BandPeriod(from_time=T0 + 40, bands=NEW))
+    live = TenantRegistry(s, read_tenants(s), log_changes=False)
+    assert _bands_at(live, [T0, T0 + 39, T0 + 40, T0 + 10**6]) == [acme.bands, acme.bands, NEW, NEW]
+    # Compaction keeps one record per tenant: the last one alone gives the same answers.
+    fresh = TenantRegistry(s, log_changes=False)
+    fresh.apply(b"acme", _last_record(s, "acme"))
+    assert fresh.tenants["acme"] == live.tenants["acme"]
+    assert _bands_at(fresh, [T0, T0 + 39, T0 + 40]) == _bands_at(live, [T0, T0 + 39, T0 + 40])
+    # Seeding again changes nothing: the operator's change and its history stay.
+    assert seed_tenants(s) == 0
+    assert read_tenants(s)["acme"] == written
+
+
+@pytest.mark.kafka
+def test_explicit_effective_time_and_other_fields_apply_at_once(stack):
+    s = stack
+    acme = next(t for t in s.tenants if t.tenant_id == "acme")
+    put_tenants(s, [acme.model_copy(update={"bands": NEW})], effective_at=T0 + 5)
+    put_tenants(s, [TenantConfig(tenant_id="acme", intents=("card_fraud",), bands={"review": 0.7},
+                                 suspended=True)], effective_at=T0 + 9)
+    cfg = read_tenants(s)["acme"]
+    assert cfg.suspended  # not by event time
+    assert [(p.from_time, p.bands) for p in cfg.band_periods()] == [
+        (None, acme.bands), (T0 + 5, NEW), (T0 + 9, {"review": 0.7})]
+    reg = TenantRegistry(s, {"acme": cfg}, log_changes=False)
+    assert _bands_at(reg, [T0 + 4, T0 + 5, T0 + 8, T0 + 9]) == [acme.bands, NEW, NEW, {"review": 0.7}]
+    with pytest.raises(ConfigError, match="effective_at"):
+        put_tenants(s, [acme], effective_at=-1)
+
+
+@pytest.mark.kafka
+def test_band_change_on_empty_topics_applies_from_the_start_of_time(stack):
+    s = stack
+    acme = next(t for t in s.tenants if t.tenant_id == "acme")
+    [written] = put_tenants(s, [acme.model_copy(update={"bands": NEW})])
+    assert written.band_timeline == () and written.bands == NEW
