@@ -14,7 +14,7 @@ from muse_stream.bench.readers import _source_of
 from muse_stream.bench.report import add_ratios, evaluate_targets, format_report, table
 from muse_stream.bench.stats import latency_summary, per_thousand, percentile, versions_never_go_back
 from muse_stream.models.records import Event
-from muse_stream.scoring.scorer import _feature_matrix
+from muse_stream.scoring.contract import feature_matrix as _feature_matrix
 
 
 def test_percentile_is_nearest_rank():

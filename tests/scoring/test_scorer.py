@@ -2,70 +2,20 @@
 
 from __future__ import annotations
 
-import base64
-
 import numpy as np
 import orjson
 import pytest
 
 from muse_stream.config import Settings, TenantConfig
-from muse_stream.models.records import (
-    ActivationRecord,
-    TimelineEntry,
-    VersionRecord,
-    active_key,
-    dump,
-    sha256_hex,
-    version_key,
-)
 from muse_stream.models.registry import ModelRegistry
-from muse_stream.models.transform import fit_score_transform
 from muse_stream.scoring.scorer import BatchScorer
-from muse_stream.tenants import TenantRegistry
-from tests.fixtures.helpers import FEATURES, synthetic, train_booster
-
-
-class Msg:
-    """Stands in for a confluent_kafka Message: the scorer only reads these."""
-
-    def __init__(self, value: bytes, offset: int, partition: int = 0, topic: str = "in") -> None:
-        self._v, self._o, self._p, self._t = value, offset, partition, topic
-
-    def value(self):
-        return self._v
-
-    def key(self):
-        return None
-
-    def topic(self):
-        return self._t
-
-    def partition(self):
-        return self._p
-
-    def offset(self):
-        return self._o
-
-    def timestamp(self):
-        return (1, 1_700_000_000_000 + self._o)
+from muse_stream.tenants import Bands, TenantRegistry
+from tests.fixtures.helpers import FEATURES
+from tests.scoring.fakes import Msg, registry
 
 
 def _registry(timeline=((1, None),)) -> ModelRegistry:
-    reg = ModelRegistry()
-    ref = None
-    for version in sorted({v for v, _ in timeline}):
-        booster = train_booster(version)
-        raw_cal = booster.inplace_predict(synthetic(3000, 100 + version)[0])
-        st, ref = fit_score_transform(raw_cal, reference=ref)
-        b = bytes(booster.save_raw("ubj"))
-        rec = VersionRecord(intent="card", version=version, features=tuple(FEATURES),
-                            booster_b64=base64.b64encode(b).decode(), booster_sha256=sha256_hex(b),
-                            transform=st.to_dict(), created_at=0)
-        reg.apply(version_key("card", version), dump(rec))
-    act = ActivationRecord(intent="card", version=timeline[-1][0], activated_at=0,
-                           timeline=tuple(TimelineEntry(version=v, from_time=t) for v, t in timeline))
-    reg.apply(active_key("card"), dump(act))
-    return reg
+    return registry({"card": timeline})
 
 
 TENANTS = {
@@ -160,3 +110,45 @@ def test_missing_and_null_features_are_missing_values():
     out = _scorer(_registry()).process([Msg(orjson.dumps(ev), 0)], 0)
     assert not out.dead and len(out.decisions) == 1
     assert np.isnan(out.matrices[0].x[0, 0]) and np.isnan(out.matrices[0].x[0, 1])
+
+
+class _BandChangeAt50(TenantRegistry):
+    """acme's bands change at event time 50 within the batch: earlier events get bands of their own."""
+
+    EARLY = Bands({"early": 0.0})
+
+    def band_groups(self, tenant_id, event_times):
+        if tenant_id != "acme":
+            return super().band_groups(tenant_id, event_times)
+        early = np.flatnonzero(event_times < 50)
+        return [(self.EARLY, early), (self.bands["acme"], np.flatnonzero(event_times >= 50))]
+
+
+def test_tenant_maps_and_bands_changing_within_a_batch():
+    reg = registry({"card": ((1, None),)}, calibration_tenants=["acme", "zed", "zed", "zed"])
+    model = reg.get("card", 1)
+    assert model.transform.tenant_ids == ("zed",)  # acme has too few calibration rows for its own map
+    times = [10, 60, 20, 70, 30, 80, 90, 40]
+    evs = [_event(f"e{i}", ["acme", "zed"][i % 3 == 2], t=t, intent="card") for i, t in enumerate(times)]
+    scorer = BatchScorer(_BandChangeAt50(Settings(), TENANTS, log_changes=False), reg, max_abs_feature=1e30,
+                         max_event_bytes=10_000)
+    out = scorer.process([Msg(orjson.dumps(e), i) for i, e in enumerate(evs)], 0)
+    assert not out.dead and len(out.decisions) == len(evs)
+    for _, _, value in out.decisions:
+        d = orjson.loads(value)
+        ev = evs[d["source"]["offset"]]
+        tid = ev["tenant_id"]
+        raw = model.predict(np.array([[ev["features"][f] for f in FEATURES]], dtype=np.float32))
+        score = float(model.transform.apply(np.asarray(raw, dtype=np.float64), tid)[0])
+        assert d["score"] == score and d["transform_version"] == ("card@1/zed" if tid == "zed" else "card@1")
+        if tid == "acme" and ev["event_time"] < 50:
+            assert d["band"] == "early"
+        else:
+            bands = TENANTS[tid].bands
+            reached = [b for b, thr in bands.items() if score >= thr]
+            assert d["band"] == (max(reached, key=bands.get) if reached else "approve")
+    groups = [(g.tenant_id, tuple(g.band_names), sorted(g.event_times.tolist())) for g in out.groups]
+    assert sorted(groups) == [("acme", ("approve", "early"), [10, 30, 40]),
+                              ("acme", ("approve", "review", "decline"), [60, 70, 90]),
+                              ("zed", ("approve", "all"), [20, 80])]
+    assert out.scored == {("acme", "card", "card@1"): 6, ("zed", "card", "card@1"): 2}

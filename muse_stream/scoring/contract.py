@@ -1,0 +1,263 @@
+"""The input event contract: what an event must be to be scored, and the reason it is dead-lettered if not.
+
+Every path that reads input events goes through this module, so they score exactly the same events: the
+live scorer and replays (both through BatchScorer) and the backtest. The contract has three steps:
+
+1. ``parse_event``, per event: size, JSON, shape, field types and ranges, every feature a number or null
+   (null is a missing value, NaN);
+2. ``Router.admit``, per event (``admit_batch`` runs steps 1 and 2 over a batch and groups it by version): the tenant's rules (registered, not suspended, intent allowed or a default),
+   its pinned version or the intent's activation timeline at the event's time, and a version that loads;
+3. ``model_matrix``, per group of events one version scores, vectorised: the version's feature matrix, with
+   the rows whose model features exceed max_abs_feature refused (float32 is what boosters take; a value
+   beyond it would turn into inf).
+
+parse_event accepts a well-formed event after a handful of cheap tests in a row; only an event that fails
+them is walked through ``explain``, which applies the same rules one at a time to say which one it breaks.
+tests/scoring/test_contract.py holds the two to agreeing on every kind of event.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import orjson
+
+from muse_stream.config import TenantConfig
+from muse_stream.errors import ModelError
+from muse_stream.models.registry import LoadedModel, ModelRegistry
+from muse_stream.scoring.deadletter import Reason
+
+MAX_EVENT_TIME = 2**62  # epoch ms; beyond it an event time is garbage (and would overflow int64 arithmetic)
+NUMBER_TYPES = frozenset({float, int, type(None)})  # what a feature value may be; bool is not int here
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+REQUIRED = ("event_id", "tenant_id", "event_time", "features")
+_NONE = type(None)
+_NAN = math.nan
+_loads = orjson.loads
+
+
+class Event(NamedTuple):
+    """A well-formed event. `intent` is as sent (None: the tenant's default); features are numbers or NaN."""
+
+    event_id: str
+    tenant_id: str
+    intent: str | None
+    event_time: int
+    features: dict
+
+
+# A NamedTuple's own constructor runs Python code; tuple.__new__ builds the same object in C, once per event.
+_new_event = tuple.__new__
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why an event is not scored: the dead letter's reason and a detail for people."""
+
+    reason: Reason
+    detail: str
+
+
+def parse_event(raw: bytes | None, max_event_bytes: int) -> Event | Rejection:
+    """One input record's value -> an Event, or the Rejection that dead-letters it."""
+    if raw and len(raw) <= max_event_bytes:
+        try:
+            ev = _loads(raw)
+            eid, tid, et, feats = ev["event_id"], ev["tenant_id"], ev["event_time"], ev["features"]
+            intent = ev.get("intent")
+        except (ValueError, KeyError, TypeError, AttributeError):  # JSONDecodeError is a ValueError
+            pass
+        else:
+            if (type(eid) is str and eid and type(tid) is str and type(et) is int and 0 <= et <= MAX_EVENT_TIME
+                    and type(feats) is dict and (intent is None or type(intent) is str)):
+                types = set(map(type, feats.values()))
+                if NUMBER_TYPES.issuperset(types):
+                    if _NONE in types:
+                        feats = {k: (_NAN if v is None else v) for k, v in feats.items()}
+                    return _new_event(Event, (eid, tid, intent, et, feats))
+    return explain(raw, max_event_bytes) or Rejection(Reason.WRONG_TYPE, "event breaks the contract")
+
+
+def explain(raw: bytes | None, max_event_bytes: int) -> Rejection | None:
+    """The first rule of the contract that `raw` breaks, or None when it keeps them all. The slow path of
+    parse_event: each rule on its own, in the order a person would check them."""
+    if not raw:
+        return Rejection(Reason.MALFORMED_JSON, "empty record value")
+    if len(raw) > max_event_bytes:
+        return Rejection(Reason.EVENT_TOO_LARGE, f"{len(raw)} bytes > {max_event_bytes}")
+    try:
+        ev = _loads(raw)
+    except orjson.JSONDecodeError as e:
+        return Rejection(Reason.MALFORMED_JSON, str(e)[:200])
+    if type(ev) is not dict:
+        return Rejection(Reason.NOT_AN_OBJECT, f"event is a JSON {type(ev).__name__}")
+    missing = [k for k in REQUIRED if ev.get(k) is None]
+    if missing:
+        return Rejection(Reason.MISSING_FIELD, "missing: " + ", ".join(missing))
+    eid, tid, et, feats, intent = ev["event_id"], ev["tenant_id"], ev["event_time"], ev["features"], ev.get("intent")
+    wrong = []
+    if type(eid) is not str or not eid:
+        wrong.append("event_id must be a non-empty string")
+    if type(tid) is not str:
+        wrong.append("tenant_id must be a string")
+    if type(et) is not int:
+        wrong.append("event_time must be an integer (epoch ms)")
+    if type(feats) is not dict:
+        wrong.append("features must be an object of numbers")
+    if intent is not None and type(intent) is not str:
+        wrong.append("intent must be a string")
+    if wrong:
+        return Rejection(Reason.WRONG_TYPE, "; ".join(wrong))
+    if et < 0:
+        return Rejection(Reason.WRONG_TYPE, "event_time must be epoch milliseconds >= 0")
+    if et > MAX_EVENT_TIME:
+        return Rejection(Reason.VALUE_TOO_LARGE, f"event_time {et} is beyond {MAX_EVENT_TIME}")
+    bad = next((k for k, v in feats.items() if type(v) not in NUMBER_TYPES), None)
+    if bad is not None:
+        return Rejection(Reason.WRONG_TYPE, f"feature {bad!r} is not a number")
+    return None
+
+
+# ---- routing --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class Route:
+    """Where a (tenant, intent-as-sent) pair goes: an intent, and a version fixed (pinned, or a timeline of
+    one) or taken from the activation `act` by event time."""
+
+    intent: str
+    version: int | None
+    act: object = None  # models.records.ActivationRecord
+
+    def version_at(self, event_time: int) -> int:
+        return self.version if self.version is not None else self.act.version_for(event_time)
+
+
+def resolve_route(tenants: Mapping[str, TenantConfig], models: ModelRegistry, tenant_id: str,
+                  intent: str | None) -> Route | Rejection:
+    """Routing of a (tenant, intent-as-sent) pair: the same for every event of the pair."""
+    cfg = tenants.get(tenant_id)
+    if cfg is None:
+        return Rejection(Reason.UNKNOWN_TENANT, f"tenant {tenant_id!r} is not registered")
+    if cfg.suspended:
+        return Rejection(Reason.TENANT_SUSPENDED, f"tenant {tenant_id!r} is suspended")
+    if intent is None:
+        intent = cfg.resolve_intent(None)
+        if intent is None:
+            return Rejection(Reason.MISSING_FIELD, f"no intent, and tenant {tenant_id!r} has no default")
+    elif intent not in cfg.intents:
+        return Rejection(Reason.INTENT_NOT_ALLOWED, f"tenant {tenant_id!r} may not use intent {intent!r}")
+    version = cfg.pinned_versions.get(intent)
+    if version is not None:
+        return Route(intent, version)
+    act = models.activations.get(intent)
+    if act is None:
+        return Rejection(Reason.NO_ACTIVE_MODEL, f"intent {intent!r} has no active model")
+    return Route(intent, act.version if len(act.timeline) == 1 else None, act)
+
+
+class Router:
+    """Step 2 of the contract: a parsed event to the loaded version that scores it.
+
+    Routes and versions are cached, so a Router must not outlive a state of the registries it reads: the
+    scorer makes one per batch (registries change only between batches), a backtest one per run.
+    """
+
+    def __init__(self, tenants: Mapping[str, TenantConfig], models: ModelRegistry) -> None:
+        self._tenants = tenants
+        self._models = models
+        self._routes: dict[tuple[str, str | None], Route | Rejection] = {}
+        self._versions: dict[tuple[str, int], LoadedModel | Rejection] = {}
+
+    def admit(self, ev: Event) -> LoadedModel | Rejection:
+        key = (ev[1], ev[2])
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = resolve_route(self._tenants, self._models, *key)
+        if type(route) is Rejection:
+            return route
+        ident = (route.intent, route.version if route.version is not None else route.act.version_for(ev[3]))
+        model = self._versions.get(ident)
+        if model is None:
+            try:
+                model = self._models.get(*ident)
+            except ModelError as e:  # a pinned version that is not on the topic, or one that does not load
+                model = Rejection(Reason.NO_ACTIVE_MODEL, str(e)[:300])
+            self._versions[ident] = model
+        return model
+
+
+def admit_batch(msgs: list, router: Router, max_event_bytes: int
+                ) -> tuple[dict[LoadedModel, tuple[list, list]], list[tuple[object, Rejection]]]:
+    """Steps 1 and 2 for a batch of input messages, as live scoring and the backtest both take them: per
+    version, the (messages, events) it scores, in batch order; and (message, rejection) for each one refused."""
+    groups: dict[LoadedModel, tuple[list, list]] = {}
+    refused: list[tuple[object, Rejection]] = []
+    admit = router.admit
+    for msg in msgs:
+        ev = parse_event(msg.value(), max_event_bytes)
+        if type(ev) is Rejection:
+            refused.append((msg, ev))
+            continue
+        model = admit(ev)
+        if type(model) is Rejection:
+            refused.append((msg, model))
+            continue
+        g = groups.get(model)
+        if g is None:
+            g = groups[model] = ([], [])
+        g[0].append(msg)
+        g[1].append(ev)
+    return groups, refused
+
+
+# ---- values ---------------------------------------------------------------------------------------
+
+
+def feature_matrix(features: list[dict], names: tuple[str, ...]) -> np.ndarray:
+    """Rows of feature dicts -> float64 matrix in `names` order; a missing feature is NaN."""
+    n, k = len(features), len(names)
+    try:
+        # Fast path: every event has every model feature; itemgetter picks them in C.
+        pick = operator.itemgetter(*names) if k > 1 else (lambda f, _n=names[0]: (f[_n],))
+        flat = itertools.chain.from_iterable(map(pick, features))
+        return np.fromiter(flat, dtype=np.float64, count=n * k).reshape(n, k)
+    except KeyError:
+        flat = itertools.chain.from_iterable([f.get(name, _NAN) for name in names] for f in features)
+        return np.fromiter(flat, dtype=np.float64, count=n * k).reshape(n, k)
+
+
+def value_limit(max_abs_feature: float) -> float:
+    """The largest magnitude a model feature may have: the setting, capped where float32 ends."""
+    return min(float(max_abs_feature), FLOAT32_MAX)
+
+
+def over_limit(x: np.ndarray, max_abs_feature: float) -> np.ndarray:
+    """Boolean matrix: the cells of a float64 feature matrix beyond the value limit (NaN, a missing value,
+    is within it)."""
+    with np.errstate(invalid="ignore"):
+        return np.abs(x) > value_limit(max_abs_feature)
+
+
+def model_matrix(features: list[dict], names: tuple[str, ...], max_abs_feature: float
+                 ) -> tuple[np.ndarray, np.ndarray | None, list[tuple[int, Rejection]]]:
+    """Step 3 of the contract, for the events one version scores: (float32 matrix of the rows within the
+    value limit, their row indices or None when every row is, [(row, rejection)] for each row beyond it)."""
+    x = feature_matrix(features, names)
+    over = over_limit(x, max_abs_feature)
+    bad = over.any(axis=1)
+    if not bad.any():
+        return x.astype(np.float32), None, []
+    rows = np.flatnonzero(bad)
+    limit = value_limit(max_abs_feature)
+    rejected = [(i, Rejection(Reason.VALUE_TOO_LARGE, f"feature {names[c]!r} magnitude exceeds {limit:g}"))
+                for i, c in zip(rows.tolist(), over[rows].argmax(axis=1).tolist())]
+    kept = np.flatnonzero(~bad)
+    return x[kept].astype(np.float32), kept, rejected
