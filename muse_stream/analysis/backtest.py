@@ -1,14 +1,18 @@
 """Backtesting a candidate model on a range of the input topic, against the incumbent that served it.
 
-The incumbent of each event is the version its activation timeline gives (activate_at included) or the
-tenant's pinned one. A candidate without a transform is fitted on the first part of the range, aligned to
-the incumbent on the same events, and judged on the rest. Everything is sorted by (event_time, partition,
-offset) first, so the same inputs give the same numbers.
+The range is read through the same event contract as live scoring (scoring/contract.py): the events
+compared are exactly those live would score with a version of the intent, and each by the version that
+would score it (a pinned one, or the activation timeline's at its event time); the ones live would
+dead-letter are counted by reason. A candidate without a transform is fitted on the first part of the
+range, aligned to the incumbent on the same events, and judged on the rest. Everything is sorted by
+(event_time, partition, offset) first, so the same inputs give the same numbers.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,76 +20,96 @@ import numpy as np
 import orjson
 
 from muse_stream.analysis.evaluation import ks_distance, psi, wilson
-from muse_stream.config import Settings
+from muse_stream.config import Settings, TenantConfig
 from muse_stream.errors import DataError, ModelError
 from muse_stream.kafka.ranges import Bound, RangeReader
 from muse_stream.models.lifecycle import load_booster
-from muse_stream.models.registry import LoadedModel, load_version
+from muse_stream.models.quantile import ReferenceDistribution
+from muse_stream.models.registry import LoadedModel, ModelRegistry, load_version
 from muse_stream.models.store import read_models
 from muse_stream.models.tabular import read_table
-from muse_stream.models.transform import ReferenceDistribution, ScoreTransform, fit_score_transform
+from muse_stream.models.transform import ScoreTransform, fit_score_transform
+from muse_stream.scoring.contract import Router, admit_batch, feature_matrix, model_matrix, over_limit
 from muse_stream.tenants import read_tenants
 
 logger = logging.getLogger(__name__)
-_NUM = (int, float)
 
 
 @dataclass
 class RangeEvents:
+    """The range's events that live scoring would score with a version of the intent, sorted by (event_time,
+    partition, offset), and what live would do with the others."""
+
     event_ids: list[str] = field(default_factory=list)
     tenants: list[str] = field(default_factory=list)
     times: list[int] = field(default_factory=list)
     features: list[dict] = field(default_factory=list)
-    skipped: int = 0  # events of the range that are not of this intent or that the runtime would dead-letter
+    versions: list[int] = field(default_factory=list)  # the version that would score each event
+    dead_letters: dict[str, int] = field(default_factory=dict)  # reason -> events of the range live dead-letters
+    other_intents: int = 0  # events live would score with another intent's model
+
+    @property
+    def skipped(self) -> int:
+        return self.other_intents + sum(self.dead_letters.values())
 
 
-def read_range_events(settings: Settings, intent: str, start: Bound, end: Bound, tenants: dict) -> RangeEvents:
+def read_range_events(settings: Settings, intent: str, start: Bound, end: Bound,
+                      tenants: Mapping[str, TenantConfig], models: ModelRegistry) -> RangeEvents:
+    """The range of the input topic through live scoring's contract, with the registries as they are now."""
     reader = RangeReader(settings, settings.topics.events, start, end)
-    rows = []
-    skipped = 0
     try:
-        for batch in reader.batches():
-            for m in batch:
-                try:
-                    ev = orjson.loads(m.value())
-                    tid, eid, et, feats = ev["tenant_id"], ev["event_id"], ev["event_time"], ev["features"]
-                    cfg = tenants[tid]
-                    it = cfg.resolve_intent(ev.get("intent"))
-                    ok = (it == intent and it in cfg.intents and not cfg.suspended and type(et) is int
-                          and isinstance(eid, str) and isinstance(feats, dict))
-                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                    ok = False
-                if not ok:
-                    skipped += 1
-                    continue
-                rows.append((et, m.partition(), m.offset(), eid, tid, feats))
+        return range_events(reader.batches(), intent, tenants, models,
+                            max_event_bytes=settings.runtime.max_event_bytes,
+                            max_abs_feature=settings.runtime.max_abs_feature)
     finally:
         reader.close()
+
+
+def range_events(batches: Iterable[list], intent: str, tenants: Mapping[str, TenantConfig], models: ModelRegistry,
+                 *, max_event_bytes: int, max_abs_feature: float) -> RangeEvents:
+    """Batches of input messages through the contract, as BatchScorer.process takes them: parse, route, then
+    per version the value limits. Events routed to another intent go through that intent's version's limits
+    too, so dead_letters counts every dead letter live would write for these messages."""
+    router = Router(tenants, models)  # the registries do not change while a backtest runs
+    dead: Counter[str] = Counter()
+    rows = []
+    other = 0
+    for batch in batches:
+        groups, refused = admit_batch(batch, router, max_event_bytes)
+        dead.update(r.reason.value for _, r in refused)
+        for model, (msgs, evs) in groups.items():
+            _, kept, rejected = model_matrix([ev.features for ev in evs], model.features, max_abs_feature)
+            dead.update(r.reason.value for _, r in rejected)
+            if kept is not None:
+                msgs, evs = [msgs[i] for i in kept.tolist()], [evs[i] for i in kept.tolist()]
+            if model.intent != intent:
+                other += len(evs)
+                continue
+            rows += [(ev.event_time, m.partition(), m.offset(), ev, model.version) for m, ev in zip(msgs, evs)]
     rows.sort(key=lambda r: r[:3])
-    out = RangeEvents(skipped=skipped)
-    for et, _, _, eid, tid, feats in rows:
+    out = RangeEvents(dead_letters={r: n for r, n in sorted(dead.items()) if n}, other_intents=other)
+    for et, _, _, ev, version in rows:
         out.times.append(et)
-        out.event_ids.append(eid)
-        out.tenants.append(tid)
-        out.features.append(feats)
+        out.event_ids.append(ev.event_id)
+        out.tenants.append(ev.tenant_id)
+        out.features.append(ev.features)
+        out.versions.append(version)
     return out
-
-
-def matrix(features: list[dict], names: tuple[str, ...] | list[str]) -> np.ndarray:
-    x = np.array([[f.get(n) if isinstance(f.get(n), _NUM) else np.nan for n in names] for f in features],
-                 dtype=np.float64)
-    return x.astype(np.float32)
 
 
 def served(model: LoadedModel, x: np.ndarray, tenants: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(raw, served) scores of a loaded version, each tenant through its own map where it has one."""
     raw = np.asarray(model.predict(x), dtype=np.float64)
-    out = model.transform.apply(raw)
-    for tid in model.transform.tenant_ids:
-        mask = tenants == tid
-        if mask.any():
-            out[mask] = model.transform.apply(raw[mask], tid)
-    return raw, out
+    return raw, model.transform.apply(raw, tenants)
+
+
+def candidate_matrix(features: list[dict], names: tuple[str, ...], max_abs_feature: float) -> tuple[np.ndarray, int]:
+    """The candidate's float32 matrix of the compared events, and how many of them it would dead-letter live
+    (a value beyond the limit in a feature only it reads); those values are scored as missing here."""
+    x = feature_matrix(features, names)
+    over = over_limit(x, max_abs_feature)
+    x[over] = np.nan
+    return x.astype(np.float32), int(over.any(axis=1).sum())
 
 
 @dataclass
@@ -132,7 +156,7 @@ def run_backtest(settings: Settings, *, intent: str, candidate: str, start: Boun
     """Everything the report needs, as plain data (written out by write_report)."""
     if not 0.05 <= calibration_fraction <= 0.9:
         raise DataError("--calibration-fraction must be within [0.05, 0.9]")
-    reg = read_models(settings)
+    reg = read_models(settings, load=True)  # as live loads it: an activation that does not load is refused
     act = reg.activations.get(intent)
     if act is None:
         raise ModelError(f"intent {intent!r} has no activation on {settings.topics.models} (unknown intent?)")
@@ -142,7 +166,7 @@ def run_backtest(settings: Settings, *, intent: str, candidate: str, start: Boun
     reference = ReferenceDistribution.from_dict(ref_rec.reference)
     cand = resolve_candidate(settings, candidate, intent, reg)
     tenants = read_tenants(settings)
-    ev = read_range_events(settings, intent, start, end, tenants)
+    ev = read_range_events(settings, intent, start, end, tenants, reg)
     n = len(ev.event_ids)
     if n == 0:
         raise DataError(f"the range holds no events of intent {intent!r} ({ev.skipped} others skipped)")
@@ -153,16 +177,17 @@ def run_backtest(settings: Settings, *, intent: str, candidate: str, start: Boun
     y = load_labels(labels, ev.event_ids) if labels else None
     tids = np.array(ev.tenants, dtype=object)
     times = np.array(ev.times, dtype=np.int64)
-    # The incumbent, event by event: a pinned version, else the timeline's version at the event's time.
-    inc_ver = np.array([tenants[t].pinned_versions.get(intent) or act.version_for(et)
-                        for t, et in zip(ev.tenants, ev.times)], dtype=np.int64)
+    # The incumbent, event by event: the version live routing gave it (pinned, or the timeline's at its time).
+    inc_ver = np.array(ev.versions, dtype=np.int64)
     inc_raw, inc_served = np.empty(n), np.empty(n)
+    max_abs = settings.runtime.max_abs_feature
     for v in np.unique(inc_ver).tolist():
         rows = np.flatnonzero(inc_ver == v)
-        model = load_version(reg.versions[(intent, v)])
-        inc_raw[rows], inc_served[rows] = served(model, matrix([ev.features[i] for i in rows], model.features),
-                                                 tids[rows])
-    cand_raw = np.asarray(cand.booster.inplace_predict(matrix(ev.features, cand.features)), dtype=np.float64)
+        model = reg.get(intent, v)
+        x, _, _ = model_matrix([ev.features[i] for i in rows], model.features, max_abs)  # all within limits
+        inc_raw[rows], inc_served[rows] = served(model, x, tids[rows])
+    cand_x, cand_over = candidate_matrix(ev.features, cand.features, max_abs)
+    cand_raw = np.asarray(cand.booster.inplace_predict(cand_x), dtype=np.float64)
     fitted_here = cand.transform is None
     n_cal = int(n * calibration_fraction) if fitted_here else 0
     if fitted_here:
@@ -173,13 +198,12 @@ def run_backtest(settings: Settings, *, intent: str, candidate: str, start: Boun
     else:
         st = cand.transform
     ev_rows = slice(n_cal, n)
-    c_served = st.apply(cand_raw)
-    for tid in st.tenant_ids:
-        mask = tids == tid
-        c_served[mask] = st.apply(cand_raw[mask], tid)
+    c_served = st.apply(cand_raw, tids)
     result = {"intent": intent, "candidate": cand.name, "candidate_transform": "fitted on the range" if fitted_here
               else "its own", "events": n, "calibration_events": n_cal, "evaluation_events": n - n_cal,
-              "skipped_events": ev.skipped, "incumbent_versions": sorted({f"{intent}@{v}" for v in inc_ver.tolist()}),
+              "skipped_events": ev.skipped, "dead_letters": ev.dead_letters, "other_intent_events": ev.other_intents,
+              "candidate_value_too_large": cand_over,
+              "incumbent_versions": sorted({f"{intent}@{v}" for v in inc_ver.tolist()}),
               "range": {"first_event_time": int(times.min()), "last_event_time": int(times.max())},
               "tenants": []}
     e_tids, e_inc, e_raw, e_cand = tids[ev_rows], inc_served[ev_rows], cand_raw[ev_rows], c_served[ev_rows]
@@ -228,10 +252,11 @@ def _label_stats(y: np.ndarray, inc: np.ndarray, cand: np.ndarray, thr: float) -
 
 def summary_markdown(res: dict) -> str:
     lines = [f"# Backtest of {res['candidate']} for intent {res['intent']}", "",
-             f"{res['events']:,} events ({res['calibration_events']:,} to fit the candidate's transform, "
+             (f"{res['events']:,} events ({res['calibration_events']:,} to fit the candidate's transform, "
              f"{res['evaluation_events']:,} evaluated); incumbent: {', '.join(res['incumbent_versions'])}; "
              f"candidate transform: {res['candidate_transform']}. KS {res['distance']['ks']:.4f}, "
-             f"PSI {res['distance']['psi']:.4f} (reference-scale scores, evaluated events).", "",
+             f"PSI {res['distance']['psi']:.4f} (reference-scale scores, evaluated events)."), "",
+             _not_scored_line(res), "",
              "| tenant | band | threshold | incumbent | candidate raw | candidate | ratio | 95% CI candidate |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for t in res["tenants"]:
@@ -242,8 +267,8 @@ def summary_markdown(res: dict) -> str:
                          f"{b['incumbent']['alert_rate']:.3%} | {b['candidate_raw']['alert_rate']:.3%} | "
                          f"{b['candidate']['alert_rate']:.3%} | {ratio} | {ci[0]:.3%}-{ci[1]:.3%} |")
     if any("labels" in b for t in res["tenants"] for b in t["bands"]):
-        lines += ["", "| tenant | band | recall inc | recall cand | recall cand @ equal rate | precision inc | "
-                  "precision cand |", "|---|---|---:|---:|---:|---:|---:|"]
+        lines += ["", ("| tenant | band | recall inc | recall cand | recall cand @ equal rate | precision inc | "
+                  "precision cand |"), "|---|---|---:|---:|---:|---:|---:|"]
         f = lambda v: "-" if v is None else f"{v:.3f}"
         for t in res["tenants"]:
             for b in t["bands"]:
@@ -253,6 +278,17 @@ def summary_markdown(res: dict) -> str:
                                  f"{f(lab['candidate']['recall'])} | {f(lab['candidate_equal_alert_rate']['recall'])} | "
                                  f"{f(lab['incumbent']['precision'])} | {f(lab['candidate']['precision'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _not_scored_line(res: dict) -> str:
+    dead = res.get("dead_letters", {})
+    text = ", ".join(f"{r} {n:,}" for r, n in dead.items()) if dead else "none"
+    line = (f"Not compared: {res.get('other_intent_events', 0):,} events of other intents; dead letters live "
+            f"would write for the range: {text}.")
+    if res.get("candidate_value_too_large"):
+        line += (f" The candidate would dead-letter {res['candidate_value_too_large']:,} of the compared events "
+                 "(a feature only it reads beyond max_abs_feature); those values are scored as missing.")
+    return line
 
 
 def write_report(res: dict, out_dir: Path) -> list[Path]:

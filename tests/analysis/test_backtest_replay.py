@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import orjson
 import pytest
 
-from muse_stream.analysis.backtest import matrix, run_backtest, served
+from muse_stream.analysis.backtest import run_backtest, served, summary_markdown
 from muse_stream.analysis.replay import run_replay
 from muse_stream.cli import main
 from muse_stream.errors import MuseError
 from muse_stream.kafka.ranges import Bound
 from muse_stream.models.registry import load_version
 from muse_stream.models.store import read_models
+from muse_stream.scoring.contract import model_matrix
 from tests.fixtures.helpers import (
     TopicReader,
     decision_topics,
@@ -40,13 +42,15 @@ def test_backtest_rates_match_rates_computed_from_the_events(stack, tmp_path):
     res = run_backtest(s, intent="card_fraud", candidate=str(cand_path), start=Bound("start"), end=Bound("end"),
                        calibration_fraction=0.25)
     assert res["events"] == 4000 and res["calibration_events"] == 1000
+    assert res["dead_letters"] == {} and res["other_intent_events"] == 0 and res["candidate_value_too_large"] == 0
     # The same numbers straight from the events: the last 75% by event time, scored by the incumbent.
     inc = load_version(read_models(s).versions[("card_fraud", 1)])
     tail = sorted(evs, key=lambda e: e["event_time"])[1000:]
     tids = np.array([e["tenant_id"] for e in tail], dtype=object)
-    _, inc_served = served(inc, matrix([e["features"] for e in tail], inc.features), tids)
+    x, _, _ = model_matrix([e["features"] for e in tail], inc.features, s.runtime.max_abs_feature)
+    _, inc_served = served(inc, x, tids)
     cand = train_booster(9, shift=1.0, depth=4)
-    cand_raw = cand.inplace_predict(matrix([e["features"] for e in tail], inc.features))
+    cand_raw = cand.inplace_predict(x)
     bands = {t.tenant_id: t.bands for t in s.tenants}
     for t in res["tenants"]:
         mask = tids == t["tenant_id"]
@@ -85,6 +89,30 @@ def test_backtest_with_labels_and_a_published_candidate(stack, tmp_path):
     lab = data["tenants"][0]["bands"][0]["labels"]
     assert lab["labelled"] == 1500 and 0 <= lab["candidate"]["recall"] <= 1
     assert (out / "backtest.png").stat().st_size > 5000 and "| acme |" in (out / "backtest.md").read_text()
+
+
+def test_backtest_scores_the_events_live_scores_and_counts_its_dead_letters(stack):
+    """A regression: the backtest used to score strings, booleans and 1e300 that live dead-letters."""
+    s = stack
+    publish_model(s, "card_fraud", seed=1)
+    publish_model(s, "card_fraud", seed=2, activate=False)
+    good = [event(i, "acme", t0=T0) for i in range(600)]
+    odd = []
+    for k, value in enumerate(["12.5", True, 1e300, None, {"a": 1}]):
+        ev = event(1000 + k, "acme", t0=T0)
+        ev["features"]["f0"] = value
+        odd.append(ev)
+    produce(s, good + odd + [b"{bad", event(2000, "nobody", t0=T0), event(2001, "acme", intent="nope", t0=T0)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_backtest(s, intent="card_fraud", candidate="card_fraud@2", start=Bound("start"), end=Bound("end"))
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    rep = run_replay(s, start=Bound("start"), end=Bound("end"), run_id="bt", prefix=f"{s.topics.events}.replay.")
+    assert res["events"] == rep.decisions == 601  # the null feature is a missing value, scored
+    assert res["dead_letters"] == {"intent_not_allowed": 1, "malformed_json": 1, "unknown_tenant": 1,
+                                   "value_too_large": 1, "wrong_type": 3}
+    assert sum(res["dead_letters"].values()) == rep.dead_letters and res["skipped_events"] == 7
+    assert "wrong_type 3" in summary_markdown(res)
 
 
 @pytest.mark.parametrize("case", ["empty_range", "unknown_intent", "unknown_version", "labels_match_nothing",
