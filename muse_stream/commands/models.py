@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
             for r in reg.versions_of(intent):
                 flags = []
                 if act and act.version == r.version:
-                    flags.append("active" + (f" from {act.activate_at}" if act.activate_at else ""))
+                    since = act.timeline[-1].from_time
+                    flags.append("active" + (f" from event time {since}" if since is not None else ""))
                 elif act and any(e.version == r.version for e in act.timeline):
                     flags.append("active before the switch")
                 if shadow and shadow.version == r.version:
@@ -79,13 +80,15 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "activate":
         intent, ver = parse_ref(args.ref, need_version=True)
         act = modelstore.activate(settings, intent, ver, activate_at=args.at)
-        print(f"{intent}@{act.version} active" + (f" from event time {args.at}" if args.at else "") +
+        since = act.timeline[-1].from_time
+        print(f"{intent}@{act.version} active" + (f" from event time {since}" if since is not None else "") +
               (f" (was {intent}@{act.previous})" if act.previous else ""))
         return 0
     if args.action == "rollback":
         intent, _ = parse_ref(args.ref, need_version=False)
         act = modelstore.rollback(settings, intent)
-        print(f"rolled back {intent} to version {act.version}")
+        since = act.timeline[-1].from_time
+        print(f"rolled back {intent} to version {act.version}" + (f" from event time {since}" if since is not None else ""))
         return 0
     intent, ver = parse_ref(args.ref, need_version=not args.off)
     modelstore.set_shadow(settings, intent, None if args.off else ver)

@@ -11,7 +11,7 @@ import hashlib
 from typing import Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from muse_stream.errors import ModelError
 
@@ -111,7 +111,11 @@ class TimelineEntry(_Rec):
 
 
 class ActivationRecord(_Rec):
-    """The active pointer of an intent. It carries the whole timeline, so compaction never loses history."""
+    """The active pointer of an intent. It carries the whole timeline, so compaction never loses history.
+
+    `activate_at` is the event time an activation was scheduled for; None for an immediate one, whose
+    timeline entry starts at the input topics' event-time watermark when it was written (store.activate).
+    """
 
     kind: Literal["activation"] = "activation"
     intent: str
@@ -131,20 +135,31 @@ class ActivationRecord(_Rec):
             raise ValueError("timeline entries must be in increasing from_time")
         return v
 
+    @model_validator(mode="after")
+    def _ends_with_version(self) -> ActivationRecord:
+        if self.timeline[-1].version != self.version:
+            raise ValueError(f"the timeline ends with version {self.timeline[-1].version}, not {self.version}")
+        return self
+
     def version_for(self, event_time: int) -> int:
-        ver = self.timeline[0].version
-        for e in self.timeline[1:]:
-            if event_time >= e.from_time:  # type: ignore[operator]
-                ver = e.version
-        return ver
+        # Newest entry first: live events almost always fall after the latest switch, and timelines grow
+        # with every activation.
+        for e in reversed(self.timeline):
+            if e.from_time is None or event_time >= e.from_time:
+                return e.version
+        return self.timeline[0].version  # unreachable: the first entry starts at the start of time
 
 
-def next_timeline(prev: ActivationRecord | None, version: int, activate_at: int | None) -> tuple[TimelineEntry, ...]:
-    """The timeline after activating `version`: immediately (replaces all) or from event time `activate_at`."""
-    if prev is None or activate_at is None:
+def next_timeline(prev: ActivationRecord | None, version: int, from_time: int | None) -> tuple[TimelineEntry, ...]:
+    """The timeline after activating `version` for events with event_time >= from_time. Earlier entries are
+    kept, so a replay of earlier events uses the versions that scored them; entries from `from_time` on are
+    replaced. from_time None or 0 (the start of time), or no previous activation: `version` for every event."""
+    if prev is None or not from_time:
         return (TimelineEntry(version=version),)
-    kept = [e for e in prev.timeline if e.from_time is None or e.from_time < activate_at]
-    return (*kept, TimelineEntry(version=version, from_time=activate_at))
+    kept = [e for e in prev.timeline if e.from_time is None or e.from_time < from_time]
+    if kept[-1].version == version:  # already the version in force at from_time
+        return tuple(kept)
+    return (*kept, TimelineEntry(version=version, from_time=from_time))
 
 
 class ReferenceRecord(_Rec):

@@ -96,7 +96,7 @@ class ModelRegistry:
         if isinstance(rec, VersionRecord):
             self.versions[(rec.intent, rec.version)] = rec
             pending = self._pending.get(rec.intent)
-            if pending is not None and any(e.version == rec.version for e in pending.timeline):
+            if pending is not None and pending.version == rec.version:
                 self._pending.pop(rec.intent)
                 self._activate(pending)
         elif isinstance(rec, ActivationRecord):
@@ -122,15 +122,16 @@ class ModelRegistry:
             # A loaded version stays loaded while the active timeline still names it.
 
     def _activate(self, rec: ActivationRecord) -> None:
-        missing = [e.version for e in rec.timeline if (rec.intent, e.version) not in self.versions]
-        if missing:
-            logger.warning("activation of %s@%d waits for version record(s) %s", rec.intent, rec.version, missing)
+        # The activation's own version must be there and load. Earlier timeline entries (history kept for
+        # events of earlier event times) load when an event needs them; only the entry just before the
+        # newest is loaded now, since late events around the switch still use it.
+        if (rec.intent, rec.version) not in self.versions:
+            logger.warning("activation of %s@%d waits for its version record", rec.intent, rec.version)
             self._pending[rec.intent] = rec
             return
         if self._load:
             try:
-                for e in rec.timeline:
-                    self.get(rec.intent, e.version)
+                self.get(rec.intent, rec.version)
             except ModelError as err:
                 cur = self.activations.get(rec.intent)
                 logger.warning("activation of %s@%d refused (%s); %s stays active", rec.intent, rec.version, err,
@@ -139,11 +140,19 @@ class ModelRegistry:
                                                  "version": rec.version, "reason": str(err),
                                                  "active_version": cur.version if cur else None}})
                 return
+            if len(rec.timeline) > 1:
+                before = rec.timeline[-2].version
+                try:
+                    self.get(rec.intent, before)
+                except ModelError as err:
+                    logger.warning("%s@%d, in force for events before the switch to %s@%d, is not usable: %s",
+                                   rec.intent, before, rec.intent, rec.version, err)
         prev = self.activations.get(rec.intent)
         self.activations[rec.intent] = rec
         self.generation += 1
+        since = rec.timeline[-1].from_time
         logger.info("model %s@%d active%s (was %s)", rec.intent, rec.version,
-                    f" from event time {rec.activate_at}" if rec.activate_at is not None else "",
+                    f" from event time {since}" if since is not None else "",
                     f"{rec.intent}@{prev.version}" if prev else "none",
                     extra={"fields": {"event": "model_activated", "intent": rec.intent, "version": rec.version,
                                       "activate_at": rec.activate_at, "activated_at": rec.activated_at,

@@ -1,18 +1,23 @@
 """Writing the models topic: publish a version (with its reference, optionally activating it), activate,
-roll back, and mark a version as shadow. Every write that belongs together is one Kafka transaction."""
+roll back, and mark a version as shadow. Every write that belongs together is one Kafka transaction, made
+after reading the topic under a per-intent fence, so concurrent writers of one intent never collide."""
 
 from __future__ import annotations
 
 import base64
+import logging
+import random
 import time
-import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from muse_stream.config import Settings
 from muse_stream.errors import KafkaOpError, ModelError
 from muse_stream.kafka.clients import producer_config
 from muse_stream.kafka.table import TopicTable
+from muse_stream.kafka.watermark import input_watermark
 from muse_stream.models.records import (
     ActivationRecord,
     ReferenceRecord,
@@ -27,6 +32,8 @@ from muse_stream.models.records import (
     version_key,
 )
 from muse_stream.models.registry import ModelRegistry, load_version
+
+logger = logging.getLogger(__name__)
 
 
 def now_ms() -> int:
@@ -45,19 +52,67 @@ def read_models(settings: Settings, *, load: bool = False) -> ModelRegistry:
         table.close()
 
 
-def _write(settings: Settings, records: list[tuple[bytes, bytes]]) -> None:
-    """Write records to the models topic in one transaction: all of them become visible, or none."""
-    producer = Producer(producer_config(settings, transactional_id=f"muse-models-{uuid.uuid4().hex[:12]}"))
-    try:
-        producer.init_transactions(30)
-        producer.begin_transaction()
-        for key, value in records:
-            producer.produce(settings.topics.models, value, key)
-        producer.commit_transaction(60)
-    except KafkaException as e:
-        raise KafkaOpError(f"writing to {settings.topics.models}: {e.args[0].str()}") from None
-    except BufferError as e:
-        raise KafkaOpError(f"writing to {settings.topics.models}: {e}") from None
+# Fenced and abortable transaction errors: nothing of the attempt became visible, so it may start again.
+_FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
+FENCED_RETRY_S = 120.0  # a writer fenced again and again gives up after this long
+
+T = TypeVar("T")
+
+
+def intent_transactional_id(settings: Settings, intent: str) -> str:
+    """The transactional id every writer of `intent` on this models topic uses, so that they fence each other."""
+    return f"muse-models-{settings.topics.models}-{intent}"
+
+
+def _fenced_write(settings: Settings, intent: str,
+                  step: Callable[[ModelRegistry], tuple[list[tuple[bytes, bytes]], T]]) -> T:
+    """Read the models topic and write what `step` derives from it, as one atomic step per intent.
+
+    1. init_transactions with the intent's transactional id. This fences every other writer of the intent:
+       its open transaction is aborted (or, if it is committing, finishes first), and it cannot commit after.
+    2. Read the models topic, read_committed. Every earlier writer's records are now committed or aborted
+       for good, so what `step` chooses (the next version number, the timeline to extend) is not taken.
+    3. Write `step`'s records in one transaction: all become visible, or none.
+    A writer fenced between 1 and 3 by a newer one has written nothing visible; it starts again after a
+    random pause (by then the newer one has usually finished). `step` may raise to write nothing.
+    """
+    topic = settings.topics.models
+    give_up = time.monotonic() + FENCED_RETRY_S
+    attempt = 0
+    while True:
+        attempt += 1
+        producer = Producer(producer_config(settings, transactional_id=intent_transactional_id(settings, intent)))
+        try:
+            producer.init_transactions(30)
+            records, result = step(read_models(settings))
+            producer.begin_transaction()
+            for key, value in records:
+                producer.produce(topic, value, key)
+            producer.commit_transaction(60)
+            producer.close()
+            return result
+        except KafkaException as e:
+            err: KafkaError = e.args[0]
+            if err.code() not in _FENCED and not err.txn_requires_abort():
+                producer.close()  # aborts what is open
+                raise KafkaOpError(f"writing to {topic}: {err.str()}", code=err.code(), description=err.str()) from None
+            # A fenced instance can do nothing more (not even abort): it is dropped, the newer writer's init
+            # has aborted its transaction.
+            logger.info("writing %s to %s: fenced by another writer of the intent (%s, attempt %d); trying again",
+                        intent, topic, err.name(), attempt)
+        except BufferError as e:
+            producer.close()
+            raise KafkaOpError(f"writing to {topic}: {e}") from None
+        except BaseException:
+            producer.close()  # step refused (nothing written), or an interrupt: abort what is open
+            raise
+        # A random pause, growing with each attempt, so that writers fenced together do not come back
+        # together and fence each other again.
+        pause = random.uniform(0.05, min(2.0, 0.1 * 2 ** attempt))
+        if time.monotonic() + pause > give_up:
+            raise KafkaOpError(f"writing {intent} to {topic}: fenced by concurrent writers of the intent "
+                               f"{attempt} times in {FENCED_RETRY_S:.0f}s; nothing was written, try again")
+        time.sleep(pause)
 
 
 def build_version(*, intent: str, version: int, booster_bytes: bytes, features: list[str], transform: dict,
@@ -69,62 +124,94 @@ def build_version(*, intent: str, version: int, booster_bytes: bytes, features: 
     return rec
 
 
-def _activation(reg: ModelRegistry, intent: str, version: int, activate_at: int | None) -> ActivationRecord:
+def _activation(reg: ModelRegistry, intent: str, version: int, activate_at: int | None,
+                from_time: int | None) -> ActivationRecord:
     prev = reg.activations.get(intent)
     return ActivationRecord(intent=intent, version=version, activate_at=activate_at,
                             previous=prev.version if prev else None, activated_at=now_ms(),
-                            timeline=next_timeline(prev, version, activate_at))
+                            timeline=next_timeline(prev, version, from_time))
+
+
+def _from_time(settings: Settings, activate_at: int | None) -> int:
+    """Where an activation starts in event time: `activate_at` when given, else (immediate) the input topics'
+    event-time watermark now, so events already on the topics keep the version that scored them, in live
+    scoring and in every replay (0, the start of time, when the topics are empty)."""
+    return activate_at if activate_at is not None else input_watermark(settings)
 
 
 def publish(settings: Settings, *, intent: str, booster_bytes: bytes, features: list[str], transform: dict,
             reference: dict | None = None, reference_source: str = "", metadata: dict | None = None,
             activate: bool = False, activate_at: int | None = None, shadow: bool = False) -> VersionRecord:
-    """Publish the next version of `intent`; its reference too when the intent has none yet."""
-    reg = read_models(settings)
-    version = max((r.version for r in reg.versions_of(intent)), default=0) + 1
-    rec = build_version(intent=intent, version=version, booster_bytes=booster_bytes, features=features,
-                        transform=transform, metadata=metadata)
-    records = [(version_key(intent, version), dump(rec))]
-    if intent not in reg.references:
-        if reference is None:
-            raise ModelError(f"intent {intent!r} has no reference distribution yet and none was given")
-        records.append((reference_key(intent), dump(ReferenceRecord(
-            intent=intent, reference=reference, source=reference_source or rec.name, created_at=now_ms()))))
-    if activate or activate_at is not None:
-        records.append((active_key(intent), dump(_activation(reg, intent, version, activate_at))))
-    if shadow:
-        records.append((shadow_key(intent), dump(ShadowRecord(intent=intent, version=version, set_at=now_ms()))))
-    _write(settings, records)
-    return rec
+    """Publish the next version of `intent`; its reference too when the intent has none yet.
+
+    Concurrent publishes of one intent never share a version number (see _fenced_write). With `activate`
+    and no `activate_at`, the version is active for events with event_time >= the input watermark now."""
+    activating = activate or activate_at is not None
+    from_time = _from_time(settings, activate_at) if activating else None
+    checked: list[VersionRecord] = []  # the booster is verified on the first attempt only
+
+    def step(reg: ModelRegistry) -> tuple[list[tuple[bytes, bytes]], VersionRecord]:
+        version = max((r.version for r in reg.versions_of(intent)), default=0) + 1
+        if checked:
+            rec = checked[0].model_copy(update={"version": version, "created_at": now_ms()})
+        else:
+            rec = build_version(intent=intent, version=version, booster_bytes=booster_bytes, features=features,
+                                transform=transform, metadata=metadata)
+            checked.append(rec)
+        records = [(version_key(intent, version), dump(rec))]
+        if intent not in reg.references:
+            if reference is None:
+                raise ModelError(f"intent {intent!r} has no reference distribution yet and none was given")
+            records.append((reference_key(intent), dump(ReferenceRecord(
+                intent=intent, reference=reference, source=reference_source or rec.name, created_at=now_ms()))))
+        if activating:
+            records.append((active_key(intent), dump(_activation(reg, intent, version, activate_at, from_time))))
+        if shadow:
+            records.append((shadow_key(intent), dump(ShadowRecord(intent=intent, version=version, set_at=now_ms()))))
+        return records, rec
+
+    return _fenced_write(settings, intent, step)
+
+
+def _activate_step(intent: str, version: int, activate_at: int | None, from_time: int):
+    def step(reg: ModelRegistry) -> tuple[list[tuple[bytes, bytes]], ActivationRecord]:
+        rec = reg.versions.get((intent, version))
+        if rec is None:
+            known = [r.version for r in reg.versions_of(intent)]
+            raise ModelError(f"{intent}@{version} is not on the models topic (versions: {known or 'none'})")
+        load_version(rec)
+        act = _activation(reg, intent, version, activate_at, from_time)
+        return [(active_key(intent), dump(act))], act
+
+    return step
 
 
 def activate(settings: Settings, intent: str, version: int, *, activate_at: int | None = None) -> ActivationRecord:
-    """Make `intent@version` active (from event time `activate_at`, when given), after checking it loads."""
-    reg = read_models(settings)
-    rec = reg.versions.get((intent, version))
-    if rec is None:
-        known = [r.version for r in reg.versions_of(intent)]
-        raise ModelError(f"{intent}@{version} is not on the models topic (versions: {known or 'none'})")
-    load_version(rec)
-    act = _activation(reg, intent, version, activate_at)
-    _write(settings, [(active_key(intent), dump(act))])
-    return act
+    """Make `intent@version` active, after checking it loads: for events with event_time >= activate_at, or,
+    immediately, >= the input topics' event-time watermark now. The timeline keeps every earlier entry."""
+    return _fenced_write(settings, intent, _activate_step(intent, version, activate_at,
+                                                          _from_time(settings, activate_at)))
 
 
 def rollback(settings: Settings, intent: str) -> ActivationRecord:
-    """Re-activate the version that the current activation replaced."""
-    reg = read_models(settings)
-    cur = reg.activations.get(intent)
-    if cur is None:
-        raise ModelError(f"intent {intent!r} has no active version")
-    if cur.previous is None:
-        raise ModelError(f"{intent}@{cur.version} replaced no version: there is nothing to roll back to")
-    return activate(settings, intent, cur.previous)
+    """Re-activate the version that the current activation replaced, immediately (as `activate`)."""
+    from_time = _from_time(settings, None)
+
+    def step(reg: ModelRegistry) -> tuple[list[tuple[bytes, bytes]], ActivationRecord]:
+        cur = reg.activations.get(intent)
+        if cur is None:
+            raise ModelError(f"intent {intent!r} has no active version")
+        if cur.previous is None:
+            raise ModelError(f"{intent}@{cur.version} replaced no version: there is nothing to roll back to")
+        return _activate_step(intent, cur.previous, None, from_time)(reg)
+
+    return _fenced_write(settings, intent, step)
 
 
 def set_shadow(settings: Settings, intent: str, version: int | None) -> None:
-    if version is not None:
-        reg = read_models(settings)
-        if (intent, version) not in reg.versions:
+    def step(reg: ModelRegistry) -> tuple[list[tuple[bytes, bytes]], None]:
+        if version is not None and (intent, version) not in reg.versions:
             raise ModelError(f"{intent}@{version} is not on the models topic")
-    _write(settings, [(shadow_key(intent), dump(ShadowRecord(intent=intent, version=version, set_at=now_ms())))])
+        return [(shadow_key(intent), dump(ShadowRecord(intent=intent, version=version, set_at=now_ms())))], None
+
+    _fenced_write(settings, intent, step)
