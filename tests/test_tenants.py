@@ -3,16 +3,21 @@ input watermark (real broker for the writers)."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from muse_stream.analysis.replay import run_replay
 from muse_stream.config import BandPeriod, Settings, TenantConfig
 from muse_stream.errors import ConfigError
 from muse_stream.kafka.clients import reader_config
+from muse_stream.kafka.ranges import Bound
 from muse_stream.tenants import TenantRegistry, put_tenants, read_tenants, seed_tenants, with_bands_from
-from tests.fixtures.helpers import event, produce
+from tests.fixtures.helpers import TopicReader, decision_topics, event, produce, publish_model
+from tests.fixtures.workers import ThreadWorker
 
 T0 = 1_700_000_000_000
 OLD = {"review": 0.9, "decline": 0.99}
@@ -151,3 +156,36 @@ def test_band_change_on_empty_topics_applies_from_the_start_of_time(stack):
     acme = next(t for t in s.tenants if t.tenant_id == "acme")
     [written] = put_tenants(s, [acme.model_copy(update={"bands": NEW})])
     assert written.band_timeline == () and written.bands == NEW
+
+
+@pytest.mark.kafka
+def test_replay_after_a_band_change_and_an_immediate_activation_equals_live(stack):
+    """The reported bug: a replay after a tenant's bands changed used today's bands for every event."""
+    s = stack
+    publish_model(s, "card_fraud", seed=1)
+    acme = next(t for t in s.tenants if t.tenant_id == "acme")
+    n = 600
+    w = ThreadWorker(s)
+    reader = TopicReader(s, decision_topics(s))
+    try:
+        produce(s, [event(i, "acme", t0=T0) for i in range(n)])
+        reader.until(lambda r: len(r) >= n)
+        put_tenants(s, [acme.model_copy(update={"bands": {"all": 0.0}})])  # from the watermark, T0 + n
+        publish_model(s, "card_fraud", seed=2, shift=1.0)  # immediate: from the same watermark
+        time.sleep(1.5)  # the worker reads both records between batches
+        produce(s, [event(i, "acme", t0=T0) for i in range(n, 2 * n)])
+        live = reader.until(lambda r: len(r) >= 2 * n)
+    finally:
+        w.close()
+        reader.close()
+    res = run_replay(s, start=Bound("start"), end=Bound("end"), run_id="r1", prefix=f"{s.topics.events}.replay.")
+    reader = TopicReader(s, [t for t in res.topics if "decisions" in t])
+    replayed = reader.until(lambda r: len(r) >= 2 * n)
+    reader.close()
+    a = {d["event_id"]: d for d in (orjson.loads(m.value()) for m in live)}
+    b = {d["event_id"]: d for d in (orjson.loads(m.value()) for m in replayed)}
+    assert len(a) == 2 * n and a.keys() == b.keys()
+    for eid, d in a.items():
+        after = d["event_time"] >= T0 + n
+        assert (d["band"] == "all") == after and d["model_version"] == f"card_fraud@{2 if after else 1}", d
+        assert (b[eid]["band"], b[eid]["model_version"], b[eid]["score"]) == (d["band"], d["model_version"], d["score"])
