@@ -9,7 +9,10 @@ live scorer and replays (both through BatchScorer) and the backtest. The contrac
    its pinned version or the intent's activation timeline at the event's time, and a version that loads;
 3. ``model_matrix``, per group of events one version scores, vectorised: the version's feature matrix, with
    the rows whose model features exceed max_abs_feature refused (float32 is what boosters take; a value
-   beyond it would turn into inf).
+   beyond it would turn into inf);
+4. ``model_outputs``, per group, vectorised: the version's raw scores, with the rows it cannot score refused
+   as model_error (its booster raised: every row; a raw score NaN or outside [0, 1]: that row), so the
+   transform only ever sees probabilities and a misbehaving model costs dead letters, not the worker.
 
 parse_event accepts a well-formed event after a handful of cheap tests in a row; only an event that fails
 them is walked through ``explain``, which applies the same rules one at a time to say which one it breaks.
@@ -261,3 +264,28 @@ def model_matrix(features: list[dict], names: tuple[str, ...], max_abs_feature: 
                 for i, c in zip(rows.tolist(), over[rows].argmax(axis=1).tolist())]
     kept = np.flatnonzero(~bad)
     return x[kept].astype(np.float32), kept, rejected
+
+
+def model_outputs(model: LoadedModel, x: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray | None, list[tuple[int, Rejection]]]:
+    """Step 4 of the contract, for a group's float32 matrix: (float64 raw scores of the rows the version
+    scored, their row indices or None when it scored every row, [(row, rejection)] for each row it did not)."""
+    try:
+        raw = np.asarray(model.predict(x), dtype=np.float64)
+        if raw.shape != (len(x),):
+            raise ModelError(f"predict gave shape {raw.shape} for {len(x)} rows, not one score per row")
+    except MemoryError:
+        raise  # the process's trouble, not the model's: abort the batch, as for any other error
+    except Exception as e:  # noqa: BLE001 - whatever a booster raises, its events must still get an output
+        text = str(e).strip()
+        r = Rejection(Reason.MODEL_ERROR, f"{model.name}: predict failed: {type(e).__name__}: "
+                                          f"{text.splitlines()[0][:300] if text else ''}")
+        return np.empty(0), np.empty(0, dtype=np.intp), [(i, r) for i in range(len(x))]
+    ok = (raw >= 0.0) & (raw <= 1.0)  # NaN compares False: it is not a probability either
+    if ok.all():
+        return raw, None, []
+    bad = np.flatnonzero(~ok)
+    rejected = [(i, Rejection(Reason.MODEL_ERROR, f"{model.name}: raw score {v!r} is not a probability in [0, 1]"))
+                for i, v in zip(bad.tolist(), raw[bad].tolist())]
+    kept = np.flatnonzero(ok)
+    return raw[kept], kept, rejected

@@ -12,7 +12,7 @@ import numpy as np
 import orjson
 
 from muse_stream.models.registry import LoadedModel, ModelRegistry
-from muse_stream.scoring.contract import Router, admit_batch, model_matrix
+from muse_stream.scoring.contract import Router, admit_batch, model_matrix, model_outputs
 from muse_stream.scoring.deadletter import Reason
 from muse_stream.tenants import TenantRegistry
 
@@ -95,7 +95,17 @@ class BatchScorer:
                 return
             idx = kept.tolist()
             msgs, eids, tids, times = ([c[i] for i in idx] for c in (msgs, eids, tids, times))
-        raw = np.asarray(model.predict(x32), dtype=np.float64)
+        # The booster's raw scores; rows it cannot score (it raised, or a score is not a probability) become
+        # model_error dead letters, so the transform below sees only probabilities.
+        raw, kept, failed = model_outputs(model, x32)
+        for i, r in failed:
+            out.dead.append(DeadLetter(msgs[i], r.reason, r.detail))
+        if kept is not None:
+            if not kept.size:
+                return
+            idx = kept.tolist()
+            x32 = x32[kept]
+            msgs, eids, tids, times = ([c[i] for i in idx] for c in (msgs, eids, tids, times))
         scores = model.transform.apply(raw, tids)  # every tenant through its own map, if it has one
         time_arr = np.array(times, dtype=np.int64)
         intent, model_name = model.intent, model.name

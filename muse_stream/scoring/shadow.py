@@ -64,8 +64,22 @@ class ShadowScorer:
                     have = cols >= 0
                     x[:, have] = m.x[:, cols[have]]
                     parts.append(x)
-            shadow_raw = np.asarray(model.predict(np.concatenate(parts) if len(parts) > 1 else parts[0]),
-                                    dtype=np.float64).tolist()
+            x = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            try:
+                shadow_raw = np.asarray(model.predict(x), dtype=np.float64)
+                if shadow_raw.shape != (len(x),):
+                    raise ModelError(f"predict gave shape {shadow_raw.shape} for {len(x)} rows")
+            except MemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a shadow that cannot score must not stop live scoring
+                # Shadow records are not the input events' outputs (their decisions are), so the batch goes
+                # on without them; the shadow window simply has fewer events.
+                if (intent, version) not in self._refused_logged:
+                    logger.warning("shadow %s@%d cannot score: %s: %s", intent, version, type(e).__name__,
+                                   (str(e).strip().splitlines() or [""])[0][:300])
+                    self._refused_logged.add((intent, version))
+                continue
+            shadow_raw = shadow_raw.tolist()
             topic = self.settings.topics.shadow_topic(intent)
             name = model.name
             i = 0
