@@ -101,14 +101,12 @@ class _Slot:
 class Supervisor:
     """Starts the workers, restarts failed or stalled ones, and stops them all on a signal or on giving up."""
 
-    def __init__(self, settings: Settings, *, workers: int, first_slot: int = 0, verbose: bool = False,
-                 target=_child) -> None:
+    def __init__(self, settings: Settings, *, workers: int, first_slot: int = 0, verbose: bool = False) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.settings = settings
         self.rt = settings.runtime
         self.verbose = verbose
-        self._target = target  # the worker entry; tests may hand another with the same signature
         self._ctx = mp.get_context("spawn")  # a fresh interpreter: no librdkafka threads inherited via fork
         self.slots = [_Slot(first_slot + i, self._ctx.Value("d", NEVER, lock=False)) for i in range(workers)]
         self._stop_signal: int | None = None
@@ -126,7 +124,7 @@ class Supervisor:
         s.beat.value = NEVER
         s.stalled_for = None
         s.restart_at = None
-        s.proc = self._ctx.Process(target=self._target, args=(self.settings, s.slot, self.verbose, s.beat),
+        s.proc = self._ctx.Process(target=_child, args=(self.settings, s.slot, self.verbose, s.beat),
                                    name=s.name, daemon=False)
         s.proc.start()
         s.started_at = time.monotonic()
