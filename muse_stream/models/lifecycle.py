@@ -10,6 +10,7 @@ import numpy as np
 
 from muse_stream.config import Settings, TenantConfig
 from muse_stream.errors import DataError, ModelError, TransformError
+from muse_stream.models.probe import check_probabilities, predict
 from muse_stream.models.quantile import ReferenceDistribution
 from muse_stream.models.records import VersionRecord
 from muse_stream.models.registry import load_version
@@ -79,7 +80,11 @@ def publish_from_files(settings: Settings, *, intent: str, booster_path: str | P
         if tenant_column not in table:
             raise DataError(f"{calibration_path}: tenant column {tenant_column!r} not found")
         tenant_ids = np.asarray([str(t) for t in table[tenant_column]], dtype=object)
-    raw = np.asarray(booster.inplace_predict(x), dtype=np.float64)
+    raw = predict(booster, x, f"the calibration set {calibration_path}")
+    # Refused before anything is fitted: a booster whose outputs are not probabilities would have every
+    # worker dead-letter (model_error) the events it scores outside [0, 1].
+    check_probabilities(booster, what=str(booster_path), n_features=len(features), calibration_raw=raw,
+                        calibration_x=x, max_abs_feature=settings.runtime.max_abs_feature)
     reg = read_models(settings)
     ref_rec = reg.references.get(intent)
     reference = ReferenceDistribution.from_dict(ref_rec.reference) if ref_rec else None
@@ -161,6 +166,10 @@ def publish_from_shadow(settings: Settings, *, intent: str, version: int, window
     win = read_shadow_window(settings, intent, version, window_ms)
     if win["shadow_raw"].size < MIN_CALIBRATION_EVENTS:
         raise DataError(f"{win['shadow_raw'].size} shadow events in the window; at least {MIN_CALIBRATION_EVENTS} needed")
+    # The shadow's raw scores are its calibration outputs; with no feature matrix here, the probe's ranges
+    # come from the booster's split thresholds.
+    check_probabilities(load_version(rec).booster, what=rec.name, n_features=len(rec.features),
+                        calibration_raw=win["shadow_raw"], max_abs_feature=settings.runtime.max_abs_feature)
     # Refit with the same posterior correction the version was published with.
     prior = {k: rec.transform.get("correction", {}).get(k)
              for k in ("negative_sampling_rate", "train_prevalence", "prod_prevalence")}
