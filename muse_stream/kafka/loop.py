@@ -84,7 +84,7 @@ def drop_errors(msgs: list) -> list:
         err = m.error()
         if err is None:
             ok.append(m)
-        elif err.fatal():
+        elif err.fatal() or err.code() == KafkaError._FATAL:  # librdkafka hands a fatal consumer error as _FATAL
             raise FatalKafkaError.wrap("consumer", err)
         elif err.code() != KafkaError._PARTITION_EOF:
             logger.warning("consumer error (continuing): %s", err.str())

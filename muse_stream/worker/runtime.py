@@ -89,7 +89,7 @@ class Worker:
         self.stop_event = stop or threading.Event()
         self.stats = WorkerStats()
         self.tenants = TenantRegistry(settings)
-        self.models = ModelRegistry()
+        self.models = ModelRegistry(pins=self.tenants.pinned_versions)  # pinned versions stay loaded
         self.shadow = ShadowScorer(settings, self.models)
         self.scorer = BatchScorer(self.tenants, self.models, max_abs_feature=settings.runtime.max_abs_feature,
                                   max_event_bytes=settings.runtime.max_event_bytes)
@@ -114,17 +114,18 @@ class Worker:
         self.telemetry.start()  # liveness answers during start-up; readiness once assigned and loaded
         tables: list[TopicTable] = []
         try:
-            self._heartbeat()
             tid = transactional_id(s, self.slot) if eos else None
             self.producer = OutputProducer(worker_producer_config(s, transactional_id=tid),
                                            name=f"worker {self.slot} producer")
             check_reachable(self.producer.client, s)  # seconds, with the address, when no cluster answers
+            self._heartbeat()  # each start-up phase beats once it is done: the supervisor's grace covers the first
             tables += [TopicTable(s, s.topics.models), TopicTable(s, s.topics.tenants)]
             self._models_table, self._tenants_table = tables
             for k, v in self._models_table.catch_up():
                 self.models.apply(k, v)
             for k, v in self._tenants_table.catch_up():
                 self.tenants.apply(k, v)
+            self._heartbeat()
             self._ensure_output_topics()
             self.loop = StreamLoop(
                 LoopSettings(tuple(s.topics.inputs), eos, s.batch.max_events, s.batch.max_wait_ms / 1000.0,
@@ -195,7 +196,8 @@ def run_worker(settings: Settings, slot: int, heartbeat=None) -> int:
         Worker(settings, slot=slot, stop=stop, heartbeat=heartbeat).run()
     except FatalKafkaError as e:
         name = e.error.name() if e.error is not None else ""
-        hint = f" (another worker holds slot {slot}: run each slot once)" if name in _FENCED else ""
+        fenced = name in _FENCED or "fenced" in str(e).lower()
+        hint = f" (another worker holds slot {slot}: run each slot once)" if fenced else ""
         logger.error("worker %d: fatal Kafka error, exiting: %s%s", slot, e, hint,
                      extra=_fatal_fields(settings, slot, e))
         return 3

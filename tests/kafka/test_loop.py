@@ -175,3 +175,19 @@ def test_revoke_inside_the_next_poll_commits_only_processed_records():
     loop.run()
     # the first batch (3 records of partition 0) was processed; the revoke committed exactly that
     assert committed_at_revoke == {0: 3}
+
+
+def test_a_fatal_consumer_error_stops_the_loop_even_without_the_fatal_flag():
+    """librdkafka hands a fenced static member's error as code _FATAL with fatal() False."""
+    from muse_stream.kafka.loop import drop_errors
+
+    class Failed:
+        def __init__(self, err):
+            self._err = err
+
+        def error(self):
+            return self._err
+
+    with pytest.raises(FatalKafkaError):
+        drop_errors([Failed(KafkaError(KafkaError._FATAL, "Static consumer fenced"))])
+    assert drop_errors([Failed(KafkaError(KafkaError._TRANSPORT, "broker down"))]) == []

@@ -169,7 +169,8 @@ def test_two_workers_share_and_hand_over_without_loss_or_duplicates(stack):
 
 
 def test_same_slot_twice_fences_the_older_worker(stack):
-    """The transactional id is the slot's: a second worker in the same slot fences the first (a zombie)."""
+    """The transactional id and the static group member are the slot's: a second worker in the same slot
+    fences the first (a zombie), which exits non-zero, and takes over its partitions with nothing lost."""
     from muse_stream.kafka.clients import producer_config
     from muse_stream.worker.runtime import transactional_id
 
@@ -184,10 +185,12 @@ def test_same_slot_twice_fences_the_older_worker(stack):
     try:
         reader.until(lambda r: len(r) >= 500, timeout=90)
         second = _spawn_worker(s, 3)
-        _wait_for_members(s, 2)  # the second is in: it fenced the first when it initialised its producer
-        produce(s, [event(i, "acme") for i in range(2000, 4000)])
+        # Its producer's init fences the first's transactions, and its join with the same group.instance.id
+        # fences the first's membership: whichever the first meets next is fatal, and it exits non-zero.
         first.join(90)
-        assert first.exitcode == 3  # the first's next write was refused as fenced: fatal, exit non-zero
+        assert first.exitcode == 3
+        _wait_for_members(s, 1)
+        produce(s, [event(i, "acme") for i in range(2000, 4000)])
         recs = reader.until(lambda r: len(r) >= 4000, timeout=120)
         reader.poll_for(2.0)
     finally:
