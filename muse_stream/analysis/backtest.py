@@ -3,9 +3,11 @@
 The range is read through the same event contract as live scoring (scoring/contract.py): the events
 compared are exactly those live would score with a version of the intent, and each by the version that
 would score it (a pinned one, or the activation timeline's at its event time); the ones live would
-dead-letter are counted by reason. A candidate without a transform is fitted on the first part of the
-range, aligned to the incumbent on the same events, and judged on the rest. Everything is sorted by
-(event_time, partition, offset) first, so the same inputs give the same numbers.
+dead-letter are counted by reason (model_error included: rows the version cannot score are not compared).
+A candidate without a transform is fitted on the first part of the range, aligned to the incumbent on the
+same events, and judged on the rest. Each event's alerts are judged against the tenant's bands in force at
+its event time, as live gave them (one set of rows per band set when a tenant's bands changed in the range).
+Everything is sorted by (event_time, partition, offset) first, so the same inputs give the same numbers.
 """
 
 from __future__ import annotations
@@ -29,8 +31,15 @@ from muse_stream.models.registry import LoadedModel, ModelRegistry, load_version
 from muse_stream.models.store import read_models
 from muse_stream.models.tabular import read_table
 from muse_stream.models.transform import ScoreTransform, fit_score_transform
-from muse_stream.scoring.contract import Router, admit_batch, feature_matrix, model_matrix, over_limit
-from muse_stream.tenants import read_tenants
+from muse_stream.scoring.contract import (
+    Router,
+    admit_batch,
+    feature_matrix,
+    model_matrix,
+    model_outputs,
+    over_limit,
+)
+from muse_stream.tenants import Bands, TenantRegistry, read_tenants
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +54,7 @@ class RangeEvents:
     times: list[int] = field(default_factory=list)
     features: list[dict] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)  # the version that would score each event
+    raw: list[float] = field(default_factory=list)  # that version's raw score of each event, as live has it
     dead_letters: dict[str, int] = field(default_factory=dict)  # reason -> events of the range live dead-letters
     other_intents: int = 0  # events live would score with another intent's model
 
@@ -68,8 +78,8 @@ def read_range_events(settings: Settings, intent: str, start: Bound, end: Bound,
 def range_events(batches: Iterable[list], intent: str, tenants: Mapping[str, TenantConfig], models: ModelRegistry,
                  *, max_event_bytes: int, max_abs_feature: float) -> RangeEvents:
     """Batches of input messages through the contract, as BatchScorer.process takes them: parse, route, then
-    per version the value limits. Events routed to another intent go through that intent's version's limits
-    too, so dead_letters counts every dead letter live would write for these messages."""
+    per version the value limits and the version's raw scores. Events routed to another intent go through
+    that intent's version too, so dead_letters counts every dead letter live would write for these messages."""
     router = Router(tenants, models)  # the registries do not change while a backtest runs
     dead: Counter[str] = Counter()
     rows = []
@@ -78,22 +88,28 @@ def range_events(batches: Iterable[list], intent: str, tenants: Mapping[str, Ten
         groups, refused = admit_batch(batch, router, max_event_bytes)
         dead.update(r.reason.value for _, r in refused)
         for model, (msgs, evs) in groups.items():
-            _, kept, rejected = model_matrix([ev.features for ev in evs], model.features, max_abs_feature)
+            x, kept, rejected = model_matrix([ev.features for ev in evs], model.features, max_abs_feature)
             dead.update(r.reason.value for _, r in rejected)
+            if kept is not None:
+                msgs, evs = [msgs[i] for i in kept.tolist()], [evs[i] for i in kept.tolist()]
+            raw, kept, failed = model_outputs(model, x)
+            dead.update(r.reason.value for _, r in failed)
             if kept is not None:
                 msgs, evs = [msgs[i] for i in kept.tolist()], [evs[i] for i in kept.tolist()]
             if model.intent != intent:
                 other += len(evs)
                 continue
-            rows += [(ev.event_time, m.partition(), m.offset(), ev, model.version) for m, ev in zip(msgs, evs)]
+            rows += [(ev.event_time, m.partition(), m.offset(), ev, model.version, r)
+                     for m, ev, r in zip(msgs, evs, raw.tolist())]
     rows.sort(key=lambda r: r[:3])
     out = RangeEvents(dead_letters={r: n for r, n in sorted(dead.items()) if n}, other_intents=other)
-    for et, _, _, ev, version in rows:
+    for et, _, _, ev, version, r in rows:
         out.times.append(et)
         out.event_ids.append(ev.event_id)
         out.tenants.append(ev.tenant_id)
         out.features.append(ev.features)
         out.versions.append(version)
+        out.raw.append(r)
     return out
 
 
@@ -177,17 +193,19 @@ def run_backtest(settings: Settings, *, intent: str, candidate: str, start: Boun
     y = load_labels(labels, ev.event_ids) if labels else None
     tids = np.array(ev.tenants, dtype=object)
     times = np.array(ev.times, dtype=np.int64)
-    # The incumbent, event by event: the version live routing gave it (pinned, or the timeline's at its time).
+    # The incumbent, event by event: the version live routing gave it (pinned, or the timeline's at its time),
+    # and the raw score it gave, as live would serve it.
     inc_ver = np.array(ev.versions, dtype=np.int64)
-    inc_raw, inc_served = np.empty(n), np.empty(n)
-    max_abs = settings.runtime.max_abs_feature
+    inc_raw, inc_served = np.array(ev.raw, dtype=np.float64), np.empty(n)
     for v in np.unique(inc_ver).tolist():
         rows = np.flatnonzero(inc_ver == v)
-        model = reg.get(intent, v)
-        x, _, _ = model_matrix([ev.features[i] for i in rows], model.features, max_abs)  # all within limits
-        inc_raw[rows], inc_served[rows] = served(model, x, tids[rows])
-    cand_x, cand_over = candidate_matrix(ev.features, cand.features, max_abs)
+        inc_served[rows] = reg.get(intent, v).transform.apply(inc_raw[rows], tids[rows])
+    cand_x, cand_over = candidate_matrix(ev.features, cand.features, settings.runtime.max_abs_feature)
     cand_raw = np.asarray(cand.booster.inplace_predict(cand_x), dtype=np.float64)
+    outside = cand_raw[~((cand_raw >= 0.0) & (cand_raw <= 1.0))]
+    if outside.size:  # publish would refuse it, and its transform cannot map it
+        raise ModelError(f"candidate {cand.name}: its outputs are not probabilities: {outside.size} of {n} are "
+                         f"outside [0, 1] (e.g. {float(outside[0]):.6g})")
     fitted_here = cand.transform is None
     n_cal = int(n * calibration_fraction) if fitted_here else 0
     if fitted_here:
@@ -207,28 +225,50 @@ def run_backtest(settings: Settings, *, intent: str, candidate: str, start: Boun
               "range": {"first_event_time": int(times.min()), "last_event_time": int(times.max())},
               "tenants": []}
     e_tids, e_inc, e_raw, e_cand = tids[ev_rows], inc_served[ev_rows], cand_raw[ev_rows], c_served[ev_rows]
-    e_y = None if y is None else y[ev_rows]
+    e_y, e_times = None if y is None else y[ev_rows], times[ev_rows]
     result["distance"] = {"ks": ks_distance(e_inc, e_cand), "psi": psi(e_inc, e_cand)}
+    band_reg = TenantRegistry(settings, dict(tenants), log_changes=False)
     for tid in sorted(set(e_tids.tolist())):
-        mask = e_tids == tid
-        cfg = tenants[tid]
-        entry = {"tenant_id": tid, "events": int(mask.sum()),
-                 "ks": ks_distance(e_inc[mask], e_cand[mask]), "psi": psi(e_inc[mask], e_cand[mask]), "bands": []}
-        for band, thr in sorted(cfg.bands.items(), key=lambda kv: kv[1]):
-            row = {"band": band, "threshold": thr}
-            for key, scores in (("incumbent", e_inc[mask]), ("candidate_raw", e_raw[mask]),
-                                ("candidate", e_cand[mask])):
-                k = int((scores >= thr).sum())
-                lo, hi = wilson(k, int(mask.sum()))
-                row[key] = {"alert_rate": k / int(mask.sum()), "ci95": [lo, hi], "alerts": k}
-            row["ratio"] = (row["candidate"]["alert_rate"] / row["incumbent"]["alert_rate"]
-                            if row["incumbent"]["alert_rate"] else None)
-            if e_y is not None:
-                row["labels"] = _label_stats(e_y[mask], e_inc[mask], e_cand[mask], thr)
-            entry["bands"].append(row)
+        rows = np.flatnonzero(e_tids == tid)
+        entry = {"tenant_id": tid, "events": int(rows.size),
+                 "ks": ks_distance(e_inc[rows], e_cand[rows]), "psi": psi(e_inc[rows], e_cand[rows]), "bands": []}
+        # Each event against the bands in force at its event time, as live judged it.
+        for bands, sel in band_sets(band_reg, tid, e_times[rows]):
+            r = rows[sel]
+            entry["bands"] += _band_rows(bands, e_times[r], e_inc[r], e_raw[r], e_cand[r],
+                                         None if e_y is None else e_y[r])
         result["tenants"].append(entry)
     result["_arrays"] = {"incumbent": e_inc, "candidate": e_cand, "candidate_raw": e_raw, "tenants": e_tids}
     return result
+
+
+def band_sets(tenants: TenantRegistry, tenant_id: str, event_times: np.ndarray) -> list[tuple[Bands, np.ndarray]]:
+    """A tenant's events grouped by the band set in force at their event times: (bands, row indices), in
+    order of first use. Periods with equal bands (a change and its undoing) are one set."""
+    sets: dict[tuple, tuple[Bands, list[np.ndarray]]] = {}
+    for bands, idx in tenants.band_groups(tenant_id, event_times):
+        key = (tuple(bands.names), bands.thresholds.tobytes())
+        sets.setdefault(key, (bands, []))[1].append(np.arange(len(event_times)) if idx is None else idx)
+    return [(bands, np.sort(np.concatenate(parts))) for bands, parts in sets.values()]
+
+
+def _band_rows(bands: Bands, times: np.ndarray, inc: np.ndarray, raw: np.ndarray, cand: np.ndarray,
+               y: np.ndarray | None) -> list[dict]:
+    """One row per band of a band set, on the events judged against it: alert rates, and label stats."""
+    n = int(times.size)
+    rows = []
+    for band, thr in zip(bands.names[1:], bands.thresholds.tolist()):
+        row = {"band": band, "threshold": thr, "events": n, "event_times": [int(times.min()), int(times.max())]}
+        for key, scores in (("incumbent", inc), ("candidate_raw", raw), ("candidate", cand)):
+            k = int((scores >= thr).sum())
+            lo, hi = wilson(k, n)
+            row[key] = {"alert_rate": k / n, "ci95": [lo, hi], "alerts": k}
+        row["ratio"] = (row["candidate"]["alert_rate"] / row["incumbent"]["alert_rate"]
+                        if row["incumbent"]["alert_rate"] else None)
+        if y is not None:
+            row["labels"] = _label_stats(y, inc, cand, thr)
+        rows.append(row)
+    return rows
 
 
 def _label_stats(y: np.ndarray, inc: np.ndarray, cand: np.ndarray, thr: float) -> dict:
@@ -257,13 +297,13 @@ def summary_markdown(res: dict) -> str:
              f"candidate transform: {res['candidate_transform']}. KS {res['distance']['ks']:.4f}, "
              f"PSI {res['distance']['psi']:.4f} (reference-scale scores, evaluated events)."), "",
              _not_scored_line(res), "",
-             "| tenant | band | threshold | incumbent | candidate raw | candidate | ratio | 95% CI candidate |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| tenant | band | threshold | events | incumbent | candidate raw | candidate | ratio | 95% CI candidate |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for t in res["tenants"]:
         for b in t["bands"]:
             ci = b["candidate"]["ci95"]
             ratio = "-" if b["ratio"] is None else f"{b['ratio']:.2f}"
-            lines.append(f"| {t['tenant_id']} | {b['band']} | {b['threshold']:.6g} | "
+            lines.append(f"| {t['tenant_id']} | {band_label(t, b)} | {b['threshold']:.6g} | {b['events']:,} | "
                          f"{b['incumbent']['alert_rate']:.3%} | {b['candidate_raw']['alert_rate']:.3%} | "
                          f"{b['candidate']['alert_rate']:.3%} | {ratio} | {ci[0]:.3%}-{ci[1]:.3%} |")
     if any("labels" in b for t in res["tenants"] for b in t["bands"]):
@@ -274,10 +314,18 @@ def summary_markdown(res: dict) -> str:
             for b in t["bands"]:
                 lab = b.get("labels")
                 if lab:
-                    lines.append(f"| {t['tenant_id']} | {b['band']} | {f(lab['incumbent']['recall'])} | "
+                    lines.append(f"| {t['tenant_id']} | {band_label(t, b)} | {f(lab['incumbent']['recall'])} | "
                                  f"{f(lab['candidate']['recall'])} | {f(lab['candidate_equal_alert_rate']['recall'])} | "
                                  f"{f(lab['incumbent']['precision'])} | {f(lab['candidate']['precision'])} |")
     return "\n".join(lines) + "\n"
+
+
+def band_label(tenant: dict, row: dict) -> str:
+    """A band row's name; with the event times it judged when the tenant's bands changed in the range."""
+    if len({tuple(b["event_times"]) for b in tenant["bands"]}) == 1:
+        return row["band"]
+    first, last = row["event_times"]
+    return f"{row['band']} (event times {first}-{last})"
 
 
 def _not_scored_line(res: dict) -> str:
@@ -321,7 +369,7 @@ def _plot(res: dict, arrays: dict, path: Path) -> None:
     labels, inc, cand, raw = [], [], [], []
     for t in res["tenants"]:
         for b in t["bands"]:
-            labels.append(f"{t['tenant_id']}\n{b['band']}")
+            labels.append(f"{t['tenant_id']}\n{band_label(t, b)}")
             inc.append(b["incumbent"]["alert_rate"])
             cand.append(b["candidate"]["alert_rate"])
             raw.append(b["candidate_raw"]["alert_rate"])
