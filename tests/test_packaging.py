@@ -22,12 +22,12 @@ def installed(tmp_path_factory) -> tuple[Path, str]:
     of its own, outside the source tree."""
     tmp = tmp_path_factory.mktemp("pkg")
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp / "dist"), str(ROOT)],
-                           capture_output=True, text=True, timeout=600)
+                           check=False, capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next((tmp / "dist").glob("muse_stream-*.whl"))
     site = tmp / "site"
     inst = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],
-                          capture_output=True, text=True, timeout=300)
+                          check=False, capture_output=True, text=True, timeout=300)
     assert inst.returncode == 0, inst.stderr[-2000:]
     return wheel, build.stdout + build.stderr + inst.stdout + inst.stderr
 
@@ -50,21 +50,22 @@ def test_the_installed_package_runs_from_another_folder(installed, tmp_path, set
     wheel, _ = installed
     site = wheel.parent.parent / "site"
     env = _env(site)
-    where = subprocess.run([sys.executable, "-c", "import muse_stream, muse_stream.config as c; "
-                            "print(muse_stream.__file__); print(c.DEFAULT_CONFIG.is_file())"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    where = subprocess.run([sys.executable, "-c", ("import muse_stream, muse_stream.config as c; "
+                            "print(muse_stream.__file__); print(c.DEFAULT_CONFIG.is_file())")],
+                           cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=60)
     assert where.returncode == 0, where.stderr
     path, found = where.stdout.split()
     assert Path(path).is_relative_to(site) and found == "True"
     cli = [sys.executable, "-m", "muse_stream"]
-    assert "topics" in subprocess.run([*cli, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                                      timeout=60).stdout
+    helped = subprocess.run([*cli, "--help"], cwd=tmp_path, env=env, check=False, capture_output=True, text=True,
+                            timeout=60)
+    assert "topics" in helped.stdout
     s = settings_for(unique)
     from muse_stream.config import dump_toml
 
     (tmp_path / "muse.toml").write_text(dump_toml(s))
     made = subprocess.run([*cli, "topics", "create", "--config", "muse.toml"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr
     run = subprocess.Popen([*cli, "run", "--config", "muse.toml", "--workers", "1"], cwd=tmp_path, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
