@@ -8,7 +8,7 @@ import pytest
 
 from muse_stream.kafka import checkpoint
 from muse_stream.kafka.producer import OutputProducer
-from muse_stream.models.registry import LoadedModel
+from muse_stream.models.transform import ScoreTransform
 from muse_stream.scoring.scorer import BatchScorer
 from tests.fixtures.helpers import TopicReader, decision_topics, event, produce, publish_model
 from tests.fixtures.workers import ThreadWorker, assert_exactly_once
@@ -66,7 +66,9 @@ def _fail_midway(n: int):
 
 STEPS = {
     "parse": lambda mp: mp.setattr(BatchScorer, "process", _fail_on_call(3, BatchScorer.process)),
-    "score": lambda mp: mp.setattr(LoadedModel, "predict", _fail_on_call(4, LoadedModel.predict)),
+    # In the transform: an exception from the booster itself is the model's, and becomes model_error dead
+    # letters (tests/worker/test_model_errors.py), not an abort.
+    "score": lambda mp: mp.setattr(ScoreTransform, "apply", _fail_on_call(4, ScoreTransform.apply)),
     "produce": lambda mp: mp.setattr(OutputProducer, "produce_all", _fail_midway(5)),
     "send_offsets": lambda mp: mp.setattr(checkpoint, "call_with_retry",
                                           _fail_kafka_call("send_offsets_to_transaction", 2)),
