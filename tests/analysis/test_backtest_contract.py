@@ -20,7 +20,7 @@ from muse_stream.scoring.contract import model_matrix
 from muse_stream.scoring.scorer import BatchScorer
 from muse_stream.tenants import TenantRegistry
 from tests.fixtures.helpers import FEATURES
-from tests.scoring.fakes import Msg, registry
+from tests.fixtures.scoring_fakes import Msg, registry
 
 MAX_ABS, MAX_BYTES = 1e30, 4_000
 TENANTS = {

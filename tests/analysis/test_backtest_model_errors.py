@@ -14,7 +14,7 @@ from muse_stream.scoring.scorer import BatchScorer
 from muse_stream.tenants import TenantRegistry
 from tests.fixtures.boosters import hand_written_version, regression_booster
 from tests.fixtures.helpers import event, train_booster
-from tests.scoring.fakes import Msg
+from tests.fixtures.scoring_fakes import Msg
 
 TENANTS = {"acme": TenantConfig(tenant_id="acme", intents=("card", "ato"), default_intent="card",
                                 bands={"review": 0.5})}

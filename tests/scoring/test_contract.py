@@ -20,7 +20,7 @@ from muse_stream.scoring.contract import (
     model_matrix,
     parse_event,
 )
-from tests.scoring.fakes import registry
+from tests.fixtures.scoring_fakes import registry
 
 MAX_BYTES = 10_000
 OK = {"event_id": "e", "tenant_id": "acme", "event_time": 5, "features": {"f0": 1.5, "f1": -2}}

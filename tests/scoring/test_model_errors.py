@@ -22,7 +22,7 @@ from muse_stream.tenants import TenantRegistry
 from muse_stream.worker.runtime import WorkerStats
 from tests.fixtures.boosters import hand_written_version, linear_booster, regression_booster
 from tests.fixtures.helpers import FEATURES, event, train_booster
-from tests.scoring.fakes import Msg
+from tests.fixtures.scoring_fakes import Msg
 
 TENANTS = {
     "acme": TenantConfig(tenant_id="acme", intents=("card",), bands={"review": 0.5, "decline": 0.9}),

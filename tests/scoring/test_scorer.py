@@ -11,7 +11,7 @@ from muse_stream.models.registry import ModelRegistry
 from muse_stream.scoring.scorer import BatchScorer
 from muse_stream.tenants import Bands, TenantRegistry
 from tests.fixtures.helpers import FEATURES
-from tests.scoring.fakes import Msg, registry
+from tests.fixtures.scoring_fakes import Msg, registry
 
 
 def _registry(timeline=((1, None),)) -> ModelRegistry:
