@@ -1,14 +1,25 @@
-"""Reading a compacted topic as a table: all partitions from the beginning, outside any consumer group."""
+"""A compacted topic as a table: read (all partitions from the beginning, outside any consumer group), and
+written under a fence, so that concurrent writers of one key never write over each other's changes."""
 
 from __future__ import annotations
 
+import logging
+import random
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from muse_stream.config import Settings
 from muse_stream.errors import KafkaOpError
-from muse_stream.kafka.clients import reader_config
+from muse_stream.kafka.checkpoint import call_with_retry
+from muse_stream.kafka.clients import make_consumer, producer_config, reader_config
+from muse_stream.kafka.producer import OutputProducer
+
+logger = logging.getLogger(__name__)
+Rows = list[tuple[bytes, bytes | None]]
+T = TypeVar("T")
 
 
 class TopicTable:
@@ -17,7 +28,8 @@ class TopicTable:
     def __init__(self, settings: Settings, topic: str, *, read_committed: bool = True) -> None:
         self.topic = topic
         # A short fetch wait: a new activation or tenant record reaches the scoring loop within tens of ms.
-        self._consumer = Consumer(reader_config(settings, read_committed=read_committed, **{"fetch.wait.max.ms": 20}))
+        self._consumer = make_consumer(reader_config(settings, read_committed=read_committed,
+                                                     **{"fetch.wait.max.ms": 20}), f"{topic} reader")
         try:
             md = self._consumer.list_topics(topic, timeout=15)
         except KafkaException as e:
@@ -71,3 +83,64 @@ class TopicTable:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def read_table(settings: Settings, topic: str) -> Rows:
+    """Every committed (key, value) of a compacted topic as it is now, in offset order."""
+    table = TopicTable(settings, topic)
+    try:
+        return table.catch_up()
+    finally:
+        table.close()
+
+
+# A fenced writer, or a transaction that must be aborted: nothing of the attempt became visible, so the
+# whole step (read, decide, write) may start again.
+FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
+FENCED_RETRY_S = 120.0  # a writer fenced again and again gives up after this long
+
+
+def _fenced(e: KafkaOpError) -> bool:
+    return e.error is not None and (e.error.code() in FENCED or e.error.txn_requires_abort())
+
+
+def fenced_write(settings: Settings, topic: str, transactional_id: str, step: Callable[[Rows], tuple[Rows, T]],
+                 *, what: str) -> T:
+    """Read `topic` and write what `step` derives from it, as one atomic step among every writer that uses
+    `transactional_id` (one id per key or group of keys that must not be changed concurrently).
+
+    1. init_transactions with the id. This fences every other writer with the id: its open transaction is
+       aborted (or, if it is committing, finishes first), and it cannot commit after.
+    2. Read the topic, read_committed. Every earlier writer's records are now committed or aborted for good,
+       so what `step` decides from them (the next version number, a timeline to extend) is not stale.
+    3. Write `step`'s (key, value) records in one transaction: all become visible, or none.
+    A writer fenced between 1 and 3 by a newer one has written nothing visible; it starts again after a
+    random pause (by then the newer one has usually finished). `step` may raise to write nothing, or return
+    no records. Errors other than fencing keep their KafkaError (`KafkaOpError.error`).
+    """
+    give_up = time.monotonic() + FENCED_RETRY_S
+    attempt = 0
+    while True:
+        attempt += 1
+        producer = OutputProducer(producer_config(settings, transactional_id=transactional_id), name=f"{what} writer")
+        try:
+            call_with_retry("init_transactions", producer.client.init_transactions, 30)
+            records, result = step(read_table(settings, topic))
+            if records:
+                producer.write_transaction([(topic, key, value) for key, value in records])
+            return result
+        except KafkaOpError as e:
+            if not _fenced(e):
+                raise type(e)(f"writing {what} to {topic}: {e}", error=e.error, code=e.code,
+                              description=e.description) from None
+            # A fenced instance can do nothing more (not even abort): it is dropped; the newer writer's init
+            # has aborted its transaction.
+            logger.info("writing %s to %s: fenced by another writer (%s, attempt %d); trying again", what, topic,
+                        e.error.name(), attempt)
+        # A random pause, growing with each attempt, so that writers fenced together do not come back
+        # together and fence each other again.
+        pause = random.uniform(0.05, min(2.0, 0.1 * 2 ** attempt))
+        if time.monotonic() + pause > give_up:
+            raise KafkaOpError(f"writing {what} to {topic}: fenced by concurrent writers {attempt} times in "
+                               f"{FENCED_RETRY_S:.0f}s; nothing was written, try again")
+        time.sleep(pause)

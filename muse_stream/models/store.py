@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import base64
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from confluent_kafka import KafkaError, KafkaException, Producer
-
 from muse_stream.config import Settings
-from muse_stream.errors import KafkaOpError, ModelError
-from muse_stream.kafka.clients import producer_config
-from muse_stream.kafka.table import TopicTable
+from muse_stream.errors import ModelError
+from muse_stream.kafka.table import fenced_write, read_table
 from muse_stream.kafka.watermark import input_watermark
 from muse_stream.models.records import (
     ActivationRecord,
@@ -34,6 +30,7 @@ from muse_stream.models.records import (
 from muse_stream.models.registry import ModelRegistry, load_version
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def now_ms() -> int:
@@ -42,21 +39,7 @@ def now_ms() -> int:
 
 def read_models(settings: Settings, *, load: bool = False) -> ModelRegistry:
     """The models topic as it is now (boosters not loaded unless asked)."""
-    table = TopicTable(settings, settings.topics.models)
-    try:
-        reg = ModelRegistry(load=load)
-        for k, v in table.catch_up():
-            reg.apply(k, v)
-        return reg
-    finally:
-        table.close()
-
-
-# Fenced and abortable transaction errors: nothing of the attempt became visible, so it may start again.
-_FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
-FENCED_RETRY_S = 120.0  # a writer fenced again and again gives up after this long
-
-T = TypeVar("T")
+    return _registry(read_table(settings, settings.topics.models), load=load)
 
 
 def intent_transactional_id(settings: Settings, intent: str) -> str:
@@ -64,55 +47,20 @@ def intent_transactional_id(settings: Settings, intent: str) -> str:
     return f"muse-models-{settings.topics.models}-{intent}"
 
 
+def _registry(rows, *, load: bool = False) -> ModelRegistry:
+    reg = ModelRegistry(load=load)
+    for k, v in rows:
+        reg.apply(k, v)
+    return reg
+
+
 def _fenced_write(settings: Settings, intent: str,
                   step: Callable[[ModelRegistry], tuple[list[tuple[bytes, bytes]], T]]) -> T:
-    """Read the models topic and write what `step` derives from it, as one atomic step per intent.
-
-    1. init_transactions with the intent's transactional id. This fences every other writer of the intent:
-       its open transaction is aborted (or, if it is committing, finishes first), and it cannot commit after.
-    2. Read the models topic, read_committed. Every earlier writer's records are now committed or aborted
-       for good, so what `step` chooses (the next version number, the timeline to extend) is not taken.
-    3. Write `step`'s records in one transaction: all become visible, or none.
-    A writer fenced between 1 and 3 by a newer one has written nothing visible; it starts again after a
-    random pause (by then the newer one has usually finished). `step` may raise to write nothing.
-    """
-    topic = settings.topics.models
-    give_up = time.monotonic() + FENCED_RETRY_S
-    attempt = 0
-    while True:
-        attempt += 1
-        producer = Producer(producer_config(settings, transactional_id=intent_transactional_id(settings, intent)))
-        try:
-            producer.init_transactions(30)
-            records, result = step(read_models(settings))
-            producer.begin_transaction()
-            for key, value in records:
-                producer.produce(topic, value, key)
-            producer.commit_transaction(60)
-            producer.close()
-            return result
-        except KafkaException as e:
-            err: KafkaError = e.args[0]
-            if err.code() not in _FENCED and not err.txn_requires_abort():
-                producer.close()  # aborts what is open
-                raise KafkaOpError(f"writing to {topic}: {err.str()}", code=err.code(), description=err.str()) from None
-            # A fenced instance can do nothing more (not even abort): it is dropped, the newer writer's init
-            # has aborted its transaction.
-            logger.info("writing %s to %s: fenced by another writer of the intent (%s, attempt %d); trying again",
-                        intent, topic, err.name(), attempt)
-        except BufferError as e:
-            producer.close()
-            raise KafkaOpError(f"writing to {topic}: {e}") from None
-        except BaseException:
-            producer.close()  # step refused (nothing written), or an interrupt: abort what is open
-            raise
-        # A random pause, growing with each attempt, so that writers fenced together do not come back
-        # together and fence each other again.
-        pause = random.uniform(0.05, min(2.0, 0.1 * 2 ** attempt))
-        if time.monotonic() + pause > give_up:
-            raise KafkaOpError(f"writing {intent} to {topic}: fenced by concurrent writers of the intent "
-                               f"{attempt} times in {FENCED_RETRY_S:.0f}s; nothing was written, try again")
-        time.sleep(pause)
+    """Read the models topic and write what `step` derives from it, as one atomic step per intent: fenced by
+    the intent's transactional id, so concurrent writers of one intent never collide (see
+    kafka/table.fenced_write). `step` may raise to write nothing."""
+    return fenced_write(settings, settings.topics.models, intent_transactional_id(settings, intent),
+                        lambda rows: step(_registry(rows)), what=f"model {intent}")
 
 
 def build_version(*, intent: str, version: int, booster_bytes: bytes, features: list[str], transform: dict,
