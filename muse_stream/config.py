@@ -17,6 +17,7 @@ from muse_stream.errors import ConfigError
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "defaults" / "muse.toml"
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,185}$")
 
 
 class _Frozen(BaseModel):
@@ -46,12 +47,35 @@ class TopicSettings(_Frozen):
     decisions_prefix: str = "muse.decisions."
     shadow_prefix: str = "muse.shadow."
     decisions_partitions: int = Field(4, ge=1, le=10_000)
-    replication_factor: int = Field(1, ge=1, le=16)
+    # None: chosen from the cluster when topics are created (min(3, brokers); kafka/topics.py).
+    replication_factor: int | None = Field(None, ge=1, le=16)
 
     @field_validator("events", "models", "tenants", "deadletter")
     @classmethod
     def _topic(cls, v: str) -> str:
         return _check_topic(v)
+
+    @field_validator("decisions_prefix", "shadow_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        # Room for the longest tenant id or intent name (64) within Kafka's 249.
+        if not _PREFIX_RE.match(v):
+            raise ValueError(f"{v!r}: a topic prefix is 1-185 letters, digits, '.', '_' or '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _apart(self) -> TopicSettings:
+        d, s = self.decisions_prefix, self.shadow_prefix
+        if d.startswith(s) or s.startswith(d):
+            raise ValueError(f"decisions_prefix {d!r} and shadow_prefix {s!r} overlap: one topic could be both")
+        return self
+
+    def decisions_owner(self, topic: str) -> str | None:
+        """The tenant whose default decision topic `topic` is (whether that tenant exists or not), else None."""
+        if not topic.startswith(self.decisions_prefix):
+            return None
+        rest = topic[len(self.decisions_prefix):]
+        return rest if _ID_RE.match(rest) else None
 
     @field_validator("extra_inputs")
     @classmethod

@@ -16,15 +16,20 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from muse_stream.config import load_settings
-    from muse_stream.kafka.topics import ensure_all, planned_topics
+    from muse_stream.kafka.topics import choose_replication, ensure_all, make_admin, planned_topics
     from muse_stream.tenants import seed_tenants
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
+    configured = settings.topics.replication_factor
     if args.action == "list":
+        rf = configured if configured is not None else "auto (min(3, brokers))"
         for spec in planned_topics(settings):
-            print(f"{spec.name}\tpartitions={spec.partitions}\t{spec.config or ''}")
+            print(f"{spec.name}\tpartitions={spec.partitions}\treplication={rf}\t{spec.config or ''}")
         return 0
-    for name, outcome in ensure_all(settings).items():
+    results = ensure_all(settings)
+    # Topics that existed keep the replication they were created with.
+    print(f"new topics: {choose_replication(make_admin(settings), configured).describe()}")
+    for name, outcome in results.items():
         print(f"{outcome:8} {name}")
     seeded = seed_tenants(settings)
     print(f"seeded {seeded} tenant record(s) on {settings.topics.tenants}")

@@ -10,11 +10,11 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 
 from muse_stream.config import Settings
 from muse_stream.errors import ConfigError, KafkaOpError
-from muse_stream.kafka.clients import reader_config
+from muse_stream.kafka.clients import make_consumer, reader_config
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def parse_bound(text: str | None, *, default: str) -> Bound:
     if t.isdigit():
         return Bound("time", int(t))
     try:
-        dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
+        dt = datetime.fromisoformat(t)  # "Z" included (Python 3.11)
     except ValueError:
         raise ConfigError(f"{text!r}: expected epoch ms, an ISO-8601 time, offset:N, start or end") from None
     if dt.tzinfo is None:
@@ -52,7 +52,7 @@ class RangeReader:
 
     def __init__(self, settings: Settings, topic: str, start: Bound, end: Bound) -> None:
         self.topic = topic
-        self.c = Consumer(reader_config(settings))
+        self.c = make_consumer(reader_config(settings), f"{topic} range reader")
         try:
             md = self.c.list_topics(topic, timeout=15).topics.get(topic)
         except KafkaException as e:

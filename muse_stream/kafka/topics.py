@@ -1,4 +1,9 @@
-"""Creating muse-stream's topics, idempotently, with the settings each kind needs."""
+"""Creating muse-stream's topics, idempotently, with the settings each kind needs.
+
+Replication: unless `topics.replication_factor` says otherwise, every topic gets min(3, brokers in the
+cluster) replicas and min.insync.replicas min(2, that), so with acks=all (every producer) a write is on two
+brokers before it counts, and a 3-node cluster keeps taking writes with one node down.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from muse_stream.config import Settings
 from muse_stream.errors import KafkaOpError
-from muse_stream.kafka.clients import MAX_RECORD_BYTES, admin_config
+from muse_stream.kafka.clients import MAX_RECORD_BYTES, admin_config, make_client
 
 logger = logging.getLogger(__name__)
+_warned: set[tuple[int, int]] = set()  # (configured factor, brokers) already warned about: once per process
 
 COMPACTED = {"cleanup.policy": "compact", "max.message.bytes": str(MAX_RECORD_BYTES),
              "min.cleanable.dirty.ratio": "0.1", "segment.ms": "3600000"}
@@ -40,16 +46,49 @@ def planned_topics(settings: Settings) -> list[TopicSpec]:
     return specs
 
 
+@dataclass(frozen=True)
+class Replication:
+    factor: int
+    min_insync: int
+    brokers: int
+
+    def describe(self) -> str:
+        return (f"replication factor {self.factor}, min.insync.replicas {self.min_insync} "
+                f"({self.brokers} broker{'s' if self.brokers != 1 else ''} in the cluster)")
+
+
+def make_admin(settings: Settings) -> AdminClient:
+    """An AdminClient with the shared error callback; an invalid [kafka.client] value is a ConfigError."""
+    return make_client(AdminClient, admin_config(settings), "admin")[0]
+
+
+def choose_replication(admin: AdminClient, configured: int | None, *, timeout: float = 15.0) -> Replication:
+    """The replication of new topics: `configured`, else min(3, brokers in the cluster's metadata); and
+    min.insync.replicas min(2, factor). A configured factor below what the cluster allows is warned about."""
+    try:
+        brokers = len(admin.list_topics(timeout=timeout).brokers)
+    except KafkaException as e:
+        raise KafkaOpError.wrap("reading the cluster's brokers", e.args[0]) from None
+    best = max(1, min(3, brokers))
+    factor = best if configured is None else configured
+    if factor < best and (factor, brokers) not in _warned:
+        _warned.add((factor, brokers))
+        logger.warning("topics.replication_factor = %d on a cluster of %d brokers: topics created now lose data "
+                       "when a broker fails (leave it unset for %d)", factor, brokers, best)
+    return Replication(factor, min(2, factor), brokers)
+
+
 def create_topics(admin_or_settings: AdminClient | Settings, specs: list[TopicSpec], *,
-                  replication_factor: int = 1, timeout: float = 30.0) -> dict[str, str]:
-    """Create topics that do not exist yet. Returns name -> "created" | "exists", once the cluster's metadata
-    shows every one of them with all its partitions, each with a leader (or KafkaOpError within `timeout`)."""
-    admin = (AdminClient(admin_config(admin_or_settings)) if isinstance(admin_or_settings, Settings)
-             else admin_or_settings)
+                  replication_factor: int | None = None, timeout: float = 30.0) -> dict[str, str]:
+    """Create topics that do not exist yet, replicated as choose_replication says (replication_factor None:
+    chosen from the cluster). Returns name -> "created" | "exists", once the cluster's metadata shows every
+    one of them with all its partitions, each with a leader (or KafkaOpError within `timeout`)."""
+    admin = make_admin(admin_or_settings) if isinstance(admin_or_settings, Settings) else admin_or_settings
     if not specs:
         return {}
-    new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=replication_factor, config=s.config)
-           for s in specs]
+    rep = choose_replication(admin, replication_factor, timeout=timeout)
+    new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=rep.factor,
+                    config={"min.insync.replicas": str(rep.min_insync), **s.config}) for s in specs]
     deadline = time.monotonic() + timeout
     result: dict[str, str] = {}
     for name, fut in admin.create_topics(new, request_timeout=timeout, operation_timeout=timeout).items():
@@ -110,7 +149,7 @@ def ensure_all(settings: Settings, *, timeout: float = 30.0) -> dict[str, str]:
 
 
 def existing_topics(settings: Settings, timeout: float = 10.0) -> set[str]:
-    admin = AdminClient(admin_config(settings))
+    admin = make_admin(settings)
     try:
         return set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as e:

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from muse_stream.config import Settings
 from muse_stream.errors import KafkaOpError
-from muse_stream.kafka.clients import reader_config
+from muse_stream.kafka.clients import make_consumer, reader_config
 
 # The event contract's range (scoring dead-letters events outside it); kafka/ does not import scoring.
 _MAX_EVENT_TIME = 2**62
@@ -54,7 +54,7 @@ def input_watermark(settings: Settings, topics: list[str] | None = None, *, time
 
 def last_records(settings: Settings, topics: list[str] | None = None, *, timeout: float = 30.0) -> list:
     """The last committed record of every non-empty partition of `topics` (Kafka messages)."""
-    consumer = Consumer(reader_config(settings, **{"fetch.wait.max.ms": 10}))
+    consumer = make_consumer(reader_config(settings, **{"fetch.wait.max.ms": 10}), "watermark reader")
     try:
         return _LastRecords(consumer, topics or settings.topics.inputs, time.monotonic() + timeout).read()
     finally:

@@ -1,0 +1,42 @@
+"""Every client is built through clients.make_client: an invalid [kafka.client] value is a ConfigError that
+names the property and never shows the value, not even in a traceback; every producer writes with acks=all."""
+
+from __future__ import annotations
+
+import traceback
+
+import pytest
+
+from muse_stream.config import Settings, TenantConfig
+from muse_stream.errors import ConfigError
+from muse_stream.kafka.clients import producer_config, worker_producer_config
+from muse_stream.kafka.ranges import Bound, RangeReader
+from muse_stream.kafka.table import TopicTable
+from muse_stream.kafka.topics import TopicSpec, create_topics, existing_topics
+from muse_stream.kafka.watermark import input_watermark
+from muse_stream.tenants import put_tenants
+
+SECRET = "hunter2-not-a-number"
+BAD = Settings().with_overrides(kafka={"bootstrap_servers": "127.0.0.1:1", "client": {"socket.timeout.ms": SECRET}})
+
+
+@pytest.mark.parametrize("build", [
+    lambda: TopicTable(BAD, "t"),
+    lambda: RangeReader(BAD, "t", Bound("start"), Bound("end")),
+    lambda: input_watermark(BAD),
+    lambda: existing_topics(BAD),
+    lambda: create_topics(BAD, [TopicSpec("t", 1)]),
+    lambda: put_tenants(BAD, [TenantConfig(tenant_id="a", intents=("x",))]),
+], ids=["table", "range", "watermark", "existing", "create", "tenants"])
+def test_an_invalid_client_setting_names_the_property_never_the_value(build):
+    with pytest.raises(ConfigError) as info:
+        build()
+    assert "socket.timeout.ms" in str(info.value)
+    shown = "".join(traceback.format_exception(info.value))
+    assert SECRET not in shown
+
+
+def test_every_producer_writes_with_acks_all():
+    s = Settings()
+    for conf in (producer_config(s), producer_config(s, transactional_id="x"), worker_producer_config(s)):
+        assert conf["acks"] == "all" and conf["enable.idempotence"] is True
