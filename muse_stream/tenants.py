@@ -5,6 +5,11 @@ Bands change by event time, as model activations do: a tenant record carries its
 period's bands and the event time they apply from), so the live workers and any later replay give each
 event the bands that were in force at its event time. Everything else on the record (intents, suspension,
 output topic, pinned versions) applies as soon as a worker reads it.
+
+Isolation is a rule of every worker, not of the writer: a record whose output topic is not its tenant's own
+(another tenant's decision topic, an input or control topic, a shadow or replay topic) is refused when it is
+read, with a warning naming the field and why, and the tenant's previous record stays in force. Writers
+(`put_tenants`) refuse such a record before writing it, each tenant under its own fence.
 """
 
 from __future__ import annotations
@@ -13,13 +18,11 @@ import logging
 
 import numpy as np
 import orjson
-from confluent_kafka import Producer
 from pydantic import ValidationError
 
 from muse_stream.config import BandPeriod, Settings, TenantConfig
-from muse_stream.errors import ConfigError, KafkaOpError
-from muse_stream.kafka.clients import producer_config
-from muse_stream.kafka.table import TopicTable
+from muse_stream.errors import ConfigError
+from muse_stream.kafka.table import fenced_write, read_table
 from muse_stream.kafka.watermark import input_watermark
 
 logger = logging.getLogger(__name__)
@@ -59,6 +62,12 @@ class BandTimeline:
         return [(self.bands[k], np.flatnonzero(period == k)) for k in np.unique(period).tolist()]
 
 
+def _first_error(e: ValidationError) -> str:
+    """`field: why` of a record's first validation error."""
+    first = e.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc']) or 'record'}: {first['msg']}"
+
+
 class TenantRegistry:
     """tenant_id -> TenantConfig, updated between batches from the tenants topic."""
 
@@ -66,16 +75,25 @@ class TenantRegistry:
                  log_changes: bool = True) -> None:
         self._settings = settings
         self._log = logger.info if log_changes else logger.debug
+        self._warn = logger.warning if log_changes else logger.debug
         self.tenants: dict[str, TenantConfig] = dict(tenants or {})
         self._timelines = {t: BandTimeline(c) for t, c in self.tenants.items()}
         # The newest bands of each tenant (its timeline's last period), for telemetry and drift.
         self.bands: dict[str, Bands] = {t: tl.bands[-1] for t, tl in self._timelines.items()}
+        # output topic -> the tenant whose it is: the first claim holds, a later one is refused.
+        self._claims: dict[str, str] = {settings.output_topic(c): t for t, c in self.tenants.items()}
+        self.refused: dict[str, str] = {}  # tenant -> why its latest refused record was refused
+        self.refusals = 0
         self.version = 0  # bumped on every change, so callers can rebuild derived state cheaply
 
     def apply(self, key: bytes, value: bytes | None) -> TenantConfig | None:
+        """Apply one record of the tenants topic; returns the tenant's config in force after it (None when
+        removed or refused)."""
         tid = key.decode(errors="replace")
         if value is None:
-            if self.tenants.pop(tid, None) is not None:
+            cfg = self.tenants.pop(tid, None)
+            if cfg is not None:
+                self._claims.pop(self._settings.output_topic(cfg), None)
                 self.bands.pop(tid, None)
                 self._timelines.pop(tid, None)
                 self.version += 1
@@ -83,13 +101,21 @@ class TenantRegistry:
             return None
         try:
             cfg = TenantConfig.model_validate(orjson.loads(value))
-        except (orjson.JSONDecodeError, ValidationError) as e:
-            logger.warning("tenant record %r refused, keeping the previous one: %s", tid, str(e).splitlines()[0])
-            return None
+        except orjson.JSONDecodeError as e:
+            return self._refuse(tid, f"record: not JSON ({e})")
+        except ValidationError as e:
+            return self._refuse(tid, _first_error(e))
         if cfg.tenant_id != tid:
-            logger.warning("tenant record key %r names tenant %r; refused", tid, cfg.tenant_id)
-            return None
-        if self.tenants.get(tid) != cfg:
+            return self._refuse(tid, f"tenant_id: {cfg.tenant_id!r} is not the record's key")
+        problem = self.output_topic_problem(cfg)
+        if problem is not None:
+            return self._refuse(tid, f"output_topic: {problem}")
+        self.refused.pop(tid, None)
+        prev = self.tenants.get(tid)
+        if prev != cfg:
+            if prev is not None:
+                self._claims.pop(self._settings.output_topic(prev), None)
+            self._claims[self._settings.output_topic(cfg)] = tid
             self.tenants[tid] = cfg
             tl = self._timelines[tid] = BandTimeline(cfg)
             self.bands[tid] = tl.bands[-1]
@@ -98,6 +124,40 @@ class TenantRegistry:
             self._log("tenant %s updated: intents=%s bands=%s%s suspended=%s", tid, list(cfg.intents), cfg.bands,
                       f" from event time {since}" if since is not None else "", cfg.suspended)
         return cfg
+
+    def _refuse(self, tid: str, why: str) -> None:
+        self.refused[tid] = why
+        self.refusals += 1
+        kept = "its previous record stays in force" if tid in self.tenants else "the tenant stays unknown"
+        self._warn("tenant record %r refused (%s): %s", tid[:100], kept, why,
+                   extra={"fields": {"event": "tenant_refused", "tenant": tid[:100], "reason": why}})
+
+    def output_topic_problem(self, cfg: TenantConfig) -> str | None:
+        """Why `cfg`'s output topic is not its tenant's own, or None when it is. Its own is a topic that is no
+        other tenant's decision topic (claimed, or `<decisions_prefix><other tenant>`), no input, models,
+        tenants, dead-letter, shadow or replay topic. A topic two tenants claim is the first one's."""
+        t = self._settings.topics
+        topic = self._settings.output_topic(cfg)
+        control = {t.models: "the models topic", t.tenants: "the tenants topic", t.deadletter: "the dead-letter topic"}
+        if topic in t.inputs:
+            return f"{topic!r} is an input topic"
+        if topic in control:
+            return f"{topic!r} is {control[topic]}"
+        if topic.startswith(t.shadow_prefix):
+            return f"{topic!r} is a shadow topic (shadow_prefix {t.shadow_prefix!r})"
+        if "replay" in topic.split("."):
+            return f"{topic!r} is in a replay namespace (a 'replay' part in its name)"
+        other = t.decisions_owner(topic)
+        if other is not None and other != cfg.tenant_id:
+            return f"{topic!r} is tenant {other!r}'s decision topic"
+        owner = self._claims.get(topic)
+        if owner is not None and owner != cfg.tenant_id:
+            return f"{topic!r} is already tenant {owner!r}'s output topic"
+        return None
+
+    def pinned_versions(self) -> set[tuple[str, int]]:
+        """Every (intent, version) a tenant pins: the model registry keeps them loaded."""
+        return {(i, v) for cfg in self.tenants.values() for i, v in cfg.pinned_versions.items()}
 
     def band_groups(self, tenant_id: str, event_times: np.ndarray) -> list[tuple[Bands, np.ndarray | None]]:
         """The bands in force for each of a tenant's events, by event time: (bands, row indices) pairs, where
@@ -108,15 +168,15 @@ class TenantRegistry:
         return self._settings.output_topic(self.tenants[tenant_id])
 
 
+def _registry(settings: Settings, rows) -> TenantRegistry:
+    reg = TenantRegistry(settings, log_changes=False)
+    for k, v in rows:
+        reg.apply(k, v)
+    return reg
+
+
 def read_tenants(settings: Settings) -> dict[str, TenantConfig]:
-    table = TopicTable(settings, settings.topics.tenants)
-    try:
-        reg = TenantRegistry(settings, log_changes=False)
-        for k, v in table.catch_up():
-            reg.apply(k, v)
-        return reg.tenants
-    finally:
-        table.close()
+    return _registry(settings, read_table(settings, settings.topics.tenants)).tenants
 
 
 def with_bands_from(prev: TenantConfig | None, new: TenantConfig, from_time: int | None) -> TenantConfig:
@@ -137,6 +197,11 @@ def with_bands_from(prev: TenantConfig | None, new: TenantConfig, from_time: int
     return TenantConfig.model_validate(data)
 
 
+def tenant_transactional_id(settings: Settings, tenant_id: str) -> str:
+    """The transactional id every writer of one tenant's record uses, so that they fence each other."""
+    return f"muse-tenants-{settings.topics.tenants}-{tenant_id}"
+
+
 def put_tenants(settings: Settings, tenants: list[TenantConfig], *, effective_at: int | None = None) -> list[TenantConfig]:
     """Write tenant records (a new tenant, new bands, a suspension) to the tenants topic; returns them.
 
@@ -146,34 +211,54 @@ def put_tenants(settings: Settings, tenants: list[TenantConfig], *, effective_at
     kafka/watermark.py): the change governs the events not on the topics yet. The record keeps every earlier
     period, so compaction loses no history. A new tenant's bands apply from the start of time. The other
     fields (intents, suspended, output topic, pinned versions) apply as soon as the workers read the record.
+
+    Each tenant is written under its own fence (init, re-read, write; see kafka/table.fenced_write), so two
+    writers changing one tenant never lose each other's band periods. A record the workers would refuse (an
+    output topic that is not the tenant's own) is a ConfigError, and nothing of that tenant is written.
     """
     if effective_at is not None and effective_at < 0:
         raise ConfigError(f"effective_at {effective_at} is not an epoch-ms event time")
-    return _write(settings, tenants, read_tenants(settings), effective_at)
+    return _write(settings, tenants, effective_at)
 
 
-def _write(settings: Settings, tenants: list[TenantConfig], present: dict[str, TenantConfig],
-           effective_at: int | None) -> list[TenantConfig]:
-    changes = any(t.tenant_id in present and present[t.tenant_id].bands != t.bands for t in tenants)
-    if changes and effective_at is None:
-        effective_at = input_watermark(settings)  # read once, only when some bands change
-    records = [with_bands_from(present.get(t.tenant_id), t, effective_at) for t in tenants]
-    producer = Producer(producer_config(settings))
-    for t in records:
-        producer.produce(settings.topics.tenants, orjson.dumps(t.model_dump(mode="json")), key=t.tenant_id.encode())
-    if producer.flush(30) != 0:
-        raise KafkaOpError(f"could not write tenant records to {settings.topics.tenants}")
-    for t in records:
-        if t.tenant_id in present and present[t.tenant_id].bands != t.bands:
-            logger.info("tenant %s: bands %s from event time %s", t.tenant_id, t.bands,
-                        t.band_periods()[-1].from_time or "0 (every event)")
-    return records
+def _write(settings: Settings, tenants: list[TenantConfig], effective_at: int | None, *,
+           only_missing: bool = False) -> list[TenantConfig]:
+    when: list[int | None] = [effective_at]
+
+    def effective() -> int:
+        if when[0] is None:
+            when[0] = input_watermark(settings)  # read once, only when some bands change
+        return when[0]
+
+    def step_for(new: TenantConfig):
+        def step(rows) -> tuple[list[tuple[bytes, bytes]], tuple[TenantConfig | None, TenantConfig | None]]:
+            reg = _registry(settings, rows)
+            prev = reg.tenants.get(new.tenant_id)
+            if only_missing and prev is not None:
+                return [], (None, prev)
+            rec = with_bands_from(prev, new, effective() if prev is not None and prev.bands != new.bands else None)
+            problem = reg.output_topic_problem(rec)
+            if problem is not None:
+                raise ConfigError(f"tenant {rec.tenant_id}: output_topic: {problem}; nothing was written")
+            return [(rec.tenant_id.encode(), orjson.dumps(rec.model_dump(mode="json")))], (rec, prev)
+        return step
+
+    written = []
+    for new in tenants:
+        rec, prev = fenced_write(settings, settings.topics.tenants, tenant_transactional_id(settings, new.tenant_id),
+                                 step_for(new), what=f"tenant {new.tenant_id}")
+        if rec is None:
+            continue
+        written.append(rec)
+        if prev is not None and prev.bands != rec.bands:
+            logger.info("tenant %s: bands %s from event time %s", rec.tenant_id, rec.bands,
+                        rec.band_periods()[-1].from_time or "0 (every event)")
+    return written
 
 
 def seed_tenants(settings: Settings) -> int:
-    """Write the config's tenants that the topic does not have yet; operators' later changes are kept."""
+    """Write the config's tenants that the topic does not have yet; operators' later changes are kept.
+    Returns how many were written."""
     present = read_tenants(settings)
     missing = [t for t in settings.tenants if t.tenant_id not in present]
-    if missing:
-        _write(settings, missing, present, None)
-    return len(missing)
+    return len(_write(settings, missing, None, only_missing=True)) if missing else 0
