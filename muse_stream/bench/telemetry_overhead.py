@@ -73,7 +73,7 @@ def _registry(trees: int, depth: int, seed: int):
         y = (rng.random(len(x)) < 1 / (1 + np.exp(-logit))).astype(np.int8)
         booster = xgb.train(
             {"max_depth": depth, "eta": 0.1, "objective": "binary:logistic", "nthread": 2},
-            xgb.DMatrix(x.astype(np.float32), label=y),
+            xgb.DMatrix(x.astype(np.float32), label=y, feature_names=_FEATURES),
             trees,
         )
         st, ref = fit_score_transform(booster.inplace_predict(_features(rng, 10_000).astype(np.float32)))

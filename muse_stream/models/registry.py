@@ -1,12 +1,15 @@
 """The model registry: the models topic read as a table, and per intent the active version, loaded.
 
 A version is loaded (booster + transform, checksum verified) only when an activation, a pin or a shadow
-needs it; a version that fails to load is refused with a logged reason, and the previous state stays.
+needs it; a version that fails to load is refused with a logged reason, and the previous state stays. Once
+no activation's last two timeline entries, no pin and no shadow names it, a loaded version is dropped again
+(a booster is about 1 MB); an old event that needs it loads it again.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,9 +58,7 @@ def load_version(record: VersionRecord, *, nthread: int = 1) -> LoadedModel:
         booster.load_model(bytearray(raw))
     except xgb.core.XGBoostError as e:
         raise ModelError(f"{record.name}: booster does not load: {str(e).splitlines()[0][:200]}") from None
-    if booster.num_features() != len(record.features):
-        raise ModelError(f"{record.name}: booster has {booster.num_features()} features, record names "
-                         f"{len(record.features)}")
+    check_feature_names(record.name, record.features, booster.feature_names)
     try:
         transform = ScoreTransform.from_dict(record.transform)
     except MuseError as e:
@@ -67,12 +68,36 @@ def load_version(record: VersionRecord, *, nthread: int = 1) -> LoadedModel:
     return LoadedModel(record.intent, record.version, record.features, booster, transform, record)
 
 
+def check_feature_names(name: str, features: Sequence[str], booster_names: Sequence[str] | None) -> None:
+    """Refuse a version whose features are not its booster's own feature_names, in order: the scorer builds
+    each row in the version's feature order and the booster reads columns by position, so a re-ordered or
+    renamed list scores every event on the wrong features, silently."""
+    if not booster_names:
+        raise ModelError(f"{name}: the booster was saved without feature names, so its features cannot be "
+                         "checked; set feature_names when training (xgboost.DMatrix(..., feature_names=[...]), "
+                         "or booster.feature_names = [...] before saving), in the order of the version's features")
+    ours, theirs = list(features), list(booster_names)
+    if ours == theirs:
+        return
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        if a != b:
+            raise ModelError(f"{name}: feature {i} is {a!r} in the version's features but {b!r} in the booster's "
+                             "feature_names; a version's features must be its booster's, in the same order")
+    n = min(len(ours), len(theirs))
+    extra = f"the version's next is {ours[n]!r}" if len(ours) > n else f"the booster's next is {theirs[n]!r}"
+    raise ModelError(f"{name}: the version names {len(ours)} features, the booster's feature_names {len(theirs)} "
+                     f"(the first {n} agree; {extra})")
+
+
 class ModelRegistry:
     """Everything on the models topic, and the loaded versions the scoring loop needs."""
 
-    def __init__(self, *, load: bool = True, nthread: int = 1) -> None:
+    def __init__(self, *, load: bool = True, nthread: int = 1,
+                 pins: Callable[[], Iterable[tuple[str, int]]] | None = None) -> None:
         self._load = load
         self._nthread = nthread
+        # The (intent, version) pairs tenants pin (tenants.TenantRegistry.pinned_versions): kept loaded.
+        self._pins = pins or (lambda: ())
         self.versions: dict[tuple[str, int], VersionRecord] = {}
         self.activations: dict[str, ActivationRecord] = {}
         self.references: dict[str, ReferenceRecord] = {}
@@ -113,6 +138,7 @@ class ModelRegistry:
                                    extra={"fields": {"event": "model_refused", "intent": rec.intent,
                                                      "version": rec.version, "reason": str(e), "shadow": True}})
             self.generation += 1
+            self.unload_unused()
 
     def _tombstone(self, key: str) -> None:
         parts = key.split("/")
@@ -150,6 +176,7 @@ class ModelRegistry:
         prev = self.activations.get(rec.intent)
         self.activations[rec.intent] = rec
         self.generation += 1
+        self.unload_unused()
         since = rec.timeline[-1].from_time
         logger.info("model %s@%d active%s (was %s)", rec.intent, rec.version,
                     f" from event time {since}" if since is not None else "",
@@ -157,6 +184,19 @@ class ModelRegistry:
                     extra={"fields": {"event": "model_activated", "intent": rec.intent, "version": rec.version,
                                       "activate_at": rec.activate_at, "activated_at": rec.activated_at,
                                       "previous_version": prev.version if prev else None}})
+
+    def unload_unused(self) -> list[tuple[str, int]]:
+        """Drop the loaded versions that no activation's last two timeline entries, no pin and no shadow
+        names; returns them. They load again on demand (`get`), e.g. for an old event."""
+        keep = {(i, e.version) for i, a in self.activations.items() for e in a.timeline[-2:]}
+        keep |= {(i, s.version) for i, s in self.shadows.items() if s.version is not None}
+        keep |= set(self._pins())
+        dropped = [ident for ident in self.loaded if ident not in keep]
+        for ident in dropped:
+            del self.loaded[ident]
+        if dropped:
+            logger.debug("unloaded %s", ", ".join(f"{i}@{v}" for i, v in dropped))
+        return dropped
 
     # ---- lookups ------------------------------------------------------------------------------
 

@@ -262,7 +262,7 @@ class Telemetry:
                 "version": a.version,
                 "activated_at": a.activated_at,
                 "activate_at": a.activate_at,
-                "loaded": all((intent, e.version) in reg.loaded for e in a.timeline),
+                "loaded": all((intent, e.version) in reg.loaded for e in a.timeline[-2:]),
             }
         refused = dict(reg.refused)
         for intent, version in refused.keys() - self._refused_seen:
