@@ -165,12 +165,14 @@ class StreamLoop:
                 self._abort(rewind=True)
                 self.stop.wait(min(s.max_backoff_s, 0.1 * 2 ** aborts_in_a_row))
 
-    def _final_commit(self) -> None:
+    def _final_commit(self, when: str = "final") -> None:
+        """Commit what is open before the partitions go (a clean stop, or a revoke); if that fails, abort:
+        the next owner re-reads those events."""
         try:
             if self.checkpoint.commit():
                 self.stats.commits += 1
         except AbortRequired as e:
-            logger.warning("%s: final commit failed (%s); aborting: the next owner re-reads those events", self.name, e)
+            logger.warning("%s: %s commit failed (%s); aborting, the next owner re-reads", self.name, when, e)
             self._abort(rewind=False)
 
     def _abort(self, *, rewind: bool) -> None:
@@ -197,12 +199,7 @@ class StreamLoop:
         self.stats.rebalances += 1
         self.hooks.on_rebalance("revoked", partitions)
         # Revoked partitions' processed work is committed before they go, so the next owner starts after it.
-        try:
-            if self.checkpoint.commit():
-                self.stats.commits += 1
-        except AbortRequired as e:
-            logger.warning("%s: commit on revoke failed (%s); aborting, the next owner re-reads", self.name, e)
-            self._abort(rewind=False)
+        self._final_commit("revoke")
         self.assigned = False
 
     def _on_lost(self, consumer, partitions) -> None:

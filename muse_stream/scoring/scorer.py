@@ -88,24 +88,19 @@ class BatchScorer:
         """One version's events: one matrix, one booster call, one transform call, then decisions per tenant."""
         eids, tids, _, times, feats = (list(c) for c in zip(*events))
         x32, kept, rejected = model_matrix(feats, model.features, self.max_abs)
-        for i, r in rejected:
-            out.dead.append(DeadLetter(msgs[i], r.reason, r.detail))
-        if kept is not None:
-            if not kept.size:
-                return
-            idx = kept.tolist()
-            msgs, eids, tids, times = ([c[i] for i in idx] for c in (msgs, eids, tids, times))
+        cols = _refuse(out, (msgs, eids, tids, times), kept, rejected)
+        if cols is None:
+            return
+        msgs, eids, tids, times = cols
         # The booster's raw scores; rows it cannot score (it raised, or a score is not a probability) become
         # model_error dead letters, so the transform below sees only probabilities.
         raw, kept, failed = model_outputs(model, x32)
-        for i, r in failed:
-            out.dead.append(DeadLetter(msgs[i], r.reason, r.detail))
+        cols = _refuse(out, (msgs, eids, tids, times), kept, failed)
+        if cols is None:
+            return
+        msgs, eids, tids, times = cols
         if kept is not None:
-            if not kept.size:
-                return
-            idx = kept.tolist()
             x32 = x32[kept]
-            msgs, eids, tids, times = ([c[i] for i in idx] for c in (msgs, eids, tids, times))
         scores = model.transform.apply(raw, tids)  # every tenant through its own map, if it has one
         time_arr = np.array(times, dtype=np.int64)
         intent, model_name = model.intent, model.name
@@ -168,3 +163,17 @@ def _rows_by_tenant(tids: list[str]) -> list[tuple[str, np.ndarray]]:
 
 def _json(value: str) -> bytes:
     return orjson.dumps(value)
+
+
+def _refuse(out: BatchOutput, cols: tuple[list, ...], kept, rejected) -> tuple[list, ...] | None:
+    """Dead-letter the rejected rows (cols[0] holds the messages); the columns of the kept rows, all of them
+    when `kept` is None, or None when no row is left."""
+    msgs = cols[0]
+    for i, r in rejected:
+        out.dead.append(DeadLetter(msgs[i], r.reason, r.detail))
+    if kept is None:
+        return cols
+    if not kept.size:
+        return None
+    idx = kept.tolist()
+    return tuple([c[i] for i in idx] for c in cols)
