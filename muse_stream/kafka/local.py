@@ -7,7 +7,6 @@ A node of a multi-node cluster (kafka/cluster.py) is the same LocalBroker given 
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import shutil
@@ -17,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,11 +23,11 @@ from pathlib import Path
 import orjson
 
 from muse_stream.errors import BrokerError
+from muse_stream.kafka.node_config import Quorum, SaslPlain, broker_properties, new_cluster_id
 
 logger = logging.getLogger(__name__)
 
 KAFKA_VERSION_RANGE = "[4.0,5.0)"  # the newest 4.x that resolves
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024 + 1024 * 1024  # 65 MiB: room for 64 MiB model records plus headers
 
 
 def cache_root() -> Path:
@@ -97,83 +95,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def answers_metadata(bootstrap: str, timeout: float = 3.0) -> bool:
-    """True when a Kafka broker at `bootstrap` answers a metadata request."""
+def answers_metadata(bootstrap: str, timeout: float = 3.0, client: dict | None = None) -> bool:
+    """True when a Kafka broker at `bootstrap` answers a metadata request (`client`: security settings)."""
     from confluent_kafka.admin import AdminClient
 
     host, _, port = bootstrap.rpartition(":")
     if not port_open(host or "127.0.0.1", int(port)):
         return False
     admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 2000,
-                         "log_level": 0, "logger": logging.getLogger("muse_stream.librdkafka")})
+                         "log_level": 0, "logger": logging.getLogger("muse_stream.librdkafka"), **(client or {})})
     try:
         admin.list_topics(timeout=timeout)
         return True
     except Exception:  # noqa: BLE001 - any failure means "not answering"
         return False
-
-
-@dataclass(frozen=True)
-class Quorum:
-    """What every node of one cluster shares: the cluster id it is formatted with and the static controller
-    voters (node id -> controller port). Internal topics are replicated to up to 3 nodes, with a min ISR one
-    below that, so a 3-node cluster keeps accepting acks=all and transactions with one node down."""
-
-    cluster_id: str
-    voters: dict[int, int]
-
-    @property
-    def replication(self) -> int:
-        return min(3, len(self.voters))
-
-    @property
-    def min_isr(self) -> int:
-        return max(1, self.replication - 1)
-
-
-def new_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-
-
-def broker_properties(*, port: int, controller_port: int, data_dir: Path, node_id: int = 1,
-                      quorum: Quorum | None = None) -> str:
-    """A combined broker+controller KRaft node; without a quorum, the single-node settings that
-    docker-compose.kafka.yml mirrors."""
-    voters = quorum.voters if quorum else {node_id: controller_port}
-    rf, isr = (quorum.replication, quorum.min_isr) if quorum else (1, 1)
-    multi = [
-        # One machine, many nodes: notice a dead node in seconds so its partitions' leadership moves quickly.
-        "broker.session.timeout.ms=6000",
-        "broker.heartbeat.interval.ms=1000",
-    ] if len(voters) > 1 else []
-    return "\n".join([
-        "process.roles=broker,controller",
-        f"node.id={node_id}",
-        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "controller.quorum.voters=" + ",".join(f"{n}@127.0.0.1:{p}" for n, p in sorted(voters.items())),
-        f"log.dirs={data_dir}",
-        "num.partitions=1",
-        "auto.create.topics.enable=false",
-        f"default.replication.factor={rf}",
-        f"min.insync.replicas={isr}",
-        f"offsets.topic.replication.factor={rf}",
-        "offsets.topic.num.partitions=10",
-        f"transaction.state.log.replication.factor={rf}",
-        f"transaction.state.log.min.isr={isr}",
-        "transaction.state.log.num.partitions=10",
-        f"share.coordinator.state.topic.replication.factor={rf}",
-        f"share.coordinator.state.topic.min.isr={isr}",
-        "group.initial.rebalance.delay.ms=0",
-        *multi,
-        f"message.max.bytes={MAX_MESSAGE_BYTES}",
-        f"replica.fetch.max.bytes={MAX_MESSAGE_BYTES}",
-        "log.cleaner.min.compaction.lag.ms=0",
-        "",
-    ])
 
 
 @dataclass(frozen=True)
@@ -194,19 +129,26 @@ class BrokerStatus:
 
 class LocalBroker:
     """One local KRaft broker instance, identified by its port; alone (its own one-voter quorum), or node
-    `node_id` of a cluster whose Quorum it is given."""
+    `node_id` of a cluster whose Quorum it is given. With `sasl`, clients must authenticate (SASL/PLAIN) and
+    are authorized by ACLs; the broker's own checks connect as the super user."""
 
     def __init__(self, port: int = 9092, *, home: Path | None = None, heap: str = "512m", node_id: int = 1,
-                 quorum: Quorum | None = None) -> None:
+                 quorum: Quorum | None = None, sasl: SaslPlain | None = None) -> None:
         self.port = port
         self.home = home or cache_root() / f"broker-{port}"
         self.heap = heap
         self.node_id = node_id
         self.quorum = quorum
+        self.sasl = sasl
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def client_config(self) -> dict[str, str]:
+        """What a client needs besides bootstrap.servers to talk to this broker as its super user."""
+        return self.sasl.client_config() if self.sasl else {}
 
     @property
     def log_file(self) -> Path:
@@ -242,13 +184,13 @@ class LocalBroker:
 
     def status(self) -> BrokerStatus:
         pid = self.live_pid()
-        up = answers_metadata(self.bootstrap)
+        up = answers_metadata(self.bootstrap, client=self.client_config)
         return BrokerStatus(up=up, bootstrap=self.bootstrap, version=self._state().get("version") if pid else None,
                             log_file=self.log_file, pid=pid, managed=pid is not None)
 
     def start(self, *, timeout: float = 90.0) -> BrokerStatus:
         """Start the broker and wait until it answers; return at once when one already answers there."""
-        if answers_metadata(self.bootstrap):
+        if answers_metadata(self.bootstrap, client=self.client_config):
             return self.status()
         # Ours, still starting (or hung): wait for it rather than start a second one.
         pid = self.live_pid() or self.launch()
@@ -272,8 +214,10 @@ class LocalBroker:
             if not cport or port_open("127.0.0.1", cport):
                 cport = free_port()
         props = self.home / "server.properties"
+        props.touch()
+        props.chmod(0o600)  # it may hold SASL passwords
         props.write_text(broker_properties(port=self.port, controller_port=cport, data_dir=data,
-                                           node_id=self.node_id, quorum=self.quorum))
+                                           node_id=self.node_id, quorum=self.quorum, sasl=self.sasl))
         log4j = self.home / "log4j2.properties"
         log4j.write_text(resources.files(__package__).joinpath("log4j2.properties").read_text())
         java = ["java", f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
@@ -297,7 +241,7 @@ class LocalBroker:
     def wait_ready(self, pid: int | None, timeout: float) -> BrokerStatus:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if answers_metadata(self.bootstrap, timeout=2.0):
+            if answers_metadata(self.bootstrap, timeout=2.0, client=self.client_config):
                 return self.status()
             if pid is None or self.live_pid() is None:
                 raise BrokerError(f"the broker exited during start-up; last lines of {self.log_file}:\n{self.log_tail()}")
