@@ -27,12 +27,18 @@ _AUTHZ_CODES = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZ
 def describe_error(err: KafkaError, conf: dict) -> str:
     """librdkafka's text, with what a person needs to act on an authentication or authorization failure."""
     text = redact(err.str(), conf)
-    if err.code() in _AUTH_CODES or "SASL authentication" in text or "Authentication failed" in text:
+    if is_auth_error(err):
         return (f"authentication failed (mechanism {conf.get('sasl.mechanism') or conf.get('sasl.mechanisms', '?')},"
                 f" user {conf.get('sasl.username', '?')!r}; check the credentials in [kafka.client]): {text}")
     if err.code() in _AUTHZ_CODES:
         return f"not authorized (user {conf.get('sasl.username', '?')!r}; check the ACLs): {text}"
     return text
+
+
+def is_auth_error(err: KafkaError) -> bool:
+    """The cluster refused the client's credentials (no retry or restart can fix that)."""
+    text = err.str()
+    return err.code() in _AUTH_CODES or "SASL authentication" in text or "Authentication failed" in text
 
 
 def redact(text: str, conf: dict) -> str:
@@ -52,15 +58,22 @@ class ClientErrors:
         self.name = name
         self.fatal: KafkaError | None = None
         self.last: KafkaError | None = None
+        self.auth: KafkaError | None = None  # the latest authentication failure
+        self.quiet = False  # record, log nothing: the caller reports the error itself (check_reachable)
         self._conf = conf
         self._interval = interval
         self._seen: dict[int, tuple[float, int]] = {}  # code -> (last logged, suppressed since)
 
     def __call__(self, err: KafkaError) -> None:
         self.last = err
+        if is_auth_error(err):
+            self.auth = err
         if err.fatal():
             self.fatal = err
-            logger.error("%s: fatal client error: %s", self.name, describe_error(err, self._conf))
+            if not self.quiet:
+                logger.error("%s: fatal client error: %s", self.name, describe_error(err, self._conf))
+            return
+        if self.quiet:
             return
         now = time.monotonic()
         logged, suppressed = self._seen.get(err.code(), (None, 0))
@@ -79,10 +92,23 @@ def make_client(cls, conf: dict, name: str):
     try:
         client = cls({**conf, "error_cb": errors})
     except KafkaException as e:
-        raise ConfigError(f"[kafka.client]: {redact(e.args[0].str(), conf)}") from None
+        raise ConfigError(f"[kafka.client]: {_as_written(redact(e.args[0].str(), conf), conf)}") from None
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"[kafka.client]: {redact(str(e), conf)}") from None
+        raise ConfigError(f"[kafka.client]: {_as_written(redact(str(e), conf), conf)}") from None
     return client, errors
+
+
+# librdkafka names a property by its canonical name; these aliases are what people write in [kafka.client].
+_ALIASES = {"queue.buffering.max.ms": "linger.ms", "request.required.acks": "acks", "sasl.mechanisms": "sasl.mechanism",
+            "max.in.flight.requests.per.connection": "max.in.flight", "message.timeout.ms": "delivery.timeout.ms",
+            "compression.codec": "compression.type", "metadata.broker.list": "bootstrap.servers"}
+
+
+def _as_written(text: str, conf: dict) -> str:
+    """`text`, also naming the property as the configuration spells it when librdkafka names its alias."""
+    m = re.search(r'property "([^"]+)"', text)
+    alias = _ALIASES.get(m[1]) if m and m[1] not in conf else None
+    return f'{text} (set as "{alias}")' if alias in conf else text
 
 
 def base_config(settings: Settings) -> dict:
@@ -160,11 +186,31 @@ def worker_producer_config(settings: Settings, **extra) -> dict:
     return producer_config(settings, **{"linger.ms": 1, **extra})
 
 
-def check_reachable(client, settings: Settings, timeout: float = 15.0) -> None:
-    """One metadata request: a clear error naming the address (or authentication) when no cluster answers."""
-    try:
-        client.list_topics(timeout=timeout)
-    except KafkaException as e:
-        err: KafkaError = e.args[0]
-        raise KafkaOpError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: "
-                           f"{describe_error(err, base_config(settings))}", error=err) from None
+def check_reachable(client, settings: Settings, timeout: float = 15.0, errors: ClientErrors | None = None) -> None:
+    """One metadata request: a clear error naming the address (or authentication) when no cluster answers.
+
+    librdkafka reports refused credentials only to the error callback (the request itself fails as a transport
+    error at its timeout): given the client's `errors`, the request is retried every second and the client's
+    queued errors served in between, so a refused login is named as such within a second or two."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.list_topics(timeout=timeout if errors is None else max(0.1, min(1.0, deadline - time.monotonic())))
+            return
+        except KafkaException as e:
+            err: KafkaError = e.args[0]
+        if errors is None or isinstance(client, Consumer):  # a consumer's poll would consume a message
+            break
+        # Serve the queued client errors; its log lines about them are the error this raises, in one line.
+        errors.quiet, _rdlog.disabled = True, True
+        try:
+            client.poll(0)
+        finally:
+            errors.quiet, _rdlog.disabled = False, False
+        if errors.auth is not None:
+            err = errors.auth
+            break
+        if time.monotonic() >= deadline:
+            break
+    raise KafkaOpError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: "
+                       f"{describe_error(err, base_config(settings))}", error=err) from None

@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from muse_stream.config import Settings
 from muse_stream.errors import KafkaOpError
-from muse_stream.kafka.clients import MAX_RECORD_BYTES, admin_config, make_client
+from muse_stream.kafka.clients import MAX_RECORD_BYTES, admin_config, check_reachable, make_client
 
 logger = logging.getLogger(__name__)
 _warned: set[tuple[int, int]] = set()  # (configured factor, brokers) already warned about: once per process
@@ -149,7 +149,8 @@ def ensure_all(settings: Settings, *, timeout: float = 30.0) -> dict[str, str]:
 
 
 def existing_topics(settings: Settings, timeout: float = 10.0) -> set[str]:
-    admin = make_admin(settings)
+    admin, errors = make_client(AdminClient, admin_config(settings), "admin")
+    check_reachable(admin, settings, timeout, errors=errors)  # names the address, or a refused login
     try:
         return set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as e:

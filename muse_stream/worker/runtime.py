@@ -117,7 +117,8 @@ class Worker:
             tid = transactional_id(s, self.slot) if eos else None
             self.producer = OutputProducer(worker_producer_config(s, transactional_id=tid),
                                            name=f"worker {self.slot} producer")
-            check_reachable(self.producer.client, s)  # seconds, with the address, when no cluster answers
+            # Seconds, with the address (or the refused login), when no cluster answers.
+            check_reachable(self.producer.client, s, errors=self.producer.errors)
             self._heartbeat()  # each start-up phase beats once it is done: the supervisor's grace covers the first
             tables += [TopicTable(s, s.topics.models), TopicTable(s, s.topics.tenants)]
             self._models_table, self._tenants_table = tables
