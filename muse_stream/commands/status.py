@@ -38,12 +38,13 @@ def run(args: argparse.Namespace) -> int:
 
     from muse_stream.config import load_settings
     from muse_stream.errors import ConfigError
-    from muse_stream.telemetry.status import collect, render, worker_urls
+    from muse_stream.telemetry.status import check_cluster, collect, render, worker_urls
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
     workers = args.workers or settings.runtime.workers
     if workers < 1 or args.slot < 0:
         raise ConfigError("--workers must be >= 1 and --slot >= 0")
+    check_cluster(settings)  # no cluster, or refused credentials: one line and a non-zero exit (cli.main)
     urls = args.endpoint or worker_urls(settings, workers=workers, first_slot=args.slot)
     report = collect(settings, urls, timeout=args.timeout)
     if args.json:

@@ -2,7 +2,8 @@
 
 Workers are found at telemetry.metrics_port + slot (or given as URLs); lag comes from the group's
 committed offsets against the partitions' ends, so it is shown even when no worker answers; active
-versions come from the models topic.
+versions come from the models topic. A cluster that does not answer (or refuses the credentials) is an
+error, not an empty screen.
 """
 
 from __future__ import annotations
@@ -12,11 +13,19 @@ import urllib.error
 import urllib.request
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from muse_stream.config import Settings
 from muse_stream.errors import MuseError
-from muse_stream.kafka.clients import consumer_config
+from muse_stream.kafka.clients import (
+    admin_config,
+    check_reachable,
+    consumer_config,
+    describe_error,
+    make_client,
+    make_consumer,
+)
 from muse_stream.telemetry.server import endpoint_port
 
 
@@ -40,10 +49,18 @@ def fetch_worker(url: str, timeout: float) -> dict:
         return {"url": url, "up": False, "error": str(reason)}
 
 
+def check_cluster(settings: Settings, timeout: float = 10.0) -> None:
+    """KafkaOpError, in one line naming the address and the cause (a refused login as such), unless the
+    cluster answers: status then has nothing true to show."""
+    admin, errors = make_client(AdminClient, admin_config(settings), "status")
+    check_reachable(admin, settings, timeout, errors=errors)
+
+
 def group_lag(settings: Settings, timeout: float = 10.0) -> dict:
     """Per input partition: the group's committed offset, the partition's end, and the difference."""
     topic = settings.topics.events
-    c = Consumer(consumer_config(settings, group_id=settings.runtime.group_id))
+    conf = consumer_config(settings, group_id=settings.runtime.group_id)
+    c = make_consumer(conf, "status")
     try:
         md = c.list_topics(topic, timeout=timeout).topics.get(topic)
         if md is None or md.error is not None:
@@ -66,7 +83,7 @@ def group_lag(settings: Settings, timeout: float = 10.0) -> dict:
             )
         return {"partitions": rows, "total": sum(r["lag"] for r in rows)}
     except KafkaException as e:
-        return {"error": e.args[0].str(), "partitions": [], "total": None}
+        return {"error": describe_error(e.args[0], conf), "partitions": [], "total": None}
     finally:
         c.close()
 
