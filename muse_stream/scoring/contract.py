@@ -180,17 +180,37 @@ class Router:
         self._versions: dict[tuple[str, int], LoadedModel | Rejection] = {}
 
     def admit(self, ev: Event) -> LoadedModel | Rejection:
-        key = (ev[1], ev[2])
-        route = self._routes.get(key)
-        if route is None:
-            route = self._routes[key] = resolve_route(self._tenants, self._models, *key)
+        route = self._route(ev[1], ev[2])
         if type(route) is Rejection:
             return route
-        ident = (route.intent, route.version if route.version is not None else route.act.version_for(ev[3]))
+        return self._version(route.intent, route.version_at(ev[3]))
+
+    def latest(self, tenant_id: str, intent: str | None) -> tuple[LoadedModel | Rejection, int]:
+        """What a (tenant, intent-as-sent) pair gets for events at or after the returned event time: its
+        rejection, its pinned version, or the version of its activation's newest entry. Events before that
+        time go through `admit`. Live events almost all fall after the latest switch, so a batch asks this
+        once per pair instead of walking the timeline per event."""
+        route = self._route(tenant_id, intent)
+        if type(route) is Rejection:
+            return route, -1
+        if route.version is not None:
+            return self._version(route.intent, route.version), -1
+        newest = route.act.timeline[-1]
+        return self._version(route.intent, newest.version), newest.from_time or -1
+
+    def _route(self, tenant_id: str, intent: str | None) -> Route | Rejection:
+        key = (tenant_id, intent)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = resolve_route(self._tenants, self._models, tenant_id, intent)
+        return route
+
+    def _version(self, intent: str, version: int) -> LoadedModel | Rejection:
+        ident = (intent, version)
         model = self._versions.get(ident)
         if model is None:
             try:
-                model = self._models.get(*ident)
+                model = self._models.get(intent, version)
             except ModelError as e:  # a pinned version that is not on the topic, or one that does not load
                 model = Rejection(Reason.NO_ACTIVE_MODEL, str(e)[:300])
             self._versions[ident] = model
@@ -203,13 +223,17 @@ def admit_batch(msgs: list, router: Router, max_event_bytes: int
     version, the (messages, events) it scores, in batch order; and (message, rejection) for each one refused."""
     groups: dict[LoadedModel, tuple[list, list]] = {}
     refused: list[tuple[object, Rejection]] = []
-    admit = router.admit
+    latest: dict[tuple[str, str | None], tuple[LoadedModel | Rejection, int]] = {}
     for msg in msgs:
         ev = parse_event(msg.value(), max_event_bytes)
         if type(ev) is Rejection:
             refused.append((msg, ev))
             continue
-        model = admit(ev)
+        key = (ev[1], ev[2])
+        target = latest.get(key)
+        if target is None:
+            target = latest[key] = router.latest(*key)
+        model = target[0] if ev[3] >= target[1] else router.admit(ev)
         if type(model) is Rejection:
             refused.append((msg, model))
             continue
