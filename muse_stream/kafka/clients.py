@@ -41,11 +41,15 @@ def is_auth_error(err: KafkaError) -> bool:
     return err.code() in _AUTH_CODES or "SASL authentication" in text or "Authentication failed" in text
 
 
+_SECRET_KEY = re.compile(r"password|secret|jaas|token|credential|ssl\.key\.pem|ssl_key|private", re.IGNORECASE)
+
+
 def redact(text: str, conf: dict) -> str:
-    """`text` with every configured string value blanked (a password may appear in librdkafka's messages)."""
+    """`text` with every secret setting's value blanked (librdkafka may quote a value in its messages), and
+    any value quoted in an invalid-value error dropped. Names of topics, users and hosts stay readable."""
     text = re.sub(r'Invalid value "[^"]*"', "Invalid value", text)
-    for v in conf.values():
-        if isinstance(v, str) and len(v) >= 4 and v in text:
+    for k, v in conf.items():
+        if isinstance(v, str) and v and _SECRET_KEY.search(k) and v in text:
             text = text.replace(v, "***")
     return text
 
@@ -111,10 +115,20 @@ def _as_written(text: str, conf: dict) -> str:
     return f'{text} (set as "{alias}")' if alias in conf else text
 
 
+def _compose(settings: Settings, tuning: dict, required: dict) -> dict:
+    """A client config: muse-stream's tuning, then what the operator set in [kafka.client] (which wins over the
+    tuning), then what correctness requires (which nothing overrides: idempotence, acks, read_committed...)."""
+    return {"bootstrap.servers": settings.kafka.bootstrap_servers,
+            # librdkafka 2.x re-bootstraps when every broker is down, and then can block in
+            # send_offsets_to_transaction past its timeout (a coordinator handle left on a decommissioned broker;
+            # seen on 4 of 4 kill -9 restarts of a single broker). Reconnecting to the known brokers instead
+            # stopped it in 10 of 10; the supervisor still restarts a worker that stalls anyway.
+            "metadata.recovery.strategy": "none",
+            **tuning, **settings.kafka.client, "logger": _rdlog, **required}
+
+
 def base_config(settings: Settings) -> dict:
-    conf = {"bootstrap.servers": settings.kafka.bootstrap_servers, "logger": _rdlog}
-    conf.update(settings.kafka.client)
-    return conf
+    return _compose(settings, {}, {})
 
 
 def admin_config(settings: Settings) -> dict:
@@ -122,36 +136,26 @@ def admin_config(settings: Settings) -> dict:
 
 
 def producer_config(settings: Settings, *, transactional_id: str | None = None, **extra) -> dict:
-    conf = base_config(settings) | {
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 5,
-        "batch.num.messages": 10000,
-        "compression.type": "lz4",
-        "message.max.bytes": MAX_RECORD_BYTES,
-        # Only failures reach the delivery callback: no Python call per delivered record.
-        "delivery.report.only.error": True,
-    }
+    """`extra` is muse-stream's own tuning for one kind of producer; [kafka.client] overrides it."""
+    tuning = {"linger.ms": 5, "batch.num.messages": 10000, "compression.type": "lz4",
+              "message.max.bytes": MAX_RECORD_BYTES, **extra}
+    required = {"enable.idempotence": True, "acks": "all",
+                # Only failures reach the delivery callback: no Python call per delivered record.
+                "delivery.report.only.error": True}
     if transactional_id:
-        conf["transactional.id"] = transactional_id
-        conf["transaction.timeout.ms"] = settings.runtime.transaction_timeout_ms
-    conf.update(extra)
-    return conf
+        required["transactional.id"] = transactional_id
+        required["transaction.timeout.ms"] = settings.runtime.transaction_timeout_ms
+    return _compose(settings, tuning, required)
 
 
 def consumer_config(settings: Settings, *, group_id: str, read_committed: bool = True, **extra) -> dict:
-    conf = base_config(settings) | {
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-        "fetch.max.bytes": MAX_RECORD_BYTES,
-        "max.partition.fetch.bytes": MAX_RECORD_BYTES,
-        "receive.message.max.bytes": MAX_RECORD_BYTES + 1024 * 1024,
-        "enable.partition.eof": False,
-    }
-    conf.update(extra)
-    return conf
+    """`extra` is muse-stream's own tuning for one kind of consumer; [kafka.client] overrides it."""
+    tuning = {"auto.offset.reset": "earliest", "fetch.max.bytes": MAX_RECORD_BYTES,
+              "max.partition.fetch.bytes": MAX_RECORD_BYTES, "receive.message.max.bytes": MAX_RECORD_BYTES + 1024 * 1024,
+              "enable.partition.eof": False, **extra}
+    required = {"group.id": group_id, "enable.auto.commit": False,
+                "isolation.level": "read_committed" if read_committed else "read_uncommitted"}
+    return _compose(settings, tuning, required)
 
 
 def reader_config(settings: Settings, **extra) -> dict:

@@ -40,3 +40,27 @@ def test_every_producer_writes_with_acks_all():
     s = Settings()
     for conf in (producer_config(s), producer_config(s, transactional_id="x"), worker_producer_config(s)):
         assert conf["acks"] == "all" and conf["enable.idempotence"] is True
+
+
+def test_operator_settings_win_over_tuning_but_not_over_what_correctness_requires(settings_for, unique):
+    from muse_stream.kafka.clients import input_consumer_config, producer_config, worker_producer_config
+
+    s = settings_for(unique).with_overrides(kafka={"client": {
+        "linger.ms": 7, "acks": "0", "enable.idempotence": False, "isolation.level": "read_uncommitted",
+        "fetch.wait.max.ms": 3}})
+    for conf in (producer_config(s), worker_producer_config(s), producer_config(s, transactional_id="t")):
+        assert conf["linger.ms"] == 7  # the operator's tuning
+        assert conf["acks"] == "all" and conf["enable.idempotence"] is True  # never weakened
+    consumer = input_consumer_config(s, slot=0)
+    assert consumer["fetch.wait.max.ms"] == 3
+    assert consumer["isolation.level"] == "read_committed" and consumer["enable.auto.commit"] is False
+
+
+def test_redaction_hides_secrets_only():
+    from muse_stream.kafka.clients import redact
+
+    conf = {"sasl.username": "muse", "sasl.password": "hunter2-very-secret", "bootstrap.servers": "b1:9092"}
+    text = 'auth failed for muse at b1:9092 with hunter2-very-secret; Invalid value "x" for "linger.ms"'
+    out = redact(text, conf)
+    assert "hunter2-very-secret" not in out and '"x"' not in out
+    assert "muse at b1:9092" in out  # names of users and hosts stay readable
