@@ -24,7 +24,6 @@ from multiprocessing.connection import wait as wait_for_exits
 from confluent_kafka import Consumer, Producer
 
 from muse_stream.config import Settings
-from muse_stream.errors import KafkaOpError
 from muse_stream.kafka.clients import (
     check_reachable,
     input_consumer_config,
@@ -40,7 +39,7 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
 TICK_S = 0.25  # how often exits, stalls and due restarts are looked at
 GIVE_UP_EXIT = 1
-PREFLIGHT_S = 5.0  # how long `run` waits for the cluster's answer before it starts the workers anyway
+PREFLIGHT_S = 15.0  # how long `run` waits for the cluster's first answer before it gives up
 
 
 def _die_with_parent() -> None:
@@ -255,18 +254,13 @@ class Supervisor:
 
 def preflight(settings: Settings, *, first_slot: int = 0, timeout: float = PREFLIGHT_S) -> None:
     """Stop `run` before any worker starts, with one line, on what no restart can fix: an invalid
-    [kafka.client] value (ConfigError naming the property, never its value) or credentials the cluster
-    refuses (KafkaOpError naming the address, mechanism and user). A cluster that does not answer within
-    `timeout` is left to the workers, restarted with back-off: it may be starting too."""
+    [kafka.client] value (ConfigError naming the property, never its value), credentials the cluster
+    refuses (KafkaOpError naming the address, mechanism and user), or no cluster answering at the address
+    within `timeout` (a wrong address would otherwise restart workers for ever). Once running, the
+    supervisor rides out outages: workers that lose the cluster are restarted with back-off."""
     producer, errors = make_client(Producer, worker_producer_config(settings), "run")
     make_client(Consumer, input_consumer_config(settings, slot=first_slot), "run")[0].close()
-    try:
-        check_reachable(producer, settings, timeout, errors=errors)
-    except KafkaOpError:
-        if errors.auth is not None:
-            raise
-        logger.warning("no Kafka cluster answers at %s yet; starting the workers, which retry",
-                       settings.kafka.bootstrap_servers)
+    check_reachable(producer, settings, timeout, errors=errors)
 
 
 def run_workers(settings: Settings, *, workers: int, first_slot: int = 0, verbose: bool = False) -> int:

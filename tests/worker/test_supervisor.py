@@ -217,3 +217,18 @@ def test_run_refuses_fewer_than_one_worker(count, capsys):
         main(["run", "--workers", count])
     assert exc.value.code == 2
     assert f"--workers: must be at least 1, got {count}" in capsys.readouterr().err
+
+
+def test_run_with_no_cluster_at_the_address_stops_with_one_line(tmp_path):
+    """A wrong address must not restart workers for ever: `run` gives up before starting any."""
+    from muse_stream.kafka.local import free_port
+
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "muse_stream", "run", "--workers", "1", "--bootstrap",
+                          f"127.0.0.1:{free_port()}"], cwd=tmp_path, capture_output=True, text=True, timeout=90,
+                         check=False)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert time.monotonic() - t0 < 45
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("muse-stream: error: cannot reach Kafka at 127.0.0.1:"), out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
