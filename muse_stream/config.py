@@ -110,6 +110,10 @@ class RuntimeSettings(_Frozen):
     # Feature values beyond this magnitude (or non-finite) are bad input, sent to the dead-letter topic.
     max_abs_feature: float = Field(1e30, gt=0)
     max_event_bytes: int = Field(1_000_000, ge=64)
+    # A change made "now" (an immediate activation, a band change without a time) takes effect this far past
+    # the input's event-time watermark, so every worker has read it before the first event it governs is
+    # scored, and live and replay agree (see kafka/watermark.py).
+    change_lead_ms: int = Field(5_000, ge=0, le=3_600_000)
     # The `run` supervisor. A slot that fails more often than this within a minute is a crash loop, not a
     # blip: the supervisor stops every worker and exits non-zero rather than restart it forever.
     max_restarts_per_minute: int = Field(5, ge=0, le=1000)
@@ -284,6 +288,33 @@ class Settings(_Frozen):
                 raise ValueError(f"tenant {t.tenant_id!r} names unknown intents {unknown}")
         return self
 
+    @model_validator(mode="after")
+    def _distinct_topics(self) -> Settings:
+        # Two roles on one topic mix records that cannot be told apart, and two CreateTopics requests for one
+        # name crash librdkafka: refuse it here, naming both fields, before any command touches Kafka.
+        t = self.topics
+        owner: dict[str, str] = {}
+
+        def claim(field: str, topic: str) -> None:
+            if topic in owner:
+                raise ValueError(f"{field}: {json.dumps(topic)} is also {owner[topic]}")
+            owner[topic] = field
+
+        claim("topics.events", t.events)
+        for i, topic in enumerate(t.extra_inputs):
+            claim(f"topics.extra_inputs[{i}]", topic)
+        for name in ("models", "tenants", "deadletter"):
+            claim(f"topics.{name}", getattr(t, name))
+        for i, tenant in enumerate(self.tenants):
+            field = (f"tenants[{i}].output_topic" if tenant.output_topic
+                     else f"the decision topic of tenant {tenant.tenant_id!r} (topics.decisions_prefix)")
+            topic = self.output_topic(tenant)
+            if topic.startswith(t.shadow_prefix):
+                raise ValueError(f"{field}: {json.dumps(topic)} starts with topics.shadow_prefix "
+                                 f"{json.dumps(t.shadow_prefix)}")
+            claim(field, topic)
+        return self
+
     def output_topic(self, tenant: TenantConfig) -> str:
         return tenant.output_topic or self.topics.decisions_topic(tenant.tenant_id)
 
@@ -297,8 +328,11 @@ class Settings(_Frozen):
 
 def _format_error(path: Path, err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    if not first["loc"] and first["type"] == "value_error":
+        # A whole-file check names its fields itself (`topics.models: ... is also topics.events`).
+        return f"{path}: {first['ctx']['error']}{more}"
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
     return f"{path}: {loc}: {first['msg']}{more}"
 
 

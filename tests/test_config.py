@@ -84,3 +84,50 @@ def test_no_cluster_is_one_clear_line(tmp_path: Path, capsys):
     assert main(["topics", "create", "--bootstrap", dead]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"muse-stream: error: cannot reach Kafka at {dead}: ")
+
+
+def _topics_error(tmp_path: Path, text: str) -> str:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_settings(p)
+    return str(e.value)
+
+
+def test_one_topic_in_two_roles_is_one_line_naming_both_fields(tmp_path: Path):
+    msg = _topics_error(tmp_path, '[topics]\nevents = "sf.events"\nmodels = "sf.events"\n')
+    assert msg == f'{tmp_path / "c.toml"}: topics.models: "sf.events" is also topics.events'
+    msg = _topics_error(tmp_path, '[topics]\nextra_inputs = ["a", "b", "a"]\n')
+    assert 'topics.extra_inputs[2]: "a" is also topics.extra_inputs[0]' in msg
+    msg = _topics_error(tmp_path, '[topics]\ntenants = "x"\ndeadletter = "x"\n')
+    assert 'topics.deadletter: "x" is also topics.tenants' in msg
+
+
+def test_a_tenant_output_topic_is_its_own(tmp_path: Path):
+    tenant = "[[tenants]]\ntenant_id = '{}'\nintents = ['x']\n"
+    # The dead-letter topic set to a tenant's (derived) decision topic.
+    msg = _topics_error(tmp_path, '[topics]\ndeadletter = "muse.decisions.a"\n' + tenant.format("a"))
+    assert ("the decision topic of tenant 'a' (topics.decisions_prefix): \"muse.decisions.a\" is also "
+            "topics.deadletter") in msg
+    msg = _topics_error(tmp_path, tenant.format("a") + "output_topic = 'muse.models'\n")
+    assert 'tenants[0].output_topic: "muse.models" is also topics.models' in msg
+    msg = _topics_error(tmp_path, tenant.format("a") + tenant.format("b") + "output_topic = 'muse.decisions.a'\n")
+    assert 'tenants[1].output_topic: "muse.decisions.a" is also the decision topic of tenant \'a\'' in msg
+    msg = _topics_error(tmp_path, tenant.format("a") + "output_topic = 'muse.shadow.x'\n")
+    assert 'tenants[0].output_topic: "muse.shadow.x" starts with topics.shadow_prefix "muse.shadow."' in msg
+    # Distinct topics load.
+    p = tmp_path / "ok.toml"
+    p.write_text(tenant.format("a") + "output_topic = 'a.out'\n" + tenant.format("b"))
+    s = load_settings(p)
+    assert [s.output_topic(t) for t in s.tenants] == ["a.out", "muse.decisions.b"]
+
+
+def test_topics_create_refuses_a_collision_before_kafka(tmp_path: Path, capsys):
+    from muse_stream.cli import main
+
+    p = tmp_path / "c.toml"
+    p.write_text('[topics]\nevents = "sf.events"\nmodels = "sf.events"\n')
+    # An address nothing listens on: the config error must come first, without a connection attempt.
+    assert main(["topics", "create", "--config", str(p), "--bootstrap", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f'muse-stream: error: {p}: topics.models: "sf.events" is also topics.events']

@@ -84,6 +84,9 @@ def create_topics(admin_or_settings: AdminClient | Settings, specs: list[TopicSp
     chosen from the cluster). Returns name -> "created" | "exists", once the cluster's metadata shows every
     one of them with all its partitions, each with a leader (or KafkaOpError within `timeout`)."""
     admin = make_admin(admin_or_settings) if isinstance(admin_or_settings, Settings) else admin_or_settings
+    # One request per name, the first spec winning: librdkafka crashes on two CreateTopics of one name
+    # (Settings refuses such configs; this guards every other caller).
+    specs = list({s.name: s for s in reversed(specs)}.values())[::-1]
     if not specs:
         return {}
     rep = choose_replication(admin, replication_factor, timeout=timeout)
