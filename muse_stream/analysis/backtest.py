@@ -339,20 +339,28 @@ def _not_scored_line(res: dict) -> str:
     return line
 
 
+PLOT_SKIPPED = "backtest.png skipped: install muse-stream[plots] for the picture"
+
+
 def write_report(res: dict, out_dir: Path) -> list[Path]:
+    """Write backtest.json, backtest.md and (with matplotlib, the [plots] extra) backtest.png; the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     arrays = res["_arrays"]
     data = {k: v for k, v in res.items() if k != "_arrays"}
     paths = [out_dir / "backtest.json", out_dir / "backtest.md", out_dir / "backtest.png"]
     paths[0].write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     paths[1].write_text(summary_markdown(res))
-    _plot(res, arrays, paths[2])
+    try:
+        import matplotlib
+    except ImportError:
+        # An earlier run's picture would not match this report.
+        paths[2].unlink(missing_ok=True)
+        return paths[:2]
+    _plot(matplotlib, res, arrays, paths[2])
     return paths
 
 
-def _plot(res: dict, arrays: dict, path: Path) -> None:
-    import matplotlib
-
+def _plot(matplotlib, res: dict, arrays: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -26,7 +26,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_stream.analysis.backtest import run_backtest, summary_markdown, write_report
+    from muse_stream.analysis.backtest import PLOT_SKIPPED, run_backtest, summary_markdown, write_report
     from muse_stream.config import load_settings
     from muse_stream.kafka.ranges import parse_bound
 
@@ -39,4 +39,6 @@ def run(args: argparse.Namespace) -> int:
     paths = write_report(res, out)
     print(summary_markdown(res))
     print("written: " + ", ".join(str(p) for p in paths))
+    if not any(p.suffix == ".png" for p in paths):
+        print(PLOT_SKIPPED)
     return 0
