@@ -34,6 +34,9 @@ def load_booster(path: str | Path):
         booster.load_model(str(p))
     except xgb.core.XGBoostError as e:
         raise ModelError(f"{p}: not an XGBoost model: {str(e).splitlines()[0][:200]}") from None
+    except UnicodeDecodeError:
+        # xgboost quotes the file's bytes in its error and fails decoding them: the file is no model either.
+        raise ModelError(f"{p}: not an XGBoost model (neither UBJSON nor JSON that xgboost can read)") from None
     if not booster.feature_names:
         raise ModelError(f"{p}: the booster has no feature names; train it with named features")
     return booster, list(booster.feature_names)

@@ -39,6 +39,16 @@ def _numeric_or_text(values) -> np.ndarray:
 
 
 def _read_csv(p: Path) -> dict[str, list]:
+    try:
+        return _csv_columns(p)
+    except UnicodeDecodeError:
+        raise DataError(f"{p}: not a UTF-8 text file; expected CSV, JSON lines (.jsonl) or "
+                        "Parquet (.parquet)") from None
+    except csv.Error as e:
+        raise DataError(f"{p}: not a CSV file: {e}") from None
+
+
+def _csv_columns(p: Path) -> dict[str, list]:
     with p.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         try:
