@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from muse_stream.config import BandPeriod, Settings, TenantConfig
 from muse_stream.errors import ConfigError
 from muse_stream.kafka.table import fenced_write, read_table
-from muse_stream.kafka.watermark import input_watermark
+from muse_stream.kafka.watermark import effective_time
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def _write(settings: Settings, tenants: list[TenantConfig], effective_at: int | 
 
     def effective() -> int:
         if when[0] is None:
-            when[0] = input_watermark(settings)  # read once, only when some bands change
+            when[0] = effective_time(settings)  # read once, only when some bands change
         return when[0]
 
     def step_for(new: TenantConfig):

@@ -7,7 +7,13 @@ workers and every later replay read the same recorded time, so they agree event 
 
 The watermark is 1 + the largest event time among the last record of every partition of the topics
 (0, the start of time, when they hold no records). A record's event time is its JSON value's integer
-`event_time`, else (not JSON, no such field, out of range) the record's Kafka timestamp.
+`event_time`, else (not JSON, no such field, out of range) the record's Kafka timestamp. An event time more
+than an hour ahead of this machine's clock counts as now + 1 h: one producer with a bad clock must not push
+every tenant's changes years into the future.
+
+A change made "now" takes effect `runtime.change_lead_ms` past the watermark (`effective_time`): between
+reading the watermark and every worker reading the change, events keep arriving, and without the lead the
+ones in that gap would be scored with the old setting live and the new one in a replay.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from muse_stream.kafka.clients import make_consumer, reader_config
 
 # The event contract's range (scoring dead-letters events outside it); kafka/ does not import scoring.
 _MAX_EVENT_TIME = 2**62
+MAX_AHEAD_MS = 3_600_000  # how far an event time may run ahead of the clock and still move the watermark
 
 
 def _op_error(what: str, err: KafkaError) -> KafkaOpError:
@@ -41,8 +48,15 @@ def event_time_of(value: bytes | None, timestamp: int) -> int:
         if type(data) is dict:
             et = data.get("event_time")
             if type(et) is int and 0 <= et <= _MAX_EVENT_TIME:
-                return et
+                return min(et, int(time.time() * 1000) + MAX_AHEAD_MS)
     return timestamp
+
+
+def effective_time(settings: Settings) -> int:
+    """Where a change made now starts in event time: the watermark plus runtime.change_lead_ms (0, the start
+    of time, when the input holds no records yet)."""
+    w = input_watermark(settings)
+    return w + settings.runtime.change_lead_ms if w > 0 else 0
 
 
 def input_watermark(settings: Settings, topics: list[str] | None = None, *, timeout: float = 30.0) -> int:

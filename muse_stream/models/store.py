@@ -13,7 +13,7 @@ from typing import TypeVar
 from muse_stream.config import Settings
 from muse_stream.errors import ModelError
 from muse_stream.kafka.table import fenced_write, read_table
-from muse_stream.kafka.watermark import input_watermark
+from muse_stream.kafka.watermark import effective_time
 from muse_stream.models.records import (
     ActivationRecord,
     ReferenceRecord,
@@ -82,9 +82,10 @@ def _activation(reg: ModelRegistry, intent: str, version: int, activate_at: int 
 
 def _from_time(settings: Settings, activate_at: int | None) -> int:
     """Where an activation starts in event time: `activate_at` when given, else (immediate) the input topics'
-    event-time watermark now, so events already on the topics keep the version that scored them, in live
-    scoring and in every replay (0, the start of time, when the topics are empty)."""
-    return activate_at if activate_at is not None else input_watermark(settings)
+    event-time watermark now plus runtime.change_lead_ms, so events already on the topics, and those that
+    arrive before every worker has read the activation, keep the version that scored them, in live scoring
+    and in every replay (0, the start of time, when the topics are empty)."""
+    return activate_at if activate_at is not None else effective_time(settings)
 
 
 def publish(settings: Settings, *, intent: str, booster_bytes: bytes, features: list[str], transform: dict,

@@ -86,7 +86,7 @@ def _decision(m) -> dict:
 
 
 def test_live_backtest_and_replay_agree_across_a_band_change_and_an_immediate_activation(stack, unique):
-    s = stack.with_overrides(runtime={"max_event_bytes": MAX_EVENT_BYTES})
+    s = stack.with_overrides(runtime={"max_event_bytes": MAX_EVENT_BYTES, "change_lead_ms": 5000})
     put_tenants(s, [TenantConfig(tenant_id="hooli", intents=["card_fraud"], bands={"review": 0.5}, suspended=True),
                     TenantConfig(tenant_id="wayne", intents=["account_takeover"], bands={"review": 0.5},
                                  pinned_versions={"account_takeover": 99})])

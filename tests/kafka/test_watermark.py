@@ -41,6 +41,26 @@ def test_event_time_of_falls_back_to_the_record_timestamp():
     assert event_time_of(None, 5) == 5
 
 
+def test_a_far_future_event_time_cannot_push_the_watermark_years_ahead():
+    import time
+
+    from muse_stream.kafka.watermark import MAX_AHEAD_MS
+
+    year_2100 = 4_102_444_800_000
+    now = int(time.time() * 1000)
+    assert now + MAX_AHEAD_MS - 5_000 <= event_time_of(_ev(year_2100), 5) <= int(time.time() * 1000) + MAX_AHEAD_MS
+
+
+def test_a_change_made_now_starts_the_lead_past_the_watermark(settings_for, unique):
+    from muse_stream.kafka.watermark import effective_time
+
+    s = settings_for(unique).with_overrides(runtime={"change_lead_ms": 5000})
+    ensure_all(s)
+    assert effective_time(s) == 0  # nothing on the input yet: from the start of time
+    _produce(s, s.topics.events, [(0, _ev(T0 + 10), 1)])
+    assert effective_time(s) == T0 + 11 + 5000
+
+
 def test_empty_or_missing_topics_are_the_start_of_time(settings_for, unique):
     s = settings_for(unique)
     assert input_watermark(s) == 0  # the input topic does not exist yet
