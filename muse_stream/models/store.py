@@ -13,7 +13,7 @@ from typing import TypeVar
 from muse_stream.config import Settings
 from muse_stream.errors import ModelError
 from muse_stream.kafka.table import fenced_write, read_table
-from muse_stream.kafka.watermark import effective_time
+from muse_stream.kafka.watermark import effective_time, input_watermark
 from muse_stream.models.records import (
     ActivationRecord,
     ReferenceRecord,
@@ -85,7 +85,18 @@ def _from_time(settings: Settings, activate_at: int | None) -> int:
     event-time watermark now plus runtime.change_lead_ms, so events already on the topics, and those that
     arrive before every worker has read the activation, keep the version that scored them, in live scoring
     and in every replay (0, the start of time, when the topics are empty)."""
-    return activate_at if activate_at is not None else effective_time(settings)
+    if activate_at is None:
+        return effective_time(settings)
+    if activate_at < 0:
+        raise ModelError(f"activate_at {activate_at} is not an event time (epoch ms >= 0)")
+    watermark = input_watermark(settings)
+    if activate_at < watermark:
+        # Earlier events were already scored under the current timeline: rewriting it would make every later
+        # replay and backtest disagree with what live decided.
+        raise ModelError(f"activate_at {activate_at} is before events already on the input topics (event-time "
+                         f"watermark {watermark}): it would change which version scored them; choose a time "
+                         f">= {watermark}, or activate without a time")
+    return activate_at
 
 
 def publish(settings: Settings, *, intent: str, booster_bytes: bytes, features: list[str], transform: dict,

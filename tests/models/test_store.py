@@ -154,3 +154,22 @@ def test_a_publisher_fences_an_older_open_transaction_of_its_intent(stack):
     assert info.value.args[0].fatal()
     assert _committed_keys(s)["version/card_fraud/1"] == 1
     assert read_models(s).versions[("card_fraud", 1)].booster_sha256 == rec.booster_sha256
+
+
+def test_an_activation_cannot_rewrite_which_version_scored_events_already_written(stack):
+    """Backdating an activation below the input's watermark would erase timeline entries that governed real
+    events (a new user's replay then differed from live on 50,000 decisions): refused, nothing written."""
+    from muse_stream.errors import ModelError
+
+    s = stack
+    publish_model(s, "card_fraud", seed=1)
+    publish_model(s, "card_fraud", seed=2, activate=False)
+    produce(s, [event(i, "acme", t0=1_700_000_000_000) for i in range(10)])
+    before = read_models(s).activations["card_fraud"]
+    with pytest.raises(ModelError, match="before events already on the input"):
+        activate(s, "card_fraud", 2, activate_at=1_700_000_000_005)
+    with pytest.raises(ModelError, match="not an event time"):
+        activate(s, "card_fraud", 2, activate_at=-5)
+    assert read_models(s).activations["card_fraud"] == before
+    act = activate(s, "card_fraud", 2, activate_at=1_700_000_000_010)  # at the watermark: governs no written event
+    assert act.timeline[-1].from_time == 1_700_000_000_010
