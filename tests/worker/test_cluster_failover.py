@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from muse_stream.config import load_settings
@@ -79,8 +80,11 @@ def _leaders(admin: AdminClient, topics: list[str]) -> Counter:
 def _until(predicate, what: str, timeout: float):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if predicate():
-            return
+        try:
+            if predicate():
+                return
+        except KafkaException:  # a metadata request that went to the killed node: ask again
+            pass
         time.sleep(0.3)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
