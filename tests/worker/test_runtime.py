@@ -11,7 +11,7 @@ import pytest
 
 from muse_stream.worker.supervisor import _child
 from tests.fixtures.helpers import TopicReader, decision_topics, event, produce, publish_model, source_of
-from tests.fixtures.workers import ThreadWorker
+from tests.fixtures.workers import ThreadWorker, assert_exactly_once
 
 pytestmark = pytest.mark.kafka
 
@@ -114,13 +114,6 @@ def _spawn_worker(settings, slot):
     return p
 
 
-def _check_exactly_once(recs, n_inputs):
-    sources = Counter(source_of(m) for m in recs)
-    dupes = [k for k, v in sources.items() if v > 1]
-    assert not dupes, f"{len(dupes)} inputs have more than one output, e.g. {dupes[:3]}"
-    assert len(sources) == n_inputs
-
-
 def test_sigkill_mid_stream_then_restart_is_exactly_once(stack):
     s = stack.with_overrides(batch={"max_events": 200})
     publish_model(s, "card_fraud", seed=1)
@@ -142,7 +135,7 @@ def test_sigkill_mid_stream_then_restart_is_exactly_once(stack):
         p.join(30)
         reader.close()
     assert p.exitcode == 0
-    _check_exactly_once(recs, n)
+    assert_exactly_once(recs, n)
 
 
 def test_two_workers_share_and_hand_over_without_loss_or_duplicates(stack):
@@ -165,7 +158,7 @@ def test_two_workers_share_and_hand_over_without_loss_or_duplicates(stack):
             p.terminate()
             p.join(30)
         reader.close()
-    _check_exactly_once(recs, n)
+    assert_exactly_once(recs, n)
 
 
 def test_same_slot_twice_fences_the_older_worker(stack):
@@ -199,7 +192,7 @@ def test_same_slot_twice_fences_the_older_worker(stack):
                 p.terminate()
                 p.join(30)
         reader.close()
-    _check_exactly_once(recs, 4000)
+    assert_exactly_once(recs, 4000)
 
 
 def _wait_for_members(settings, n, timeout=60.0):
