@@ -48,7 +48,7 @@ class TopicTable:
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
-                raise KafkaOpError(f"reading {self.topic}: {err.str()}", code=err.code())
+                raise KafkaOpError.wrap(f"reading {self.topic}", err)
             out.append((msg.key() or b"", msg.value()))
         return out
 
@@ -74,7 +74,7 @@ class TopicTable:
                 err: KafkaError = e.args[0]
                 if not err.retriable() and err.code() != KafkaError.NOT_LEADER_FOR_PARTITION or \
                         time.monotonic() > deadline:
-                    raise KafkaOpError(f"reading {self.topic}: {err.str()}", code=err.code()) from None
+                    raise KafkaOpError.wrap(f"reading {self.topic}", err) from None
                 time.sleep(0.2)
 
     def updates(self) -> list[tuple[bytes, bytes | None]]:

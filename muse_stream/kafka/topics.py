@@ -105,7 +105,7 @@ def create_topics(admin_or_settings: AdminClient | Settings, specs: list[TopicSp
             if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 result[name] = "exists"
             else:
-                raise KafkaOpError(f"creating topic {name}: {err.str()}", code=err.code(), description=err.str()) from None
+                raise KafkaOpError.wrap(f"creating topic {name}", err) from None
     # A topic that existed keeps the partitions it has (planned counts may have changed since).
     wait_until_ready(admin, {s.name: s.partitions if result[s.name] == "created" else 1 for s in specs}, deadline)
     return result

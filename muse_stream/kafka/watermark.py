@@ -33,10 +33,6 @@ _MAX_EVENT_TIME = 2**62
 MAX_AHEAD_MS = 3_600_000  # how far an event time may run ahead of the clock and still move the watermark
 
 
-def _op_error(what: str, err: KafkaError) -> KafkaOpError:
-    return KafkaOpError(f"{what}: {err.str()}", code=err.code(), description=err.str())
-
-
 def event_time_of(value: bytes | None, timestamp: int) -> int:
     """A record's event time: the integer `event_time` of its JSON object value, else its Kafka timestamp
     (negative when the record has none)."""
@@ -98,7 +94,7 @@ class _LastRecords:
         if tmd is None or (tmd.error is not None and tmd.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
             return []
         if tmd.error is not None:
-            raise _op_error(f"reading metadata of {topic}", tmd.error)
+            raise KafkaOpError.wrap(f"reading metadata of {topic}", tmd.error)
         return sorted(tmd.partitions)
 
     def _call(self, what: str, fn):
@@ -110,7 +106,7 @@ class _LastRecords:
                 err: KafkaError = e.args[0]
                 if not (err.retriable() or err.code() == KafkaError.NOT_LEADER_FOR_PARTITION) or \
                         time.monotonic() > self.deadline:
-                    raise _op_error(what, err) from None
+                    raise KafkaOpError.wrap(what, err) from None
                 time.sleep(0.2)
 
     def read(self) -> list:
@@ -140,7 +136,7 @@ class _LastRecords:
                     if m.error() is not None:
                         if m.error().code() == KafkaError._PARTITION_EOF:
                             continue
-                        raise _op_error(f"reading {m.topic()}", m.error())
+                        raise KafkaOpError.wrap(f"reading {m.topic()}", m.error())
                     k = (m.topic(), m.partition())
                     if m.offset() < ends.get(k, -1):
                         last[k] = m
