@@ -218,6 +218,11 @@ class TenantConfig(_Frozen):
 
 class IntentConfig(_Frozen):
     name: str
+    # An event feature the active model does not know: "reject" dead-letters the event (unknown_feature,
+    # naming the field), "ignore" scores it without the field and counts the field in a metric.
+    unknown_features: Literal["reject", "ignore"] = "reject"
+    # Decisions in a band other than approve carry this many top contributing features (0: none).
+    reason_codes: int = Field(default=3, ge=0, le=20)
 
     @field_validator("name")
     @classmethod
