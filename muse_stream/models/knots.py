@@ -17,6 +17,11 @@ from muse_stream.errors import TransformError
 FORMAT = 1  # of every persisted transform record
 # Fewer calibration scores than this cannot say anything useful about a distribution.
 MIN_FIT_SCORES = 100
+# Scores of which this share or more sit on one value cannot rank events: a map fitted on them would send
+# that one value to a single reference point (the median, for a constant model) and alert nothing or all.
+NEAR_CONSTANT_SHARE = 0.99
+# A value held by this share of the scores or more is a mass point whose first level joins the level grid.
+TIE_SHARE = 5e-4
 
 
 def default_levels(
@@ -34,6 +39,20 @@ def default_levels(
     # The first log point equals the body's last level: skip it rather than risk a near-duplicate.
     tail = 1.0 - np.logspace(math.log10(tail_start), math.log10(tail_end), n_tail + 1)[1:]
     return np.concatenate([body, tail, [1.0]])
+
+
+def with_tie_levels(levels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """`levels` plus, for each value that at least TIE_SHARE of `scores` share, the level at which it begins.
+
+    np.quantile gives exactly that value from its first index / (n - 1) on, so a band on a tied value keeps
+    its alert rate to within one score instead of one step of the level grid (up to 2% of a 5% rate).
+    """
+    n = scores.size
+    _, first, counts = np.unique(scores, return_index=True, return_counts=True)
+    mass = counts >= max(2, TIE_SHARE * n)
+    if not mass.any():
+        return levels
+    return np.union1d(levels, first[mass] / (n - 1))
 
 
 def as_1d(a: Any, name: str) -> np.ndarray:
@@ -65,6 +84,13 @@ def calibration_scores(a: Any, name: str, low: float = 0.0, high: float = 1.0) -
         raise TransformError(f"{name}: {arr.size} scores, need at least {MIN_FIT_SCORES}")
     if arr.min() < low or arr.max() > high:
         raise TransformError(f"{name}: scores outside [{low}, {high}]")
+    values, counts = np.unique(arr, return_counts=True)
+    top = int(counts.argmax())
+    if counts[top] >= NEAR_CONSTANT_SHARE * arr.size:
+        raise TransformError(
+            f"{name}: {counts[top] / arr.size:.1%} of the {arr.size} scores equal {values[top]:.6g}; "
+            "constant or near-constant scores cannot rank events"
+        )
     return arr
 
 
@@ -109,15 +135,21 @@ def optional_float(v: Any, name: str) -> float | None:
 def strict_knots(levels: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Collapse runs of tied knots so both coordinates strictly increase.
 
-    A run of equal x (a mass point in the model's scores) or equal y becomes one knot at the run's
-    middle level. The resulting map is strictly increasing, so it never creates ties between scores.
+    A run of equal y (a mass point in the target: the incumbent's or the reference's scores share one
+    value) becomes one knot at the run's lowest level. Every target score at that value sits at or above
+    that level, so a threshold placed on the tied value alerts 1 - lowest level of the target, and the
+    mapped new scores must reach it from that same level on; the run's middle would halve such an alert
+    rate. Any other run (a mass point in the model's own scores, x tied) becomes one knot at its middle
+    level. The resulting map is strictly increasing, so it never creates ties between scores.
     """
     starts_mask = np.ones(x.size, dtype=bool)
     starts_mask[1:] = (x[1:] > x[:-1]) & (y[1:] > y[:-1])
     starts = np.flatnonzero(starts_mask)
     ends = np.append(starts[1:], x.size) - 1
-    mid = 0.5 * (levels[starts] + levels[ends])
+    at = 0.5 * (levels[starts] + levels[ends])
+    y_tied = y[starts] == y[ends]
+    at[y_tied] = levels[starts[y_tied]]
     # Clip into the run's own range so a rounding overshoot cannot meet the next run.
-    xs = np.clip(np.interp(mid, levels, x), x[starts], x[ends])
-    ys = np.clip(np.interp(mid, levels, y), y[starts], y[ends])
+    xs = np.clip(np.interp(at, levels, x), x[starts], x[ends])
+    ys = np.clip(np.interp(at, levels, y), y[starts], y[ends])
     return xs, ys

@@ -28,6 +28,7 @@ from muse_stream.models.knots import (
     optional_float,
     record_field,
     strict_knots,
+    with_tie_levels,
 )
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ class ReferenceDistribution:
         """The empirical distribution of `scores` (e.g. the first model's corrected calibration scores)."""
         lv = default_levels() if levels is None else as_1d(levels, "levels")
         check_levels(lv)
-        s = calibration_scores(scores, "reference scores", low, high)
+        s = np.sort(calibration_scores(scores, "reference scores", low, high))
+        lv = with_tie_levels(lv, s)
         values = np.maximum.accumulate(np.quantile(s, lv))
         logger.info("reference built from %d scores on %d knots", s.size, lv.size)
         return cls(levels=lv, values=values, low=low, high=high)
@@ -95,6 +97,12 @@ class ReferenceDistribution:
         """F_ref: the level of each value (0 below the first knot, 1 above the last, mid-level at ties)."""
         v = as_1d(values, "values")
         return np.interp(v, self._cdf_x, self._cdf_q, left=0.0, right=1.0)
+
+    def tie_levels(self) -> np.ndarray:
+        """The level at which each run of equal reference values begins (a mass point of the reference)."""
+        v = self._values
+        begins = np.flatnonzero((v[1:] == v[:-1]) & np.append(True, v[1:-1] > v[:-2]))
+        return self._levels[begins]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -148,16 +156,19 @@ class QuantileMap:
         lv = default_levels() if self.levels is None else as_1d(self.levels, "levels")
         check_levels(lv)
         p = calibration_scores(scores, "calibration scores")
-        model_knots = np.maximum.accumulate(np.quantile(p, lv))
+        # The grid gains the levels where the target's mass points begin, so a threshold on one keeps its rate.
         if target_scores is None:
+            lv = np.union1d(lv, reference.tie_levels())
             target_knots = reference.quantile(lv)
         else:
-            t = calibration_scores(target_scores, "target scores", reference.low, reference.high)
+            t = np.sort(calibration_scores(target_scores, "target scores", reference.low, reference.high))
             if t.size != p.size:
                 raise TransformError(
                     f"aligned fit needs both models' scores on the same events ({p.size} vs {t.size})"
                 )
+            lv = with_tie_levels(lv, t)
             target_knots = np.quantile(t, lv)
+        model_knots = np.maximum.accumulate(np.quantile(p, lv))
         self.levels_ = lv
         self.model_knots_ = model_knots
         self.target_knots_ = np.maximum.accumulate(target_knots)
