@@ -1,6 +1,7 @@
 """The local development broker: Apache Kafka 4.x jars from Maven Central, KRaft nodes on 127.0.0.1.
 
-Jars are resolved once into a cache outside the repository (~/.cache/muse-stream/kafka-<version>/libs);
+Jars are resolved once into a cache outside the repository (~/.cache/muse-stream/kafka-<version>/libs, and
+Kafka's command-line tools of the same version in .../tools);
 each broker instance (one per port) keeps its properties, data, log and pid in ~/.cache/muse-stream/broker-<port>.
 A node of a multi-node cluster (kafka/cluster.py) is the same LocalBroker given a node id and the shared Quorum.
 """
@@ -58,16 +59,9 @@ def fetch_kafka(root: Path | None = None, *, version: str | None = None) -> Path
         raise BrokerError("Java 17+ (java) is not on PATH: the local Kafka broker needs it")
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
-        pom = Path(tmp) / "pom.xml"
-        pom.write_text(resources.files(__package__).joinpath("broker-pom.xml").read_text())
         libs = Path(tmp) / "libs"
-        cmd = ["mvn", "-B", "-q", "-f", str(pom), f"-Dkafka.version={version or KAFKA_VERSION_RANGE}",
-               "dependency:copy-dependencies", f"-DoutputDirectory={libs}"]
         print(f"fetching the Kafka broker jars with Maven into {root} (once) ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            raise BrokerError(f"Maven could not fetch the Kafka broker jars:\n{tail}")
+        _maven_copy("broker-pom.xml", version or KAFKA_VERSION_RANGE, libs, what="the Kafka broker jars")
         jars = sorted(libs.glob("kafka_2.13-*.jar"))
         if not jars:
             raise BrokerError("Maven finished but no kafka_2.13 jar was fetched")
@@ -79,6 +73,50 @@ def fetch_kafka(root: Path | None = None, *, version: str | None = None) -> Path
         dest.mkdir(parents=True)
         shutil.move(str(libs), dest / "libs")
     return dest
+
+
+CONSOLE_CONSUMER = "org.apache.kafka.tools.consumer.ConsoleConsumer"
+
+
+def fetch_tools(kafka_dir: Path | None = None) -> Path:
+    """Return a folder holding Kafka's command-line tools (`org.apache.kafka:kafka-tools`) of the broker's own
+    version, resolving them with Maven on first use. A classpath of their own (kafka_dir/tools), so the
+    broker's jars stay exactly as their pom resolved them; a cache made before the tools existed gains them."""
+    kafka_dir = kafka_dir or fetch_kafka()
+    tools = kafka_dir / "tools"
+    if (tools / ".complete").exists():
+        return tools
+    version = (kafka_dir / "libs" / ".complete").read_text().strip()
+    with tempfile.TemporaryDirectory(dir=kafka_dir, prefix=".fetch-tools-") as tmp:
+        libs = Path(tmp) / "tools"
+        print(f"fetching Kafka {version}'s command-line tools with Maven into {tools} (once) ...",
+              file=sys.stderr, flush=True)
+        _maven_copy("tools-pom.xml", version, libs, what=f"Kafka {version}'s command-line tools")
+        if not (libs / f"kafka-tools-{version}.jar").exists():
+            raise BrokerError(f"Maven finished but kafka-tools-{version}.jar was not fetched")
+        (libs / ".complete").write_text(version)
+        if tools.exists():
+            shutil.rmtree(tools)
+        shutil.move(str(libs), tools)
+    return tools
+
+
+def tools_classpath() -> str:
+    """The `java -cp` argument for Kafka's tools (ConsoleConsumer and the rest)."""
+    return str(fetch_tools() / "*")
+
+
+def _maven_copy(pom_name: str, version: str, out: Path, *, what: str) -> None:
+    if shutil.which("mvn") is None:
+        raise BrokerError(f"Maven (mvn) is not on PATH: it is needed once to fetch {what}")
+    pom = out.parent / pom_name
+    pom.write_text(resources.files(__package__).joinpath(pom_name).read_text())
+    cmd = ["mvn", "-B", "-q", "-f", str(pom), f"-Dkafka.version={version}", "dependency:copy-dependencies",
+           f"-DoutputDirectory={out}"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise BrokerError(f"Maven could not fetch {what}:\n{tail}")
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
