@@ -65,7 +65,7 @@ def run_replay(settings: Settings, *, start: Bound, end: Bound, run_id: str | No
     registry = TenantRegistry(settings, tenants, log_changes=False)
     scorer = BatchScorer(registry, models, max_abs_feature=settings.runtime.max_abs_feature,
                          max_event_bytes=settings.runtime.max_event_bytes,
-                         output_topic=lambda tid: f"{dec_prefix}{tid}")
+                         output_topic=lambda tid: f"{dec_prefix}{tid}", intents=settings.intents)
     topics = [f"{dec_prefix}{tid}" for tid in sorted(tenants)] + [dead_topic]
     create_topics(settings, [TopicSpec(t, settings.topics.decisions_partitions) for t in topics],
                   replication_factor=settings.topics.replication_factor)

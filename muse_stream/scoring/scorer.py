@@ -14,6 +14,7 @@ import orjson
 from muse_stream.models.registry import LoadedModel, ModelRegistry
 from muse_stream.scoring.contract import Router, admit_batch, model_matrix, model_outputs
 from muse_stream.scoring.deadletter import Reason
+from muse_stream.scoring.reasons import ReasonCodes
 from muse_stream.tenants import TenantRegistry
 
 
@@ -66,13 +67,16 @@ class BatchScorer:
     """Turns a batch of input messages into decisions, given the tenant and model registries."""
 
     def __init__(self, tenants: TenantRegistry, models: ModelRegistry, *, max_abs_feature: float,
-                 max_event_bytes: int, output_topic=None) -> None:
+                 max_event_bytes: int, output_topic=None, intents: tuple = ()) -> None:
         self.tenants = tenants
         self.models = models
         self.max_abs = max_abs_feature
         self.max_bytes = max_event_bytes
         # Maps a tenant id to its decision topic; replays pass their own so live topics are never touched.
         self.output_topic = output_topic or tenants.output_topic
+        # Reason codes per intent, from the settings' IntentConfig records (`settings.intents`): live and
+        # replay pass the same, so a replay's flagged decisions name the same features as live's.
+        self.reasons = ReasonCodes.from_intents(intents)
 
     def process(self, msgs: list, decided_at: int) -> BatchOutput:
         """Score a batch: each event through the contract to its version's group, then each group at once."""
@@ -87,7 +91,7 @@ class BatchScorer:
     def _score_group(self, model: LoadedModel, msgs: list, events: list, out: BatchOutput, decided_at: int) -> None:
         """One version's events: one matrix, one booster call, one transform call, then decisions per tenant."""
         eids, tids, _, times, feats = (list(c) for c in zip(*events))
-        x32, kept, rejected = model_matrix(feats, model.features, self.max_abs)
+        x32, kept, rejected = model_matrix(feats, model.features, self.max_abs, model.unknown)
         cols = _refuse(out, (msgs, eids, tids, times), kept, rejected)
         if cols is None:
             return
@@ -112,9 +116,15 @@ class BatchScorer:
         topics: dict[str, bytes] = {}
         decisions = out.decisions
         dumps = orjson.dumps
-        for tid, rows in _rows_by_tenant(tids):
+        by_tenant = _rows_by_tenant(tids)
+        # Every tenant's bands first, so the flagged rows of the whole group get their reasons in one call.
+        group_bands = np.empty(len(tids), dtype=object)
+        for tid, rows in by_tenant:
+            group_bands[rows] = self._bands(out, tid, intent, model_name, scores[rows], time_arr[rows])
+        self.reasons.add(model, x32, group_bands)
+        for tid, rows in by_tenant:
             t_scores = scores[rows]
-            band_json = self._bands(out, tid, intent, model_name, t_scores, time_arr[rows])
+            band_json = group_bands[rows].tolist()
             tver = f"{model_name}/{tid}" if model.transform.has_tenant_map(tid) else model_name
             topic = self.output_topic(tid)
             head = b',"tenant_id":' + _json(tid) + intent_part

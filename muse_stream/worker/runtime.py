@@ -92,7 +92,7 @@ class Worker:
         self.models = ModelRegistry(pins=self.tenants.pinned_versions)  # pinned versions stay loaded
         self.shadow = ShadowScorer(settings, self.models)
         self.scorer = BatchScorer(self.tenants, self.models, max_abs_feature=settings.runtime.max_abs_feature,
-                                  max_event_bytes=settings.runtime.max_event_bytes)
+                                  max_event_bytes=settings.runtime.max_event_bytes, intents=settings.intents)
         self.loop: StreamLoop | None = None
         self.ready = False
         self._heartbeat = heartbeat or (lambda: None)

@@ -11,6 +11,7 @@ from muse_stream.models.registry import ModelRegistry
 from muse_stream.scoring.scorer import BatchScorer
 from muse_stream.tenants import Bands, TenantRegistry
 from tests.fixtures.helpers import FEATURES
+from tests.fixtures.reasons import offline_reasons
 from tests.fixtures.scoring_fakes import Msg, registry
 
 
@@ -52,12 +53,16 @@ def test_decisions_are_exactly_the_documented_json():
         score = float(model.transform.apply(np.array([raw]))[0])
         bands = TENANTS[ev["tenant_id"]].bands
         reached = [b for b, thr in bands.items() if score >= thr]
+        band = max(reached, key=bands.get) if reached else "approve"
         expected = {
             "event_id": ev["event_id"], "tenant_id": ev["tenant_id"], "intent": "card", "score": score,
-            "raw_score": raw, "band": max(reached, key=bands.get) if reached else "approve",
+            "raw_score": raw, "band": band,
             "model_version": "card@1", "transform_version": "card@1", "event_time": 5, "decided_at": 1234,
             "source": {"topic": "in", "partition": 0, "offset": m.offset(), "timestamp": m.timestamp()[1]}}
-        assert value == orjson.dumps(expected)  # byte for byte
+        if band != "approve":  # the top 3 contributions (IntentConfig's default), right after the band
+            items, reasons = list(expected.items()), offline_reasons(model.booster, ev["features"], 3)
+            expected = dict(items[:6] + [("reasons", reasons)] + items[6:])
+        assert value == orjson.dumps(expected, option=orjson.OPT_SERIALIZE_NUMPY)  # byte for byte
         assert key == ev["event_id"].encode() and topic == f"muse.decisions.{ev['tenant_id']}"
 
 

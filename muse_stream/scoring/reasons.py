@@ -1,0 +1,94 @@
+"""Reason codes: the features that pushed a flagged decision's score up the most.
+
+Contributions are XGBoost's exact tree contributions (path-dependent TreeSHAP, `pred_contribs=True`), in the
+booster's margin space (log-odds for binary:logistic): per row they sum, with the bias column XGBoost adds
+last, to the row's margin. They are computed only for the rows a batch flags (band other than approve), with
+one booster call per (intent, version) group, because exact TreeSHAP costs per row about trees x leaves x
+depth^2 steps: tens to hundreds of times a prediction (docs/results.md has the figures).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+import orjson
+
+logger = logging.getLogger(__name__)
+
+APPROVE = orjson.dumps("approve")  # the band JSON of a decision that carries no reasons
+
+
+def contributions(booster, x: np.ndarray) -> np.ndarray:
+    """Exact per-feature contributions of float32 rows (n_rows x n_features, float32), bias column dropped.
+
+    The DMatrix reads missing values as NaN, as the serving call (inplace_predict) does, so a row's
+    contributions explain the score it was served. One thread: a worker is one process per core."""
+    import xgboost as xgb
+
+    dm = xgb.DMatrix(x, missing=np.nan, nthread=1)
+    c = booster.predict(dm, pred_contribs=True, validate_features=False)
+    if c.ndim != 2 or c.shape != (len(x), x.shape[1] + 1):
+        raise ValueError(f"pred_contribs gave shape {c.shape} for {x.shape}; one output per row is supported")
+    return c[:, :-1]
+
+
+def top_features(contribs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the column indices and values of the n largest contributions, largest first; ties by column
+    order (a stable sort), so live and replay name the same features. n above the column count gives all."""
+    order = np.argsort(-contribs, axis=1, kind="stable")[:, : min(n, contribs.shape[1])]
+    return order, np.take_along_axis(contribs, order, axis=1)
+
+
+def reasons_json(features: Iterable[str], order: np.ndarray, values: np.ndarray) -> list[bytes]:
+    """Each row's `,"reasons":[...]` fragment, from a template: each feature's head JSON-encoded once, the
+    float32 values written by orjson in one call (shortest float32 text), split at the commas."""
+    heads = [b'{"feature":' + orjson.dumps(f) + b',"contribution":' for f in features]
+    nums = orjson.dumps(values.ravel(), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+    items = [heads[k] + v + b"}" for k, v in zip(order.ravel().tolist(), nums)]
+    n = order.shape[1]
+    return [b',"reasons":[' + b",".join(items[i:i + n]) + b"]" for i in range(0, len(items), n)]
+
+
+class ReasonCodes:
+    """How many reasons each intent's flagged decisions carry, and the step that adds them to a group."""
+
+    def __init__(self, counts: dict[str, int], default: int) -> None:
+        self.counts = counts
+        self.default = default
+        self._failed: set[str] = set()  # model names already warned about
+
+    @classmethod
+    def from_intents(cls, intents: Iterable) -> ReasonCodes:
+        """From the settings' IntentConfig records; an intent they do not name gets IntentConfig's default."""
+        from muse_stream.config import IntentConfig
+
+        return cls({i.name: i.reason_codes for i in intents}, IntentConfig.model_fields["reason_codes"].default)
+
+    def count(self, intent: str) -> int:
+        return self.counts.get(intent, self.default)
+
+    def add(self, model, x: np.ndarray, band_json: np.ndarray) -> None:
+        """Append the reasons to the band JSON of each flagged row (object array of bytes, the group's rows in
+        x's order), in place: one contributions call for all of them. A booster that cannot give
+        contributions leaves its decisions without reasons, and is warned about once."""
+        n = self.count(model.intent)
+        if n <= 0:
+            return
+        flagged = np.flatnonzero(band_json != APPROVE)
+        if not flagged.size:
+            return
+        try:
+            contribs = contributions(model.booster, x[flagged])
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the decision stands without its reasons
+            if model.name not in self._failed:
+                self._failed.add(model.name)
+                logger.warning("%s: no reason codes, pred_contribs failed: %s: %s", model.name, type(e).__name__,
+                               str(e).strip().splitlines()[0][:300] if str(e).strip() else "")
+            return
+        order, values = top_features(contribs, n)
+        band_json[flagged] = [b + r for b, r in zip(band_json[flagged].tolist(), reasons_json(model.features, order,
+                                                                                              values))]
