@@ -10,7 +10,8 @@ import sys
 from muse_stream.errors import MuseError
 
 # Each module defines add(subparsers), whose parsers set `func` (args -> exit code).
-COMMAND_MODULES = ["kafka", "topics", "run", "publish", "models", "demo", "bench", "backtest", "replay", "status"]
+COMMAND_MODULES = ["kafka", "topics", "run", "publish", "models", "demo", "bench", "backtest", "replay", "status",
+                   "tail"]
 
 
 def build_parser() -> argparse.ArgumentParser:
