@@ -7,8 +7,9 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+import pydantic
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from muse_stream.errors import ConfigError
@@ -128,15 +129,31 @@ class RuntimeSettings(_Frozen):
     shutdown_grace_s: float = Field(20.0, ge=0.5, le=25.0)
 
 
-def _check_bands(v: dict[str, float]) -> dict[str, float]:
-    for name, thr in v.items():
-        if not 0.0 <= thr <= 1.0:
-            raise ValueError(f"band {name!r} threshold {thr} is outside [0, 1]")
-        if name == "approve":
-            raise ValueError("'approve' is the band below every threshold; it takes no threshold")
-    if len(set(v.values())) != len(v):
-        raise ValueError("two bands share a threshold")
+class BandRate(_Frozen):
+    """A band as an alert rate: the threshold at which this share of the intent's reference alerts (bands.py)."""
+
+    rate: float = Field(gt=0.0, lt=1.0)
+
+
+# A threshold on the reference scale or an alert rate, told apart by shape: a refusal names the one meant.
+BandSpec = Annotated[Annotated[float, Field(ge=0.0, le=1.0), pydantic.Tag("threshold")]
+                     | Annotated[BandRate, pydantic.Tag("rate")],
+                     pydantic.Discriminator(lambda v: "rate" if isinstance(v, (dict, BandRate)) else "threshold")]
+
+
+def _check_bands(v: dict[str, BandSpec]) -> dict[str, BandSpec]:
+    # Bands are ordered by threshold (a rate's falls as the rate grows): a higher band has the higher threshold
+    # and lower rate. A rate meets a threshold only on an intent's reference: see models/bands.py for ties.
+    if "approve" in v:
+        raise ValueError("'approve' is the band below every threshold; it takes no threshold")
+    for kind, values in (("threshold", [s for s in v.values() if isinstance(s, float)]),
+                         ("rate", [s.rate for s in v.values() if isinstance(s, BandRate)])):
+        if len(set(values)) != len(values):
+            raise ValueError(f"two bands share a {kind}")
     return v
+
+
+BandSet = Annotated[dict[str, BandSpec], pydantic.AfterValidator(_check_bands)]
 
 
 class BandPeriod(_Frozen):
@@ -144,12 +161,7 @@ class BandPeriod(_Frozen):
     period's from_time. from_time None: from the start of time."""
 
     from_time: int | None = Field(None, ge=0)
-    bands: dict[str, float] = Field(default_factory=dict)
-
-    @field_validator("bands")
-    @classmethod
-    def _bands(cls, v: dict[str, float]) -> dict[str, float]:
-        return _check_bands(v)
+    bands: BandSet = Field(default_factory=dict)
 
 
 class TenantConfig(_Frozen):
@@ -158,8 +170,8 @@ class TenantConfig(_Frozen):
     tenant_id: str
     intents: tuple[str, ...] = Field(min_length=1)
     default_intent: str | None = None
-    # Named bands on the reference scale: the band is the highest threshold reached, else "approve".
-    bands: dict[str, float] = Field(default_factory=dict)
+    # Named bands, a threshold on the reference scale or {rate = r}: the highest reached, else "approve".
+    bands: BandSet = Field(default_factory=dict)
     output_topic: str | None = None
     pinned_versions: dict[str, int] = Field(default_factory=dict)
     suspended: bool = False
@@ -174,11 +186,6 @@ class TenantConfig(_Frozen):
         if not _ID_RE.match(v):
             raise ValueError("tenant_id must be 1-64 letters, digits, '_' or '-'")
         return v
-
-    @field_validator("bands")
-    @classmethod
-    def _bands(cls, v: dict[str, float]) -> dict[str, float]:
-        return _check_bands(v)
 
     @field_validator("band_timeline")
     @classmethod

@@ -20,46 +20,45 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from muse_stream.config import BandPeriod, Settings, TenantConfig
+from muse_stream.config import BandPeriod, BandRate, Settings, TenantConfig
 from muse_stream.errors import ConfigError
 from muse_stream.kafka.table import fenced_write, read_table
 from muse_stream.kafka.watermark import effective_time
+from muse_stream.models.bands import Bands, ReferenceLookup, band_table, format_bands, resolve_bands
+from muse_stream.models.quantile import ReferenceDistribution
 
 logger = logging.getLogger(__name__)
 
 
-class Bands:
-    """A tenant's bands as sorted arrays, so a batch of scores gets its bands with one searchsorted."""
-
-    def __init__(self, bands: dict[str, float]) -> None:
-        items = sorted(bands.items(), key=lambda kv: kv[1])
-        self.thresholds = np.array([v for _, v in items], dtype=np.float64)
-        self.names = ["approve"] + [k for k, _ in items]
-
-    def assign(self, scores: np.ndarray) -> np.ndarray:
-        """Index into `names` for each score: the highest band whose threshold the score reaches."""
-        return np.searchsorted(self.thresholds, scores, side="right")
-
-
 class BandTimeline:
-    """A tenant's bands over event time: period k applies to event times in [starts[k-1], starts[k])."""
+    """A tenant's bands over event time: period k applies to event times in [starts[k-1], starts[k]). Rate bands
+    resolve per intent, through the intent's reference, once per reference (it never moves)."""
 
     def __init__(self, cfg: TenantConfig) -> None:
         periods = cfg.band_periods()
         self.starts = np.array([p.from_time for p in periods[1:]], dtype=np.int64)
-        self.bands = [Bands(p.bands) for p in periods]
+        self.specs = [p.bands for p in periods]
+        self.has_rates = any(isinstance(s, BandRate) for p in periods for s in p.bands.values())
+        self._resolved: dict[str, tuple[ReferenceDistribution | None, list[Bands]]] = {}
 
-    def groups(self, event_times: np.ndarray) -> list[tuple[Bands, np.ndarray | None]]:
+    def bands(self, intent: str, reference: ReferenceDistribution | None) -> list[Bands]:
+        """Each period's Bands on `intent`'s reference scale."""
+        hit = self._resolved.get(intent)
+        if hit is None or hit[0] is not reference:
+            hit = self._resolved[intent] = (reference, [Bands(resolve_bands(s, reference)) for s in self.specs])
+        return hit[1]
+
+    def groups(self, bands: list[Bands], event_times: np.ndarray) -> list[tuple[Bands, np.ndarray | None]]:
         if not len(self.starts):
-            return [(self.bands[0], None)]
+            return [(bands[0], None)]
         t = np.asarray(event_times, dtype=np.int64)
         if not t.size:
-            return [(self.bands[-1], None)]
+            return [(bands[-1], None)]
         first, last = np.searchsorted(self.starts, [t.min(), t.max()], side="right").tolist()
         if first == last:  # the whole batch falls in one period: the usual case
-            return [(self.bands[first], None)]
+            return [(bands[first], None)]
         period = np.searchsorted(self.starts, t, side="right")
-        return [(self.bands[k], np.flatnonzero(period == k)) for k in np.unique(period).tolist()]
+        return [(bands[k], np.flatnonzero(period == k)) for k in np.unique(period).tolist()]
 
 
 def _first_error(e: ValidationError) -> str:
@@ -72,14 +71,16 @@ class TenantRegistry:
     """tenant_id -> TenantConfig, updated between batches from the tenants topic."""
 
     def __init__(self, settings: Settings, tenants: dict[str, TenantConfig] | None = None, *,
-                 log_changes: bool = True) -> None:
+                 log_changes: bool = True, references: ReferenceLookup | None = None) -> None:
         self._settings = settings
+        # intent -> its reference distribution (None while it has none), to resolve rate bands; the worker
+        # passes a ReferenceCache over its ModelRegistry's references.
+        self._references: ReferenceLookup = references or (lambda intent: None)
         self._log = logger.info if log_changes else logger.debug
         self._warn = logger.warning if log_changes else logger.debug
         self.tenants: dict[str, TenantConfig] = dict(tenants or {})
         self._timelines = {t: BandTimeline(c) for t, c in self.tenants.items()}
-        # The newest bands of each tenant (its timeline's last period), for telemetry and drift.
-        self.bands: dict[str, Bands] = {t: tl.bands[-1] for t, tl in self._timelines.items()}
+        self._unresolved_warned: set[tuple[str, str]] = set()
         # output topic -> the tenant whose it is: the first claim holds, a later one is refused.
         self._claims: dict[str, str] = {settings.output_topic(c): t for t, c in self.tenants.items()}
         self.refused: dict[str, str] = {}  # tenant -> why its latest refused record was refused
@@ -94,7 +95,6 @@ class TenantRegistry:
             cfg = self.tenants.pop(tid, None)
             if cfg is not None:
                 self._claims.pop(self._settings.output_topic(cfg), None)
-                self.bands.pop(tid, None)
                 self._timelines.pop(tid, None)
                 self.version += 1
                 self._log("tenant %s removed", tid)
@@ -117,11 +117,11 @@ class TenantRegistry:
                 self._claims.pop(self._settings.output_topic(prev), None)
             self._claims[self._settings.output_topic(cfg)] = tid
             self.tenants[tid] = cfg
-            tl = self._timelines[tid] = BandTimeline(cfg)
-            self.bands[tid] = tl.bands[-1]
+            self._timelines[tid] = BandTimeline(cfg)
             self.version += 1
             since = cfg.band_periods()[-1].from_time
-            self._log("tenant %s updated: intents=%s bands=%s%s suspended=%s", tid, list(cfg.intents), cfg.bands,
+            self._log("tenant %s updated: intents=%s bands=%s%s suspended=%s", tid, list(cfg.intents),
+                      format_bands(cfg.bands),
                       f" from event time {since}" if since is not None else "", cfg.suspended)
         return cfg
 
@@ -159,13 +159,43 @@ class TenantRegistry:
         """Every (intent, version) a tenant pins: the model registry keeps them loaded."""
         return {(i, v) for cfg in self.tenants.values() for i, v in cfg.pinned_versions.items()}
 
-    def band_groups(self, tenant_id: str, event_times: np.ndarray) -> list[tuple[Bands, np.ndarray | None]]:
-        """The bands in force for each of a tenant's events, by event time: (bands, row indices) pairs, where
-        None means every row. One pair unless a band change falls inside the batch's event times."""
-        return self._timelines[tenant_id].groups(event_times)
+    def band_groups(self, tenant_id: str, intent: str,
+                    event_times: np.ndarray) -> list[tuple[Bands, np.ndarray | None]]:
+        """The bands in force for each of a tenant's events of one intent, by event time, as thresholds on the
+        intent's reference scale: (bands, row indices) pairs, where None means every row. One pair unless a
+        band change falls inside the batch's event times."""
+        tl = self._timelines[tenant_id]
+        return tl.groups(self._bands_of(tl, tenant_id, intent), event_times)
+
+    def latest_bands(self, tenant_id: str, intent: str) -> Bands | None:
+        """The tenant's newest bands (its timeline's last period) on `intent`'s scale, for telemetry and drift."""
+        tl = self._timelines.get(tenant_id)
+        return None if tl is None else self._bands_of(tl, tenant_id, intent)[-1]
+
+    def _bands_of(self, tl: BandTimeline, tenant_id: str, intent: str) -> list[Bands]:
+        ref = self._references(intent)
+        if ref is None and tl.has_rates and (tenant_id, intent) not in self._unresolved_warned:
+            self._unresolved_warned.add((tenant_id, intent))
+            self._warn("tenant %s: intent %s has no reference distribution yet, so its rate bands have no "
+                       "threshold and are left out (nothing was published for the intent)", tenant_id, intent)
+        return tl.bands(intent, ref)
+
+    def describe_bands(self, tenant_id: str, intent: str) -> list[dict]:
+        """describe_bands of the tenant's current record on `intent`, with the registry's reference."""
+        return describe_bands(self.tenants[tenant_id], intent, self._references(intent))
 
     def output_topic(self, tenant_id: str) -> str:
         return self._settings.output_topic(self.tenants[tenant_id])
+
+
+def describe_bands(cfg: TenantConfig, intent: str, reference: ReferenceDistribution | None) -> list[dict]:
+    """The tenant's current bands as they act on one intent: one dict per band, lowest threshold first, with
+    name, spec (as given: a threshold or {"rate": r}), text (`1%` or `0.995`), threshold (on the intent's
+    reference scale) and reference_rate (the share of the intent's reference population at or above it).
+    threshold is None for a rate band while the intent has no reference; reference_rate None without one."""
+    if intent not in cfg.intents:
+        raise ConfigError(f"tenant {cfg.tenant_id} does not use intent {intent!r} (intents: {list(cfg.intents)})")
+    return band_table(cfg.bands, reference)
 
 
 def _registry(settings: Settings, rows) -> TenantRegistry:
@@ -175,8 +205,17 @@ def _registry(settings: Settings, rows) -> TenantRegistry:
     return reg
 
 
+def read_tenant_registry(settings: Settings, references: ReferenceLookup | None = None) -> TenantRegistry:
+    """The tenants topic as a quiet registry (refusals in `refused`, not logged: every command reads the whole
+    topic, and an old refused record is news only once, to the workers)."""
+    reg = _registry(settings, read_table(settings, settings.topics.tenants))
+    if references is not None:
+        reg._references = references
+    return reg
+
+
 def read_tenants(settings: Settings) -> dict[str, TenantConfig]:
-    return _registry(settings, read_table(settings, settings.topics.tenants)).tenants
+    return read_tenant_registry(settings).tenants
 
 
 def with_bands_from(prev: TenantConfig | None, new: TenantConfig, from_time: int | None) -> TenantConfig:
@@ -251,9 +290,25 @@ def _write(settings: Settings, tenants: list[TenantConfig], effective_at: int | 
             continue
         written.append(rec)
         if prev is not None and prev.bands != rec.bands:
-            logger.info("tenant %s: bands %s from event time %s", rec.tenant_id, rec.bands,
+            logger.info("tenant %s: bands %s from event time %s", rec.tenant_id, format_bands(rec.bands),
                         rec.band_periods()[-1].from_time or "0 (every event)")
     return written
+
+
+def remove_tenant(settings: Settings, tenant_id: str) -> TenantConfig:
+    """Write a tombstone for the tenant, under its fence; returns the record it removed. From then on its events
+    are dead-lettered as unknown_tenant, and once the topic compacts its band history is gone, so a replay of
+    its earlier events dead-letters them too. Its decision topic is left as it is."""
+
+    def step(rows) -> tuple[list[tuple[bytes, bytes | None]], TenantConfig | None]:
+        prev = _registry(settings, rows).tenants.get(tenant_id)
+        return ([(tenant_id.encode(), None)] if prev is not None else []), prev
+
+    prev = fenced_write(settings, settings.topics.tenants, tenant_transactional_id(settings, tenant_id), step,
+                        what=f"tenant {tenant_id}")
+    if prev is None:
+        raise ConfigError(f"tenant {tenant_id!r} is not on {settings.topics.tenants}; nothing was written")
+    return prev
 
 
 def seed_tenants(settings: Settings) -> int:

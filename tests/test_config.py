@@ -48,7 +48,7 @@ def test_bootstrap_override(tmp_path: Path, monkeypatch):
 
 
 def test_tenant_validation():
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match="bands.review.threshold"):
         TenantConfig(tenant_id="a", intents=("x",), bands={"review": 1.5})
     with pytest.raises(ValueError, match="default_intent"):
         TenantConfig(tenant_id="a", intents=("x",), default_intent="y")

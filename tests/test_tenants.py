@@ -31,7 +31,7 @@ def _cfg(bands: dict, timeline: tuple = ()) -> TenantConfig:
 def _bands_at(reg: TenantRegistry, times: list[int], tid: str = "acme") -> list[dict[str, float]]:
     """The bands in force for each event time, as the scorer gets them from band_groups."""
     out: list = [None] * len(times)
-    for bands, rows in reg.band_groups(tid, np.array(times, dtype=np.int64)):
+    for bands, rows in reg.band_groups(tid, "card_fraud", np.array(times, dtype=np.int64)):
         for i in range(len(times)) if rows is None else rows.tolist():
             out[i] = dict(zip(bands.names[1:], bands.thresholds.tolist()))
     return out
@@ -59,21 +59,21 @@ def test_timeline_validation():
         _cfg(NEW, (BandPeriod(bands=OLD), BandPeriod(from_time=9, bands=OLD), BandPeriod(from_time=9, bands=NEW)))
     with pytest.raises(ValueError, match="last period"):
         _cfg(OLD, (BandPeriod(bands=OLD), BandPeriod(from_time=9, bands=NEW)))
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match=r"bands.review.threshold\n.*less than or equal to 1"):
         BandPeriod(bands={"review": 2.0})
 
 
 def test_band_groups_split_a_batch_at_the_change():
     reg = _registry(_cfg(NEW, (BandPeriod(bands=OLD), BandPeriod(from_time=T0 + 10, bands=NEW))))
     # All before, all after: one group for every row.
-    [(b, rows)] = reg.band_groups("acme", np.array([T0, T0 + 9]))
+    [(b, rows)] = reg.band_groups("acme", "card_fraud", np.array([T0, T0 + 9]))
     assert rows is None and b.names == ["approve", "review", "decline"]
-    [(b, rows)] = reg.band_groups("acme", np.array([T0 + 10, T0 + 99]))
+    [(b, rows)] = reg.band_groups("acme", "card_fraud", np.array([T0 + 10, T0 + 99]))
     assert rows is None and b.names == ["approve", "review"]
     # Straddling: rows split by event time, the change's own time on the new side.
-    groups = reg.band_groups("acme", np.array([T0 + 12, T0 + 3, T0 + 10, T0 + 9]))
+    groups = reg.band_groups("acme", "card_fraud", np.array([T0 + 12, T0 + 3, T0 + 10, T0 + 9]))
     assert sorted((g.names[-1], rows.tolist()) for g, rows in groups) == [("decline", [1, 3]), ("review", [0, 2])]
-    assert reg.bands["acme"].names == ["approve", "review"]  # the newest bands, for telemetry
+    assert reg.latest_bands("acme", "card_fraud").names == ["approve", "review"]  # the newest bands, for telemetry
 
 
 def test_with_bands_from_keeps_history_and_replaces_what_follows():

@@ -88,7 +88,8 @@ def range_events(batches: Iterable[list], intent: str, tenants: Mapping[str, Ten
         groups, refused = admit_batch(batch, router, max_event_bytes)
         dead.update(r.reason.value for _, r in refused)
         for model, (msgs, evs) in groups.items():
-            x, kept, rejected = model_matrix([ev.features for ev in evs], model.features, max_abs_feature)
+            x, kept, rejected = model_matrix([ev.features for ev in evs], model.features, max_abs_feature,
+                                           model.unknown)
             dead.update(r.reason.value for _, r in rejected)
             if kept is not None:
                 msgs, evs = [msgs[i] for i in kept.tolist()], [evs[i] for i in kept.tolist()]
@@ -227,13 +228,15 @@ def run_backtest(settings: Settings, *, intent: str, candidate: str, start: Boun
     e_tids, e_inc, e_raw, e_cand = tids[ev_rows], inc_served[ev_rows], cand_raw[ev_rows], c_served[ev_rows]
     e_y, e_times = None if y is None else y[ev_rows], times[ev_rows]
     result["distance"] = {"ks": ks_distance(e_inc, e_cand), "psi": psi(e_inc, e_cand)}
-    band_reg = TenantRegistry(settings, dict(tenants), log_changes=False)
+    # Rate bands resolve through the intent's reference, as live resolves them.
+    band_reg = TenantRegistry(settings, dict(tenants), log_changes=False,
+                              references=lambda i: reference if i == intent else None)
     for tid in sorted(set(e_tids.tolist())):
         rows = np.flatnonzero(e_tids == tid)
         entry = {"tenant_id": tid, "events": int(rows.size),
                  "ks": ks_distance(e_inc[rows], e_cand[rows]), "psi": psi(e_inc[rows], e_cand[rows]), "bands": []}
         # Each event against the bands in force at its event time, as live judged it.
-        for bands, sel in band_sets(band_reg, tid, e_times[rows]):
+        for bands, sel in band_sets(band_reg, tid, intent, e_times[rows]):
             r = rows[sel]
             entry["bands"] += _band_rows(bands, e_times[r], e_inc[r], e_raw[r], e_cand[r],
                                          None if e_y is None else e_y[r])
@@ -242,11 +245,12 @@ def run_backtest(settings: Settings, *, intent: str, candidate: str, start: Boun
     return result
 
 
-def band_sets(tenants: TenantRegistry, tenant_id: str, event_times: np.ndarray) -> list[tuple[Bands, np.ndarray]]:
+def band_sets(tenants: TenantRegistry, tenant_id: str, intent: str,
+              event_times: np.ndarray) -> list[tuple[Bands, np.ndarray]]:
     """A tenant's events grouped by the band set in force at their event times: (bands, row indices), in
     order of first use. Periods with equal bands (a change and its undoing) are one set."""
     sets: dict[tuple, tuple[Bands, list[np.ndarray]]] = {}
-    for bands, idx in tenants.band_groups(tenant_id, event_times):
+    for bands, idx in tenants.band_groups(tenant_id, intent, event_times):
         key = (tuple(bands.names), bands.thresholds.tobytes())
         sets.setdefault(key, (bands, []))[1].append(np.arange(len(event_times)) if idx is None else idx)
     return [(bands, np.sort(np.concatenate(parts))) for bands, parts in sets.values()]

@@ -17,6 +17,7 @@ from muse_stream.kafka.clients import producer_config
 from muse_stream.kafka.producer import OutputProducer
 from muse_stream.kafka.ranges import Bound, RangeReader
 from muse_stream.kafka.topics import TopicSpec, create_topics, existing_topics
+from muse_stream.models.bands import ReferenceCache
 from muse_stream.models.store import read_models
 from muse_stream.scoring.deadletter import write_dead_letters
 from muse_stream.scoring.scorer import BatchScorer
@@ -62,7 +63,8 @@ def run_replay(settings: Settings, *, start: Bound, end: Bound, run_id: str | No
     if any(t.startswith(f"{prefix}{run_id}.") for t in existing_topics(settings)):
         raise ConfigError(f"replay run {run_id!r} already has topics; choose another --run-id")
     models = read_models(settings, load=True)
-    registry = TenantRegistry(settings, tenants, log_changes=False)
+    registry = TenantRegistry(settings, tenants, log_changes=False,
+                              references=ReferenceCache(lambda: models.references))  # rate bands, as live
     scorer = BatchScorer(registry, models, max_abs_feature=settings.runtime.max_abs_feature,
                          max_event_bytes=settings.runtime.max_event_bytes,
                          output_topic=lambda tid: f"{dec_prefix}{tid}", intents=settings.intents)

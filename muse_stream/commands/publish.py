@@ -74,7 +74,11 @@ def _print_report(rep, state: str) -> None:
     print(f"published {rep.record.name} ({state}); transform "
           f"{'aligned to ' + rep.aligned_to if rep.aligned_to else 'onto the fixed reference'}")
     if rep.rows:
-        print(f"{'tenant':16} {'band':10} {'thr':>7} {'incumbent':>10} {'new raw':>9} {'new':>9}   (alert rate on the calibration set)")
-        for tid, band, thr, inc, raw, new in rep.rows:
-            inc_s = "-" if inc is None else f"{inc:.4%}"
-            print(f"{tid:16} {band:10} {thr:7.4f} {inc_s:>10} {raw:9.4%} {new:9.4%}")
+        # Each band as given, as a threshold on the reference scale, and the share of the reference population
+        # at or above it; then the alert rates on the calibration set.
+        print(f"{'tenant':16} {'band':10} {'given':>8} {'threshold':>10} {'ref rate':>9} {'incumbent':>10} "
+              f"{'new raw':>9} {'new':>9}   (alert rate on the calibration set)")
+        for r in rep.rows:
+            inc_s = "-" if r.incumbent is None else f"{r.incumbent:.4%}"
+            print(f"{r.tenant:16} {r.band:10} {r.spec:>8} {r.threshold:10.6g} {r.reference_rate:9.4%} {inc_s:>10} "
+                  f"{r.raw:9.4%} {r.new:9.4%}")

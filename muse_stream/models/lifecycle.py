@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from muse_stream.config import Settings, TenantConfig
 from muse_stream.errors import DataError, ModelError, TransformError
+from muse_stream.models.bands import band_table
 from muse_stream.models.probe import check_probabilities, predict
 from muse_stream.models.quantile import ReferenceDistribution
 from muse_stream.models.records import VersionRecord
@@ -62,7 +64,32 @@ def served_scores(model, x: np.ndarray, tenant_ids: np.ndarray | None) -> np.nda
 class PublishReport:
     record: VersionRecord
     aligned_to: str | None
-    rows: list[tuple[str, str, float, float | None, float, float]]  # tenant, band, thr, incumbent, raw, new
+    rows: list[BandRow]
+
+
+class BandRow(NamedTuple):
+    """One tenant band in a publish report: as given, as a threshold on the intent's reference scale, the share
+    of the reference population at or above it, and the alert rates on the calibration set."""
+
+    tenant: str
+    band: str
+    spec: str  # as given: `1%` (a rate) or `0.995` (a threshold)
+    threshold: float
+    reference_rate: float
+    incumbent: float | None
+    raw: float
+    new: float
+
+
+def _band_rows(tenant: TenantConfig, reference: ReferenceDistribution, mask: np.ndarray, inc: np.ndarray | None,
+               raw: np.ndarray, new: np.ndarray) -> list[BandRow]:
+    rows = []
+    for b in band_table(tenant.bands, reference):
+        thr = b["threshold"]
+        rows.append(BandRow(tenant.tenant_id, b["name"], b["text"], thr, b["reference_rate"],
+                            None if inc is None else float(np.mean(inc[mask] >= thr)),
+                            float(np.mean(raw[mask] >= thr)), float(np.mean(new[mask] >= thr))))
+    return rows
 
 
 def publish_from_files(settings: Settings, *, intent: str, booster_path: str | Path, calibration_path: str | Path,
@@ -128,10 +155,7 @@ def publish_from_files(settings: Settings, *, intent: str, booster_path: str | P
             continue
         mask = np.ones(len(x), bool) if tenant_ids is None or not (tenant_ids == t.tenant_id).any() \
             else tenant_ids == t.tenant_id
-        for band, thr in sorted(t.bands.items(), key=lambda kv: kv[1]):
-            rows.append((t.tenant_id, band, thr,
-                         None if inc_scores is None else float(np.mean(inc_scores[mask] >= thr)),
-                         float(np.mean(raw[mask] >= thr)), float(np.mean(new_scores[mask] >= thr))))
+        rows += _band_rows(t, reference, mask, inc_scores, raw, new_scores)
     return PublishReport(rec, metadata["aligned_to"], rows)
 
 
@@ -176,8 +200,9 @@ def publish_from_shadow(settings: Settings, *, intent: str, version: int, window
     # Refit with the same posterior correction the version was published with.
     prior = {k: rec.transform.get("correction", {}).get(k)
              for k in ("negative_sampling_rate", "train_prevalence", "prod_prevalence")}
+    reference = ReferenceDistribution.from_dict(ref_rec.reference)
     st, _ = fit_score_transform(
-        win["shadow_raw"], reference=ReferenceDistribution.from_dict(ref_rec.reference),
+        win["shadow_raw"], reference=reference,
         incumbent_ref_scores=win["incumbent"], tenant_ids=win["tenants"], min_tenant_events=min_tenant_events,
         **prior)
     new_scores = st.apply(win["shadow_raw"], win["tenants"])
@@ -193,8 +218,6 @@ def publish_from_shadow(settings: Settings, *, intent: str, version: int, window
         mask = win["tenants"] == t.tenant_id
         if not mask.any():
             continue
-        for band, thr in sorted(t.bands.items(), key=lambda kv: kv[1]):
-            rows.append((t.tenant_id, band, thr, float(np.mean(win["incumbent"][mask] >= thr)),
-                         float(np.mean(win["shadow_raw"][mask] >= thr)), float(np.mean(new_scores[mask] >= thr))))
+        rows += _band_rows(t, reference, mask, win["incumbent"], win["shadow_raw"], new_scores)
     return PublishReport(new, "the incumbent on the shadow window", rows)
 

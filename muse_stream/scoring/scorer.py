@@ -152,7 +152,7 @@ class BatchScorer:
         """Each of a tenant's rows' band, JSON-encoded, from the bands in force at its event time; one
         ScoredGroup per set of bands (one, unless the tenant's bands changed within the batch's event times)."""
         band_json = np.empty(len(scores), dtype=object)
-        for bands, idx in self.tenants.band_groups(tid, times):
+        for bands, idx in self.tenants.band_groups(tid, intent, times):
             sel = slice(None) if idx is None else idx
             assigned = bands.assign(scores[sel])
             out.groups.append(ScoredGroup(tid, intent, model_name, scores[sel], assigned, bands.names, times[sel]))

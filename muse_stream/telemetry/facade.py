@@ -202,7 +202,6 @@ class Telemetry:
 
     def _groups(self, groups, now: float, now_ms: float) -> None:
         hub = self.hub
-        bands_of = self.worker.tenants.bands
         band_table = hub.band_decisions
         times = [g.event_times for g in groups if len(g.event_times)]
         if times:
@@ -219,7 +218,7 @@ class Telemetry:
             for i in np.flatnonzero(counts).tolist():
                 band_table.add((tid, g.intent, names[i]), int(counts[i]))
             if self.drift is not None:
-                bands = bands_of.get(tid)
+                bands = self.worker.tenants.latest_bands(tid, g.intent)  # rate bands: on this intent's scale
                 if bands is not None and list(bands.names) == list(names):
                     self.drift.add(
                         tid, g.intent, g.model_name, g.scores, counts, names, bands.thresholds, now

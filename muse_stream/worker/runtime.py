@@ -21,6 +21,7 @@ from muse_stream.kafka.loop import LoopHooks, LoopSettings, LoopStats, StreamLoo
 from muse_stream.kafka.producer import OutputProducer
 from muse_stream.kafka.table import TopicTable
 from muse_stream.kafka.topics import TopicSpec, create_topics
+from muse_stream.models.bands import ReferenceCache
 from muse_stream.models.registry import ModelRegistry
 from muse_stream.scoring.deadletter import write_dead_letters
 from muse_stream.scoring.scorer import BatchOutput, BatchScorer
@@ -88,7 +89,8 @@ class Worker:
         self.slot = slot
         self.stop_event = stop or threading.Event()
         self.stats = WorkerStats()
-        self.tenants = TenantRegistry(settings)
+        # Rate bands resolve through each intent's reference, read from the models topic.
+        self.tenants = TenantRegistry(settings, references=ReferenceCache(lambda: self.models.references))
         self.models = ModelRegistry(pins=self.tenants.pinned_versions)  # pinned versions stay loaded
         self.shadow = ShadowScorer(settings, self.models)
         self.scorer = BatchScorer(self.tenants, self.models, max_abs_feature=settings.runtime.max_abs_feature,

@@ -51,9 +51,10 @@ def test_band_sets_group_a_tenant_s_events_by_the_bands_in_force_at_their_event_
     cfg = TenantConfig(tenant_id="acme", intents=("card",), bands=old, band_timeline=(
         BandPeriod(bands=old), BandPeriod(from_time=100, bands=new), BandPeriod(from_time=200, bands=old)))
     reg = TenantRegistry(Settings(), {"acme": cfg}, log_changes=False)
-    sets = band_sets(reg, "acme", np.array([10, 150, 250, 120, 50, 199, 200]))
+    sets = band_sets(reg, "acme", "card", np.array([10, 150, 250, 120, 50, 199, 200]))
     got = [(dict(zip(b.names[1:], b.thresholds.tolist())), rows.tolist()) for b, rows in sets]
     # A change and its undoing: one set, whichever period its events fall in.
     assert got == [(old, [0, 2, 4, 6]), (new, [1, 3, 5])]
-    one = band_sets(TenantRegistry(Settings(), TENANTS, log_changes=False), "acme", np.array([5, 1, 3]))
+    one = band_sets(TenantRegistry(Settings(), TENANTS, log_changes=False), "acme", "card",
+                    np.array([5, 1, 3]))
     assert [(b.names, rows.tolist()) for b, rows in one] == [(["approve", "review"], [0, 1, 2])]

@@ -122,11 +122,11 @@ class _BandChangeAt50(TenantRegistry):
 
     EARLY = Bands({"early": 0.0})
 
-    def band_groups(self, tenant_id, event_times):
+    def band_groups(self, tenant_id, intent, event_times):
         if tenant_id != "acme":
-            return super().band_groups(tenant_id, event_times)
+            return super().band_groups(tenant_id, intent, event_times)
         early = np.flatnonzero(event_times < 50)
-        return [(self.EARLY, early), (self.bands["acme"], np.flatnonzero(event_times >= 50))]
+        return [(self.EARLY, early), (self.latest_bands("acme", intent), np.flatnonzero(event_times >= 50))]
 
 
 def test_tenant_maps_and_bands_changing_within_a_batch():

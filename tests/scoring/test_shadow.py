@@ -51,8 +51,8 @@ def test_shadow_scores_beside_the_active_version_and_publishes_from_its_window(s
     reg = read_models(s)
     assert rep.record.version == 3 and reg.active_version("card_fraud") == 3
     assert reg.versions[("card_fraud", 3)].booster_sha256 == reg.versions[("card_fraud", 2)].booster_sha256
-    for tid, band, thr, inc_rate, raw_rate, new_rate in rep.rows:
-        assert abs(new_rate - inc_rate) <= max(0.1 * inc_rate, 0.002), (tid, band, inc_rate, new_rate)
+    for r in rep.rows:
+        assert abs(r.new - r.incumbent) <= max(0.1 * r.incumbent, 0.002), r
 
 
 def test_parse_duration():
