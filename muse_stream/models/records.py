@@ -88,6 +88,9 @@ class VersionRecord(_Rec):
     transform: dict  # ScoreTransform.to_dict()
     metadata: dict = Field(default_factory=dict)
     created_at: int
+    # FeatureContract.to_dict(): each feature's range and missing rate on the calibration data. None on records
+    # written before contracts existed, or by hand: such a version scores as before, with no drift check.
+    feature_contract: dict | None = None
 
     @property
     def name(self) -> str:

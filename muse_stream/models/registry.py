@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from muse_stream.config import IntentConfig
 from muse_stream.errors import ModelError, MuseError
+from muse_stream.models.feature_contract import FeatureContract, UnknownFeatures
 from muse_stream.models.records import (
     ActivationRecord,
     ReferenceRecord,
@@ -36,6 +38,13 @@ class LoadedModel:
     booster: object  # xgboost.Booster
     transform: object  # transform.ScoreTransform
     record: VersionRecord = field(repr=False)
+    contract: FeatureContract | None = field(default=None, repr=False)  # None: the record has none
+    # The intent's policy for event features this version does not know; the registry sets its intents' own.
+    unknown: UnknownFeatures = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.unknown is None:
+            self.unknown = UnknownFeatures(self.intent)
 
     @property
     def name(self) -> str:
@@ -65,7 +74,13 @@ def load_version(record: VersionRecord, *, nthread: int = 1) -> LoadedModel:
         raise ModelError(f"{record.name}: transform is invalid: {e}") from None
     except (KeyError, TypeError, ValueError) as e:
         raise ModelError(f"{record.name}: transform is invalid: {e!r}"[:300]) from None
-    return LoadedModel(record.intent, record.version, record.features, booster, transform, record)
+    contract = None
+    if record.feature_contract is not None:
+        try:
+            contract = FeatureContract.from_dict(record.feature_contract, record.features)
+        except ModelError as e:
+            raise ModelError(f"{record.name}: {e}") from None
+    return LoadedModel(record.intent, record.version, record.features, booster, transform, record, contract)
 
 
 def check_feature_names(name: str, features: Sequence[str], booster_names: Sequence[str] | None) -> None:
@@ -93,9 +108,15 @@ class ModelRegistry:
     """Everything on the models topic, and the loaded versions the scoring loop needs."""
 
     def __init__(self, *, load: bool = True, nthread: int = 1,
-                 pins: Callable[[], Iterable[tuple[str, int]]] | None = None) -> None:
+                 pins: Callable[[], Iterable[tuple[str, int]]] | None = None,
+                 intents: Iterable[IntentConfig] = ()) -> None:
         self._load = load
         self._nthread = nthread
+        # Per intent, its unknown_features policy (config.IntentConfig; an intent not configured: reject), one
+        # object per intent handed to each loaded version of it; `ignored_features` is their shared tally.
+        self.ignored_features: dict[tuple[str, str], int] = {}
+        self._unknown = {i.name: UnknownFeatures(i.name, i.unknown_features == "reject", self.ignored_features)
+                         for i in intents}
         # The (intent, version) pairs tenants pin (tenants.TenantRegistry.pinned_versions): kept loaded.
         self._pins = pins or (lambda: ())
         self.versions: dict[tuple[str, int], VersionRecord] = {}
@@ -216,8 +237,16 @@ class ModelRegistry:
         except ModelError as e:
             self.refused[ident] = str(e)
             raise
+        m.unknown = self.unknown_features(intent)
         self.loaded[ident] = m
         return m
+
+    def unknown_features(self, intent: str) -> UnknownFeatures:
+        """The intent's policy for event features its versions do not know."""
+        policy = self._unknown.get(intent)
+        if policy is None:
+            policy = self._unknown[intent] = UnknownFeatures(intent, True, self.ignored_features)
+        return policy
 
     def active_version(self, intent: str) -> int | None:
         a = self.activations.get(intent)

@@ -39,7 +39,7 @@ def now_ms() -> int:
 
 def read_models(settings: Settings, *, load: bool = False) -> ModelRegistry:
     """The models topic as it is now (boosters not loaded unless asked)."""
-    return _registry(read_table(settings, settings.topics.models), load=load)
+    return _registry(read_table(settings, settings.topics.models), load=load, intents=settings.intents)
 
 
 def intent_transactional_id(settings: Settings, intent: str) -> str:
@@ -47,8 +47,8 @@ def intent_transactional_id(settings: Settings, intent: str) -> str:
     return f"muse-models-{settings.topics.models}-{intent}"
 
 
-def _registry(rows, *, load: bool = False) -> ModelRegistry:
-    reg = ModelRegistry(load=load)
+def _registry(rows, *, load: bool = False, intents=()) -> ModelRegistry:
+    reg = ModelRegistry(load=load, intents=intents)  # the intents' unknown_features policies, as workers apply them
     for k, v in rows:
         reg.apply(k, v)
     return reg

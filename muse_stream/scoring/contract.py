@@ -1,15 +1,17 @@
 """The input event contract: what an event must be to be scored, and the reason it is dead-lettered if not.
 
 Every path that reads input events goes through this module, so they score exactly the same events: the
-live scorer and replays (both through BatchScorer) and the backtest. The contract has three steps:
+live scorer and replays (both through BatchScorer) and the backtest. The contract has four steps:
 
 1. ``parse_event``, per event: size, JSON, shape, field types and ranges, every feature a number or null
    (null is a missing value, NaN);
 2. ``Router.admit``, per event (``admit_batch`` runs steps 1 and 2 over a batch and groups it by version): the tenant's rules (registered, not suspended, intent allowed or a default),
    its pinned version or the intent's activation timeline at the event's time, and a version that loads;
 3. ``model_matrix``, per group of events one version scores, vectorised: the version's feature matrix, with
-   the rows whose model features exceed max_abs_feature refused (float32 is what boosters take; a value
-   beyond it would turn into inf);
+   the rows refused that carry a feature the version does not know, when the intent's unknown_features
+   policy rejects them (unknown_feature; under "ignore" they are scored and the field is counted), and the
+   rows whose model features exceed max_abs_feature (float32 is what boosters take; a value beyond it would
+   turn into inf);
 4. ``model_outputs``, per group, vectorised: the version's raw scores, with the rows it cannot score refused
    as model_error (its booster raised: every row; a raw score NaN or outside [0, 1]: that row), so the
    transform only ever sees probabilities and a misbehaving model costs dead letters, not the worker.
@@ -33,6 +35,7 @@ import orjson
 
 from muse_stream.config import TenantConfig
 from muse_stream.errors import ModelError
+from muse_stream.models.feature_contract import UnknownFeatures
 from muse_stream.models.registry import LoadedModel, ModelRegistry
 from muse_stream.scoring.deadletter import Reason
 
@@ -250,15 +253,55 @@ def admit_batch(msgs: list, router: Router, max_event_bytes: int
 
 def feature_matrix(features: list[dict], names: tuple[str, ...]) -> np.ndarray:
     """Rows of feature dicts -> float64 matrix in `names` order; a missing feature is NaN."""
+    return _matrix(features, names)[0]
+
+
+def _matrix(features: list[dict], names: tuple[str, ...]) -> tuple[np.ndarray, bool]:
+    """feature_matrix, and whether every event has every one of `names` (the fast path held)."""
     n, k = len(features), len(names)
     try:
         # Fast path: every event has every model feature; itemgetter picks them in C.
         pick = operator.itemgetter(*names) if k > 1 else (lambda f, _n=names[0]: (f[_n],))
         flat = itertools.chain.from_iterable(map(pick, features))
-        return np.fromiter(flat, dtype=np.float64, count=n * k).reshape(n, k)
+        return np.fromiter(flat, dtype=np.float64, count=n * k).reshape(n, k), True
     except KeyError:
         flat = itertools.chain.from_iterable([f.get(name, _NAN) for name in names] for f in features)
-        return np.fromiter(flat, dtype=np.float64, count=n * k).reshape(n, k)
+        return np.fromiter(flat, dtype=np.float64, count=n * k).reshape(n, k), False
+
+
+def unknown_rows(features: list[dict], names: tuple[str, ...], complete: bool) -> np.ndarray:
+    """Indices of the events that carry a feature not among `names`. When every event has every one of
+    `names` (`complete`), an event has an unknown feature exactly when it has more than len(names): one len()
+    per event, in C. Otherwise each event's keys are looked up among the names (also in C, no set built)."""
+    n = len(features)
+    if complete:
+        return np.flatnonzero(np.fromiter(map(len, features), dtype=np.intp, count=n) > len(names))
+    known = frozenset(names).issuperset
+    return np.flatnonzero(~np.fromiter(map(known, features), dtype=bool, count=n))
+
+
+def check_unknown(features: list[dict], names: tuple[str, ...], complete: bool,
+                  policy: UnknownFeatures) -> dict[int, Rejection]:
+    """The intent's unknown_features policy over a group's events: under reject, {row: unknown_feature
+    rejection naming the fields}; under ignore, nothing refused and each unknown field counted in the policy's
+    tally. The names are computed only for the events that have one."""
+    rows = unknown_rows(features, names, complete)
+    if not rows.size:
+        return {}
+    known = frozenset(names)
+    extra = [sorted(features[i].keys() - known) for i in rows.tolist()]
+    if not policy.reject:
+        policy.count(itertools.chain.from_iterable(extra))
+        return {}
+    return {i: Rejection(Reason.UNKNOWN_FEATURE, _unknown_detail(fields, policy.intent, len(names)))
+            for i, fields in zip(rows.tolist(), extra)}
+
+
+def _unknown_detail(fields: list[str], intent: str, n_known: int) -> str:
+    shown = ", ".join(repr(f[:100]) for f in fields[:5]) + (f" and {len(fields) - 5} more" if len(fields) > 5 else "")
+    noun = "feature" if len(fields) == 1 else "features"
+    return (f"unknown {noun} {shown}: not among the {n_known} features of the {intent} version scoring it "
+            f"(unknown_features = \"reject\")")
 
 
 def value_limit(max_abs_feature: float) -> float:
@@ -273,21 +316,30 @@ def over_limit(x: np.ndarray, max_abs_feature: float) -> np.ndarray:
         return np.abs(x) > value_limit(max_abs_feature)
 
 
-def model_matrix(features: list[dict], names: tuple[str, ...], max_abs_feature: float
+def model_matrix(features: list[dict], names: tuple[str, ...], max_abs_feature: float,
+                 unknown: UnknownFeatures | None = None
                  ) -> tuple[np.ndarray, np.ndarray | None, list[tuple[int, Rejection]]]:
-    """Step 3 of the contract, for the events one version scores: (float32 matrix of the rows within the
-    value limit, their row indices or None when every row is, [(row, rejection)] for each row beyond it)."""
-    x = feature_matrix(features, names)
+    """Step 3 of the contract, for the events one version scores: (float32 matrix of the rows kept, their row
+    indices or None when every row is, [(row, rejection)] for each row refused, in row order).
+
+    Refused: an event with a feature the version does not know, when `unknown` (the intent's policy, the
+    version's LoadedModel.unknown) rejects them (unknown_feature: checked first, it says more than a value
+    does); an event with a model feature beyond the value limit (value_too_large). `unknown` None: no check
+    of unknown features (a matrix for analysis, not a contract decision)."""
+    x, complete = _matrix(features, names)
     over = over_limit(x, max_abs_feature)
     bad = over.any(axis=1)
-    if not bad.any():
+    why = check_unknown(features, names, complete, unknown) if unknown is not None else {}
+    if not why and not bad.any():
         return x.astype(np.float32), None, []
-    rows = np.flatnonzero(bad)
     limit = value_limit(max_abs_feature)
-    rejected = [(i, Rejection(Reason.VALUE_TOO_LARGE, f"feature {names[c]!r} magnitude exceeds {limit:g}"))
-                for i, c in zip(rows.tolist(), over[rows].argmax(axis=1).tolist())]
+    rows = np.flatnonzero(bad)
+    for i, c in zip(rows.tolist(), over[rows].argmax(axis=1).tolist()):
+        if i not in why:
+            why[i] = Rejection(Reason.VALUE_TOO_LARGE, f"feature {names[c]!r} magnitude exceeds {limit:g}")
+    bad[list(why)] = True
     kept = np.flatnonzero(~bad)
-    return x[kept].astype(np.float32), kept, rejected
+    return x[kept].astype(np.float32), kept, sorted(why.items())
 
 
 def model_outputs(model: LoadedModel, x: np.ndarray

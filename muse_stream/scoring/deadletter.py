@@ -18,6 +18,9 @@ class Reason(str, Enum):
     TENANT_SUSPENDED = "tenant_suspended"
     INTENT_NOT_ALLOWED = "intent_not_allowed"
     NO_ACTIVE_MODEL = "no_active_model"
+    # A feature the version that scores the event does not know, under the intent's unknown_features =
+    # "reject": a renamed or misspelt upstream field would otherwise be scored as a missing value, silently.
+    UNKNOWN_FEATURE = "unknown_feature"
     # The version that scores the event failed on it: its booster raised, or gave a raw score that is not a
     # probability (NaN, or outside [0, 1]). Dead-lettered so that a misbehaving model never stops the worker.
     MODEL_ERROR = "model_error"
