@@ -12,6 +12,7 @@ import numpy as np
 from muse_stream.config import Settings, TenantConfig
 from muse_stream.errors import DataError, ModelError, TransformError
 from muse_stream.models.bands import band_table
+from muse_stream.models.feature_contract import FeatureContract
 from muse_stream.models.probe import check_probabilities, predict
 from muse_stream.models.quantile import ReferenceDistribution
 from muse_stream.models.records import VersionRecord
@@ -146,7 +147,8 @@ def publish_from_files(settings: Settings, *, intent: str, booster_path: str | P
     rec = publish(settings, intent=intent, booster_bytes=bytes(booster.save_raw("ubj")), features=features,
                   transform=st.to_dict(), reference=reference.to_dict(),
                   reference_source=f"{intent} first version calibration", metadata=metadata,
-                  activate=activate, activate_at=activate_at, shadow=shadow)
+                  activate=activate, activate_at=activate_at, shadow=shadow,
+                  feature_contract=FeatureContract.from_matrix(features, x).to_dict())
     inc_scores = served_scores(incumbent, feature_matrix(table, list(incumbent.features), "calibration"),
                                tenant_ids) if incumbent is not None and _has(table, incumbent.features) else None
     rows = []
@@ -209,8 +211,11 @@ def publish_from_shadow(settings: Settings, *, intent: str, version: int, window
     booster_bytes = base64.b64decode(rec.booster_b64)
     metadata = {**rec.metadata, "from_shadow": rec.name, "shadow_window_ms": window_ms,
                 "calibration_events": int(win["shadow_raw"].size), "aligned_to": "the shadow window's incumbents"}
+    # The shadow window holds scores, not features: the version keeps the contract of the calibration data
+    # it was first published with.
     new = publish(settings, intent=intent, booster_bytes=booster_bytes, features=list(rec.features),
-                  transform=st.to_dict(), metadata=metadata, activate=activate)
+                  transform=st.to_dict(), metadata=metadata, activate=activate,
+                  feature_contract=rec.feature_contract)
     rows = []
     for t in tenants or []:
         if intent not in t.intents:

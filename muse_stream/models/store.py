@@ -64,10 +64,11 @@ def _fenced_write(settings: Settings, intent: str,
 
 
 def build_version(*, intent: str, version: int, booster_bytes: bytes, features: list[str], transform: dict,
-                  metadata: dict | None = None) -> VersionRecord:
+                  metadata: dict | None = None, feature_contract: dict | None = None) -> VersionRecord:
     rec = VersionRecord(intent=intent, version=version, features=tuple(features),
                         booster_b64=base64.b64encode(booster_bytes).decode(), booster_sha256=sha256_hex(booster_bytes),
-                        transform=transform, metadata=metadata or {}, created_at=now_ms())
+                        transform=transform, metadata=metadata or {}, created_at=now_ms(),
+                        feature_contract=feature_contract)
     load_version(rec)  # refuse here what every worker would refuse
     return rec
 
@@ -101,7 +102,8 @@ def _from_time(settings: Settings, activate_at: int | None) -> int:
 
 def publish(settings: Settings, *, intent: str, booster_bytes: bytes, features: list[str], transform: dict,
             reference: dict | None = None, reference_source: str = "", metadata: dict | None = None,
-            activate: bool = False, activate_at: int | None = None, shadow: bool = False) -> VersionRecord:
+            activate: bool = False, activate_at: int | None = None, shadow: bool = False,
+            feature_contract: dict | None = None) -> VersionRecord:
     """Publish the next version of `intent`; its reference too when the intent has none yet.
 
     Concurrent publishes of one intent never share a version number (see _fenced_write). With `activate`
@@ -116,7 +118,7 @@ def publish(settings: Settings, *, intent: str, booster_bytes: bytes, features: 
             rec = checked[0].model_copy(update={"version": version, "created_at": now_ms()})
         else:
             rec = build_version(intent=intent, version=version, booster_bytes=booster_bytes, features=features,
-                                transform=transform, metadata=metadata)
+                                transform=transform, metadata=metadata, feature_contract=feature_contract)
             checked.append(rec)
         records = [(version_key(intent, version), dump(rec))]
         if intent not in reg.references:
