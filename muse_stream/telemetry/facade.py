@@ -18,6 +18,7 @@ import numpy as np
 from muse_stream.errors import ConfigError, MuseError
 from muse_stream.models.quantile import ReferenceDistribution
 from muse_stream.telemetry.drift import DriftMonitor
+from muse_stream.telemetry.features import FeatureMonitor
 from muse_stream.telemetry.gauges import register_gauges
 from muse_stream.telemetry.health import liveness_check, readiness_check, status_document
 from muse_stream.telemetry.labels import dead_letter_labels
@@ -73,6 +74,7 @@ class Telemetry:
                 t.trace_sample_rate,
             )
         self.drift = DriftMonitor(t.drift, self._reference) if t.drift.enabled else None
+        self.features = FeatureMonitor(self.hub, t, worker.models)  # missing values, feature-contract drift
         self.alerts = SlidingCounts(t.alert_window_s)
         self._alert_bands: dict[str, tuple[str, ...]] = {}
         self._refs: dict[str, tuple[object, ReferenceDistribution | None]] = {}
@@ -156,6 +158,7 @@ class Telemetry:
         now = time.time()
         now_ms = now * 1000.0
         self._record_timestamps(msgs, now_ms)
+        self.features.on_batch(out, now)
         groups = getattr(out, "groups", None)
         if groups:
             self._groups(groups, now, now_ms)
@@ -334,7 +337,7 @@ class Telemetry:
         )
 
     def status(self) -> dict:
-        return status_document(
+        return {**status_document(
             self.snap,
             settings=self.settings,
             stats=self.worker.stats,
@@ -342,4 +345,4 @@ class Telemetry:
             started_at=self._started_at,
             health=(self.liveness(), self.readiness()),
             drift_verdicts=self.drift.verdicts.values() if self.drift else (),
-        )
+        ), "features": self.features.status()}

@@ -167,6 +167,22 @@ class MetricsHub:
             "{event}",
             "Events sent to the dead-letter topic, by tenant, intent and reason",
         )
+        # Feature telemetry (telemetry/features.py): missing values in scored matrices, and event fields an
+        # intent ignores (unknown_features = "ignore").
+        self.feature_missing = self._table(
+            m,
+            "muse_feature_missing",
+            ("tenant", "intent", "feature"),
+            "{value}",
+            "Missing values (null or absent) of a model feature in scored events, by tenant, intent and feature",
+        )
+        self.unknown_features_ignored = self._table(
+            m,
+            "muse_unknown_features_ignored",
+            ("intent", "feature"),
+            "{event}",
+            "Scored events that carried a field their version does not know (ignored), by intent and field",
+        )
         self.transactions = m.create_counter(
             "muse_transactions",
             unit="{transaction}",
