@@ -38,6 +38,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", default=None, metavar="PATH",
                    help="where to write the JSON report (default: out/bench/bench-<run id>.json)")
     p.add_argument("--keep-topics", action="store_true", help="keep the bench's topics and groups afterwards")
+    p.add_argument("--reasons-only", action="store_true",
+                   help="only what reason codes cost: in-process scorer events/s off vs on at 2%% and 10%% flagged")
+    from muse_stream.bench.reasons import add_args as add_reasons_args
+
+    add_reasons_args(p)
     p.set_defaults(func=run)
 
 
@@ -85,6 +90,10 @@ def _delete(settings, topics: list[str], groups: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.reasons_only:  # in process, no broker (bench/reasons.py)
+        from muse_stream.bench.reasons import run as run_reasons
+
+        return run_reasons(args, args.json)
     from muse_stream.bench.load import (
         INTENTS,
         SWAP_INTENT,

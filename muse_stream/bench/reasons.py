@@ -1,0 +1,201 @@
+"""What reason codes cost: in-process scorer throughput with them off and on, at a given flagged share.
+
+The demo's models (trained on the ULB card data as `./scripts/demo.sh` trains them) score real held-out
+transactions as event JSON, in batches of `batch_size`, through the real BatchScorer; the tenants' review
+band is set at the quantile of those events' served scores that flags `share` of them. Runs with reason codes
+off (reason_codes = 0) and on (3) are interleaved A/B, B/A, ... on the same batches, so drift of the machine
+cancels out of the per-pair ratio. `python -m muse_stream.bench.reasons` or `muse-stream bench --reasons-only`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import orjson
+
+INTENT = "card_fraud"
+TENANT_IDS = ("cautious_bank", "balanced_pay", "lenient_shop")  # the demo's tenants, events round-robin
+
+
+def _registry(booster, features: list[str], transform, reference):
+    from muse_stream.models.records import (
+        ActivationRecord,
+        ReferenceRecord,
+        TimelineEntry,
+        active_key,
+        dump,
+        reference_key,
+        version_key,
+    )
+    from muse_stream.models.registry import ModelRegistry
+    from muse_stream.models.store import build_version
+
+    reg = ModelRegistry()
+    rec = build_version(intent=INTENT, version=1, booster_bytes=bytes(booster.save_raw("ubj")), features=features,
+                        transform=transform.to_dict())
+    reg.apply(version_key(INTENT, 1), dump(rec))
+    reg.apply(reference_key(INTENT), dump(ReferenceRecord(intent=INTENT, reference=reference.to_dict(),
+                                                          source="bench", created_at=0)))
+    reg.apply(active_key(INTENT), dump(ActivationRecord(intent=INTENT, version=1, activated_at=0,
+                                                        timeline=(TimelineEntry(version=1),))))
+    return reg
+
+
+def _batches(x: np.ndarray, features: list[str], n_batches: int, size: int) -> list[list]:
+    from confluent_kafka import Message
+
+    now = int(time.time() * 1000)
+    out, seq = [], 0
+    for _ in range(n_batches):
+        msgs = []
+        for _ in range(size):
+            value = orjson.dumps({"event_id": f"e-{seq}", "tenant_id": TENANT_IDS[seq % 3], "event_time": now,
+                                  "features": dict(zip(features, x[seq].tolist()))})
+            msgs.append(Message(topic="bench.events", partition=seq % 8, offset=seq // 8, key=b"e-%d" % seq,
+                                value=value, timestamp=(1, now)))
+            seq += 1
+        out.append(msgs)
+    return out
+
+
+def tree_shape(booster) -> dict:
+    """Trees, mean leaves per tree and the deepest leaf: exact TreeSHAP's cost per row grows with
+    trees x leaves x depth^2, a prediction's with trees x depth."""
+    dumps = booster.get_dump()
+    leaves = [line.count("\t") for d in dumps for line in d.splitlines() if "leaf=" in line]
+    return {"trees": len(dumps), "leaves_per_tree": round(len(leaves) / len(dumps), 1), "max_depth": max(leaves)}
+
+
+def _timed(scorer, batches: list[list]) -> tuple[float, int, int]:
+    """(seconds in BatchScorer.process, decisions, decisions with reasons) over the batches."""
+    seconds, n, with_reasons = 0.0, 0, 0
+    for msgs in batches:
+        t0 = time.perf_counter()
+        out = scorer.process(msgs, 0)
+        seconds += time.perf_counter() - t0
+        n += len(out.decisions)
+        with_reasons += sum(1 for d in out.decisions if b'"reasons"' in d[2])
+    return seconds, n, with_reasons
+
+
+def measure(*, model: str = "incumbent", shares=(0.02, 0.10), batch_size: int = 2000, batches: int = 10,
+            rounds: int = 7, reasons: int = 3) -> dict:
+    """Events/s of BatchScorer.process with reason codes off and on, per flagged share, A/B interleaved."""
+    from muse_stream.config import IntentConfig, Settings, TenantConfig
+    from muse_stream.demo import scenario
+    from muse_stream.demo.datasets import load_ulb
+    from muse_stream.demo.ulb_models import MODEL_FEATURES, model_matrix
+    from muse_stream.scoring.reasons import contributions
+    from muse_stream.scoring.scorer import BatchScorer
+    from muse_stream.tenants import TenantRegistry
+
+    ulb = load_ulb()
+    live = scenario.train_card_incumbent(ulb)
+    booster, transform = live.booster, live.transform
+    if model == "retrained":
+        booster, transform, _ = scenario.train_card_retrained(ulb, live)
+    models = _registry(booster, MODEL_FEATURES, transform, live.reference)
+    served = models.get(INTENT, 1)  # loaded as a worker loads it: nthread = 1
+    rows = scenario.replay_rows(ulb, None)[: batches * batch_size]
+    x = model_matrix(ulb, rows).astype(np.float32)
+    scores = served.transform.apply(served.predict(x).astype(np.float64))
+    data = _batches(x, MODEL_FEATURES, batches, batch_size)
+
+    # What one flagged row costs on its own, next to a prediction: the why behind the figures.
+    flag = x[:200]
+    t0 = time.perf_counter()
+    contributions(served.booster, flag)
+    shap_us = (time.perf_counter() - t0) * 1e6 / len(flag)
+    t0 = time.perf_counter()
+    served.predict(x)
+    predict_us = (time.perf_counter() - t0) * 1e6 / len(x)
+
+    result = {"model": f"demo {model} ({INTENT})", **tree_shape(served.booster), "batch_size": batch_size,
+              "batches_per_run": batches, "rounds": rounds, "reason_codes": reasons, "nthread": 1,
+              "predict_us_per_row": round(predict_us, 2), "contribs_us_per_row": round(shap_us, 1), "shares": []}
+    for share in shares:
+        thr = float(np.quantile(scores, 1.0 - share))
+        tenants = {t: TenantConfig(tenant_id=t, intents=(INTENT,), bands={"review": thr}) for t in TENANT_IDS}
+        settings = Settings(intents=(IntentConfig(name=INTENT),), tenants=tuple(tenants.values()))
+
+        off, on = (BatchScorer(TenantRegistry(settings, tenants, log_changes=False), models, max_abs_feature=1e30,
+                               max_event_bytes=1_000_000, output_topic=lambda tid: f"bench.decisions.{tid}",
+                               intents=(IntentConfig(name=INTENT, reason_codes=n),)) for n in (0, reasons))
+        _timed(off, data[:2]), _timed(on, data[:2])  # warm-up: first calls, caches
+        ratios, eps_off, eps_on, flagged = [], [], [], 0
+        for r in range(rounds):
+            pair = {}
+            for name in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                s, n, k = _timed(off if name == "off" else on, data)
+                pair[name] = n / s
+                flagged = k if name == "on" else flagged
+            eps_off.append(pair["off"])
+            eps_on.append(pair["on"])
+            ratios.append(pair["on"] / pair["off"])
+        drop = 1.0 - statistics.median(ratios)
+        # Seconds per event off (t) and per flagged row on top (c): the drop is s*c / (t + s*c), 5% at s = t/c/19.
+        t_off = 1.0 / statistics.median(eps_off)
+        c_row = (1.0 / statistics.median(eps_on) - t_off) / max(flagged / (batches * batch_size), 1e-9)
+        result["shares"].append({
+            "flagged_share_target": share, "flagged_share": round(flagged / (batches * batch_size), 4),
+            "events_per_s_off": round(statistics.median(eps_off)), "events_per_s_on": round(statistics.median(eps_on)),
+            "ratio_on_off": round(statistics.median(ratios), 4),
+            "ratio_range": [round(min(ratios), 4), round(max(ratios), 4)],
+            "throughput_drop_pct": round(100.0 * drop, 1),
+            "us_per_flagged_row": round(c_row * 1e6, 1),
+            "flagged_share_at_5pct_drop": round(t_off / c_row / 19.0, 4) if c_row > 0 else None,
+        })
+    return result
+
+
+def format_result(r: dict) -> str:
+    head = (f"reason codes ({r['reason_codes']} per flagged decision), {r['model']}: {r['trees']} trees, "
+            f"{r['leaves_per_tree']} leaves per tree, depth {r['max_depth']}; in-process BatchScorer, batches of "
+            f"{r['batch_size']:,}, nthread 1, {r['rounds']} A/B rounds")
+    lines = [head,
+             f"  per row: predict {r['predict_us_per_row']} us, exact contributions {r['contribs_us_per_row']} us",
+             "  flagged   events/s off   events/s on   on/off (min-max)       drop   us/flagged row   5% drop at"]
+    for s in r["shares"]:
+        at = s["flagged_share_at_5pct_drop"]
+        lines.append(f"  {100 * s['flagged_share']:6.2f}%   {s['events_per_s_off']:12,}   {s['events_per_s_on']:11,}   "
+                     f"{s['ratio_on_off']:.3f} ({s['ratio_range'][0]:.3f}-{s['ratio_range'][1]:.3f})"
+                     f"   {s['throughput_drop_pct']:5.1f}%   {s['us_per_flagged_row']:14.1f}   "
+                     + ("-" if at is None else f"{100 * at:.2f}% flagged"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m muse_stream.bench.reasons", description=__doc__.split("\n")[0])
+    add_args(p)
+    args = p.parse_args(argv)
+    return run(args)
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reasons-model", choices=("incumbent", "retrained", "both"), default="both",
+                   help="which demo model scores (default both: the demo's card model before and after its swap)")
+    p.add_argument("--reasons-rounds", type=int, default=7, help="A/B rounds per flagged share (default 7)")
+
+
+def run(args: argparse.Namespace, json_path: str | None = None) -> int:
+    names = ("incumbent", "retrained") if args.reasons_model == "both" else (args.reasons_model,)
+    results = []
+    for name in names:
+        r = measure(model=name, rounds=args.reasons_rounds)
+        print(format_result(r), flush=True)
+        results.append(r)
+    if json_path:
+        from pathlib import Path
+
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_bytes(orjson.dumps({"schema": "muse-stream-bench-reasons/1", "results": results},
+                                                 option=orjson.OPT_INDENT_2))
+        print(f"JSON report: {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
