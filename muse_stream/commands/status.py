@@ -1,4 +1,6 @@
-"""`muse-stream status`: workers, lag, events/s, active versions, alert rates and drift on one screen."""
+"""`muse-stream status`: workers, lag, events/s, active and shadow versions, bands, alert rates and drift on
+one screen (plain text when piped) or as JSON; exit 0 healthy, 1 unhealthy, 2 no cluster (telemetry/status.py
+says what unhealthy means)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ from muse_stream.cli import add_config_args
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "status", help="one screen: workers, lag, events/s, active versions, alert rates, drift"
-    )
+        "status", help="one screen: workers, lag, events/s, versions, bands, alert rates, drift; exit 1 if unhealthy",
+        description="Exit codes: 0 healthy; 1 unhealthy (no worker endpoint answers, a worker is not ready, or "
+                    "the input is stalled: lag and no committed offset moving); 2 the cluster cannot be reached.")
     add_config_args(p)
     p.add_argument(
         "--workers",
@@ -30,6 +33,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each worker endpoint")
     p.add_argument("--json", action="store_true", help="print the report as JSON, for scripts")
+    p.add_argument("--lag-window", type=float, default=None, metavar="S",
+                   help="when the group has lag, read it again S seconds later to tell a stalled input "
+                        "(default: max(2, 3 x runtime.commit_interval_ms); 0: no second read)")
     p.set_defaults(func=run)
 
 
@@ -38,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
     from muse_stream.config import load_settings
     from muse_stream.errors import ConfigError
-    from muse_stream.telemetry.status import check_cluster, collect, render, worker_urls
+    from muse_stream.telemetry.status import check_cluster, collect, default_lag_window, worker_urls
+    from muse_stream.telemetry.status_screen import make_console, render
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
     workers = args.workers or settings.runtime.workers
@@ -46,14 +53,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--workers must be >= 1 and --slot >= 0")
     check_cluster(settings)  # no cluster, or refused credentials: one line and a non-zero exit (cli.main)
     urls = args.endpoint or worker_urls(settings, workers=workers, first_slot=args.slot)
-    report = collect(settings, urls, timeout=args.timeout)
+    window = default_lag_window(settings) if args.lag_window is None else max(0.0, args.lag_window)
+    report = collect(settings, urls, timeout=args.timeout, lag_window_s=window)
     if args.json:
         import sys
 
         sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
         sys.stdout.flush()
-        return 0
-    from rich.console import Console
-
-    render(report, Console())
-    return 0
+    else:
+        render(report, make_console())
+    return 0 if report["health"]["healthy"] else 1

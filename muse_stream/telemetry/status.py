@@ -1,9 +1,19 @@
-"""`muse-stream status`: what the workers' endpoints and the topics say, on one screen or as JSON.
+"""`muse-stream status`: what the workers' endpoints and the topics say, as a report (a dict: JSON for
+scripts; telemetry/status_screen.py draws it for people) with a health verdict.
 
 Workers are found at telemetry.metrics_port + slot (or given as URLs); lag comes from the group's
-committed offsets against the partitions' ends, so it is shown even when no worker answers; active
-versions come from the models topic. A cluster that does not answer (or refuses the credentials) is an
-error, not an empty screen.
+committed offsets against the partitions' ends, so it is shown even when no worker answers; active and
+shadow versions come from the models topic, tenants' bands from the tenants topic. A cluster that does not
+answer (or refuses the credentials) is an error, not an empty screen.
+
+Unhealthy (`health.problems`, exit code 1), each judged from this one look:
+  - no worker endpoint to ask, or a worker endpoint that does not answer;
+  - a worker that answers but is not ready (not assigned, models not loaded, producer not initialised,
+    loop not turning);
+  - the input is stalled: the group has lag and none of its committed offsets moved within the lag window
+    (lag is read twice, `lag_window_s` apart, only when there is lag). Lag that grows while offsets move is
+    shown (`lag.grew_by`) but is load, not a fault.
+Refused versions, drift and dead letters are shown, not judged: the workers keep serving through them.
 """
 
 from __future__ import annotations
@@ -88,27 +98,81 @@ def group_lag(settings: Settings, timeout: float = 10.0) -> dict:
         c.close()
 
 
-def active_models(settings: Settings) -> dict:
-    from muse_stream.models.store import read_models
+def _blank_intent() -> dict:
+    return {"version": None, "activated_at": None, "age_s": None, "activate_at": None, "previous": None,
+            "versions": [], "shadow": None}
+
+
+def active_models(reg) -> dict:
+    """Per intent: the active version (and since when), its predecessor, every version, and the shadow."""
+    now = time.time()
+    intents = {
+        i: {
+            "version": a.version,
+            "activated_at": a.activated_at,
+            "age_s": now - a.activated_at / 1000,
+            "activate_at": a.activate_at,
+            "previous": a.previous,
+            "versions": [r.version for r in reg.versions_of(i)],
+            "shadow": None,
+        }
+        for i, a in sorted(reg.activations.items())
+    }
+    for i, sh in sorted(reg.shadows.items()):
+        if sh.version is not None:
+            entry = intents.setdefault(i, {**_blank_intent(), "versions": [r.version for r in reg.versions_of(i)]})
+            entry["shadow"] = sh.version
+    return {"intents": intents}
+
+
+def tenant_bands(settings: Settings, reg) -> dict:
+    """Per tenant and intent: each band's threshold and the reference alert rate it stands for."""
+    from muse_stream.models.bands import ReferenceCache
+    from muse_stream.tenants import read_tenant_registry
 
     try:
-        reg = read_models(settings)
+        tenants = read_tenant_registry(settings, references=ReferenceCache(lambda: reg.references))
     except MuseError as e:
-        return {"error": str(e), "intents": {}}
-    now = time.time()
-    return {
-        "intents": {
-            i: {
-                "version": a.version,
-                "activated_at": a.activated_at,
-                "age_s": now - a.activated_at / 1000,
-                "activate_at": a.activate_at,
-                "previous": a.previous,
-                "versions": [r.version for r in reg.versions_of(i)],
-            }
-            for i, a in sorted(reg.activations.items())
-        }
-    }
+        return {"error": str(e), "tenants": {}}
+    return {"tenants": {tid: {"suspended": bool(getattr(cfg, "suspended", False)),
+                              "intents": {i: tenants.describe_bands(tid, i) for i in cfg.intents}}
+                        for tid, cfg in sorted(tenants.tenants.items())}}
+
+
+def _lag_trend(settings: Settings, first: dict, window_s: float) -> dict:
+    """Read the group's lag again `window_s` later when there is lag: stalled when no committed offset
+    moved meanwhile (nothing consumes the input), grew_by how much the total lag grew."""
+    if not first.get("total") or window_s <= 0:
+        return first
+    time.sleep(window_s)
+    second = group_lag(settings)
+    if second.get("total") is None:
+        return first
+    before = {r["partition"]: r["committed"] for r in first["partitions"]}
+    moved = any(r["committed"] != before.get(r["partition"]) for r in second["partitions"])
+    return {**second, "window_s": window_s, "grew_by": second["total"] - first["total"],
+            "stalled": bool(second["total"]) and not moved}
+
+
+def judge(report: dict) -> dict:
+    """The health verdict of a report (see the module's docstring): healthy, and the problems found."""
+    problems = []
+    workers = report["workers"]
+    if not workers:
+        problems.append("no worker endpoint to ask: set telemetry.metrics_port or pass --endpoint")
+    for w in workers:
+        if not w["up"]:
+            problems.append(f"worker at {w['url']} does not answer ({w['error']})")
+        elif not w.get("ready"):
+            failing = ", ".join(k for k, v in w.get("checks", {}).items() if v is False) or "?"
+            problems.append(f"worker slot {w['worker']['slot']} is not ready ({failing})")
+    lag = report["lag"]
+    if lag.get("error"):
+        problems.append(f"input lag unknown: {lag['error']}")
+    elif lag.get("stalled"):
+        problems.append(f"input stalled: lag {lag['total']:,} and no committed offset of group "
+                        f"{report['group']} moved in {lag['window_s']:.1f}s")
+    return {"healthy": not problems, "problems": problems}
 
 
 def _with_serving(models: dict, workers: list[dict]) -> dict:
@@ -116,17 +180,7 @@ def _with_serving(models: dict, workers: list[dict]) -> dict:
     topic naming one version while the workers keep serving the previous one."""
     for w in workers:
         for intent, m in w.get("models", {}).items():
-            entry = models["intents"].setdefault(
-                intent,
-                {
-                    "version": None,
-                    "activated_at": None,
-                    "age_s": None,
-                    "activate_at": None,
-                    "previous": None,
-                    "versions": [],
-                },
-            )
+            entry = models["intents"].setdefault(intent, _blank_intent())
             entry.setdefault("serving", [])
             if m["version"] not in entry["serving"]:
                 entry["serving"].append(m["version"])
@@ -135,7 +189,15 @@ def _with_serving(models: dict, workers: list[dict]) -> dict:
     return models
 
 
-def collect(settings: Settings, urls: list[str], *, timeout: float = 3.0) -> dict:
+def default_lag_window(settings: Settings) -> float:
+    """Long enough for a healthy group to commit a few times (runtime.commit_interval_ms)."""
+    return max(2.0, 3 * settings.runtime.commit_interval_ms / 1000.0)
+
+
+def collect(settings: Settings, urls: list[str], *, timeout: float = 3.0, lag_window_s: float = 0.0) -> dict:
+    from muse_stream.models.store import read_models
+
+    lag = group_lag(settings)
     workers = [fetch_worker(u, timeout) for u in urls]
     up = [w for w in workers if w["up"]]
     alert: dict[str, dict] = {}
@@ -159,190 +221,23 @@ def collect(settings: Settings, urls: list[str], *, timeout: float = 3.0) -> dic
         {**d, "worker": w["worker"]["slot"]} for w in up for d in w.get("drift", []) if d["psi"] is not None
     ]
     refused = {(r["intent"], r["version"]): r["reason"] for w in up for r in w.get("refused", [])}
-    return {
+    try:
+        reg = read_models(settings)
+        models, bands = active_models(reg), tenant_bands(settings, reg)
+    except MuseError as e:
+        models, bands = {"error": str(e), "intents": {}}, {"error": str(e), "tenants": {}}
+    report = {
         "generated_at": time.time(),
         "group": settings.runtime.group_id,
         "workers": workers,
         "events_per_s": sum(w.get("events_per_s", 0.0) for w in up),
-        "lag": group_lag(settings),
-        "models": _with_serving(active_models(settings), up),
+        "lag": _lag_trend(settings, lag, lag_window_s),
+        "models": _with_serving(models, up),
+        "bands": bands,
         "refused": [{"intent": i, "version": v, "reason": r} for (i, v), r in sorted(refused.items())],
         "alert_window_s": up[0]["alert_window_s"] if up else settings.telemetry.alert_window_s,
         "alert_rates": alert_rates,
         "drift": sorted(drift, key=lambda d: (not d["drifted"], d["tenant"], d["intent"], d["worker"])),
     }
-
-
-# ---- the screen -------------------------------------------------------------------------------------
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(max(seconds, 0))
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    if s < 172800:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    return f"{s // 86400}d"
-
-
-def _pct(x: float) -> str:
-    """A share as a percentage with 3 significant digits: alert rates live far below 1%."""
-    return f"{100 * x:.3g}%"
-
-
-def _host(url: str) -> str:
-    return url.split("://", 1)[-1].rstrip("/")
-
-
-def render(report: dict, console) -> None:
-    from rich import box
-    from rich.table import Table
-
-    stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(report["generated_at"]))
-    lag_total = report["lag"].get("total")
-    console.print(
-        f"[bold]muse-stream[/bold]  group [cyan]{report['group']}[/cyan]  {stamp}  "
-        f"events/s [bold]{report['events_per_s']:,.0f}[/bold]  lag [bold]"
-        f"{'-' if lag_total is None else f'{lag_total:,}'}[/bold]"
-    )
-
-    t = Table(title="Workers", box=box.SIMPLE_HEAD, title_justify="left")
-    for col in (
-        "slot",
-        "endpoint",
-        "state",
-        "partitions",
-        "events/s",
-        "lag",
-        "events in",
-        "dead",
-        "commits",
-        "aborts",
-        "up for",
-    ):
-        if col == "endpoint":  # never cut: it is what an operator copies to curl a worker
-            t.add_column(
-                col, no_wrap=True, min_width=max((len(_host(w["url"])) for w in report["workers"]), default=8)
-            )
-        else:
-            t.add_column(col, justify="left" if col == "state" else "right")
-    if not report["workers"]:
-        console.print("[yellow]no worker endpoints: set telemetry.metrics_port or pass --endpoint[/yellow]")
-    for w in report["workers"]:
-        if not w["up"]:
-            t.add_row("?", _host(w["url"]), f"[red]down[/red] ({w['error']})", *[""] * 8)
-            continue
-        state = (
-            "[green]ready[/green]"
-            if w["ready"]
-            else (
-                "[yellow]not ready[/yellow] ("
-                + ", ".join(k for k, v in w["checks"].items() if v is False)
-                + ")"
-            )
-        )
-        tot = w["totals"]
-        t.add_row(
-            str(w["worker"]["slot"]),
-            _host(w["url"]),
-            state,
-            str(len(w["assignment"])),
-            f"{w['events_per_s']:,.0f}",
-            f"{sum(p['lag'] for p in w['lag']):,}",
-            f"{tot['events_in']:,}",
-            f"{tot['dead_letters']:,}",
-            f"{tot['commits']:,}",
-            f"{tot['aborts']:,}",
-            _age(w["worker"]["uptime_s"]),
-        )
-    console.print(t)
-
-    lag = report["lag"]
-    t = Table(title="Input lag (committed offsets of the group)", box=box.SIMPLE_HEAD, title_justify="left")
-    for col in ("topic", "partition", "committed", "end", "lag"):
-        t.add_column(col, justify="left" if col == "topic" else "right")
-    for r in lag["partitions"]:
-        t.add_row(
-            r["topic"],
-            str(r["partition"]),
-            "-" if r["committed"] is None else f"{r['committed']:,}",
-            f"{r['end']:,}",
-            f"{r['lag']:,}",
-        )
-    if lag.get("error"):
-        console.print(f"[red]lag: {lag['error']}[/red]")
-    console.print(t)
-
-    models = report["models"]
-    t = Table(title="Active models", box=box.SIMPLE_HEAD, title_justify="left")
-    for col in ("intent", "active on topic", "since", "previous", "served by workers", "versions", "refused"):
-        t.add_column(col)
-    refused: dict[str, list[str]] = {}
-    for r in report["refused"]:
-        refused.setdefault(r["intent"], []).append(str(r["version"]))
-    for intent, m in models.get("intents", {}).items():
-        pending = f" (from event time {m['activate_at']})" if m["activate_at"] is not None else ""
-        serving = ", ".join(f"{intent}@{v}" for v in m["serving"]) or "-"
-        if m["serving"] and m["serving"] != [m["version"]]:
-            serving = f"[red]{serving}[/red]"  # workers refused (or have not yet applied) the topic's version
-        t.add_row(
-            intent,
-            "-" if m["version"] is None else f"{intent}@{m['version']}{pending}",
-            "-" if m["age_s"] is None else _age(m["age_s"]) + " ago",
-            "-" if m["previous"] is None else str(m["previous"]),
-            serving,
-            ", ".join(map(str, m["versions"])),
-            "[red]" + ", ".join(refused.get(intent, [])) + "[/red]" if intent in refused else "",
-        )
-    if models.get("error"):
-        console.print(f"[red]models: {models['error']}[/red]")
-    console.print(t)
-
-    t = Table(
-        title=f"Alert rates (last {report['alert_window_s']}s, all workers)",
-        box=box.SIMPLE_HEAD,
-        title_justify="left",
-    )
-    for col in ("tenant", "decisions", "band", "alerts", "rate"):
-        t.add_column(col, justify="left" if col in ("tenant", "band") else "right")
-    for tid, a in report["alert_rates"].items():
-        for i, (band, b) in enumerate(a["bands"].items()):
-            t.add_row(
-                tid if i == 0 else "",
-                f"{a['events']:,}" if i == 0 else "",
-                band,
-                f"{b['count']:,}",
-                _pct(b["rate"]),
-            )
-    console.print(t)
-
-    t = Table(title="Drift (per worker window)", box=box.SIMPLE_HEAD, title_justify="left")
-    for col in ("tenant", "intent", "worker", "version", "scores", "PSI", "alert rate vs reference", "state"):
-        t.add_column(col, justify="right" if col in ("worker", "scores", "PSI") else "left")
-    for d in report["drift"]:
-        bands = "  ".join(
-            f"{b['band']} {_pct(b['observed'])}/{_pct(b['expected'])}" + ("" if b["judged"] else "*")
-            for b in d["bands"]
-        )
-        state = (
-            f"[red]DRIFT since {_age(report['generated_at'] - d['since'])}[/red]" if d["drifted"] else "ok"
-        )
-        t.add_row(
-            d["tenant"],
-            d["intent"],
-            str(d["worker"]),
-            d["version"],
-            f"{d['events']:,}",
-            f"{d['psi']:.3f}",
-            bands,
-            state,
-        )
-    console.print(t)
-    if not report["drift"]:
-        console.print("  (no window has enough scores for a drift verdict yet)")
-    elif any(not b["judged"] for d in report["drift"] for b in d["bands"]):
-        console.print("  * too few expected alerts in the window to judge that band")
+    report["health"] = judge(report)
+    return report

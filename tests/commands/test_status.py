@@ -1,0 +1,73 @@
+"""`muse-stream status` for scripts: exit codes (no cluster, unhealthy), JSON, plain text when piped, shadows
+and bands. The healthy exit 0 with a live worker is checked by tests/telemetry/test_observability.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+
+from muse_stream.cli import main
+from muse_stream.config import TenantConfig
+from muse_stream.kafka.local import free_port
+from muse_stream.models.store import set_shadow
+from muse_stream.tenants import put_tenants
+from tests.fixtures.helpers import event, produce, publish_model, write_config
+
+
+def test_status_against_a_dead_address_is_one_line_and_non_zero_within_15s(capsys):
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    t0 = time.monotonic()
+    assert main(["status", "--bootstrap", dead]) == 2
+    assert time.monotonic() - t0 < 15
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and f"cannot reach Kafka at {dead}" in err
+
+
+@pytest.mark.kafka
+def test_status_is_unhealthy_when_no_worker_answers_and_the_input_is_stalled(stack, tmp_path, capsys):
+    s = stack.with_overrides(telemetry={"metrics_port": free_port()})  # no worker listens there
+    produce(s, [event(i, "acme") for i in range(5)])
+    cfg = write_config(s, tmp_path / "muse.toml")
+    assert main(["status", "--config", cfg, "--json", "--lag-window", "0.5"]) == 1
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["health"]["healthy"] is False
+    problems = report["health"]["problems"]
+    assert any("does not answer" in p for p in problems)
+    assert any(p.startswith("input stalled: lag 5") for p in problems)
+    assert report["lag"]["stalled"] is True and report["lag"]["grew_by"] == 0
+
+
+@pytest.mark.kafka
+def test_status_piped_is_plain_and_whole_and_shows_shadows_and_bands(stack, tmp_path):
+    long_id = "tenant-with-a-very-long-name-" + "x" * 34  # 63 characters: cut at 80 columns before
+    put_tenants(stack, [TenantConfig(tenant_id=long_id, intents=("card_fraud",),
+                                     bands={"review": {"rate": 0.01}, "decline": 0.999})])
+    publish_model(stack, "card_fraud", seed=1)
+    publish_model(stack, "card_fraud", seed=2, activate=False)
+    set_shadow(stack, "card_fraud", 2)
+    cfg = write_config(stack, tmp_path / "muse.toml")
+
+    report = subprocess.run([sys.executable, "-m", "muse_stream", "status", "--config", cfg, "--json",
+                             "--lag-window", "0"], capture_output=True, check=False)
+    assert report.returncode == 1, report.stderr  # no worker answers
+    doc = orjson.loads(report.stdout)
+    assert doc["models"]["intents"]["card_fraud"]["version"] == 1
+    assert doc["models"]["intents"]["card_fraud"]["shadow"] == 2
+    (review,) = [b for b in doc["bands"]["tenants"][long_id]["intents"]["card_fraud"] if b["name"] == "review"]
+    assert review["reference_rate"] == pytest.approx(0.01, rel=0.2) and 0 < review["threshold"] < 1
+
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    screen = subprocess.run([sys.executable, "-m", "muse_stream", "status", "--config", cfg, "--lag-window", "0"],
+                            capture_output=True, check=False, env=env)
+    assert screen.returncode == 1
+    text = screen.stdout.decode()
+    assert "\x1b[" not in text and "…" not in text  # no colour codes, no cell cut short
+    assert any(long_id in line and "card_fraud" in line and "review" in line for line in text.splitlines())
+    assert "card_fraud@2" in text  # the shadow, in the models table
+    assert "UNHEALTHY: no worker endpoint to ask" in text  # the test config sets no metrics_port
