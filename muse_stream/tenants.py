@@ -61,7 +61,7 @@ class BandTimeline:
         return [(bands[k], np.flatnonzero(period == k)) for k in np.unique(period).tolist()]
 
 
-def _first_error(e: ValidationError) -> str:
+def first_error(e: ValidationError) -> str:
     """`field: why` of a record's first validation error."""
     first = e.errors()[0]
     return f"{'.'.join(str(p) for p in first['loc']) or 'record'}: {first['msg']}"
@@ -104,7 +104,7 @@ class TenantRegistry:
         except orjson.JSONDecodeError as e:
             return self._refuse(tid, f"record: not JSON ({e})")
         except ValidationError as e:
-            return self._refuse(tid, _first_error(e))
+            return self._refuse(tid, first_error(e))
         if cfg.tenant_id != tid:
             return self._refuse(tid, f"tenant_id: {cfg.tenant_id!r} is not the record's key")
         problem = self.output_topic_problem(cfg)

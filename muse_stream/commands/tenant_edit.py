@@ -1,0 +1,161 @@
+"""What the `tenants` command does to a record: parse the options, merge them with the record in force,
+validate the whole record before anything is written, and describe a record with its bands on each intent."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from pydantic import ValidationError
+
+from muse_stream.config import BandRate, Settings, TenantConfig
+from muse_stream.errors import ConfigError
+from muse_stream.kafka.ranges import parse_bound
+from muse_stream.models.bands import ReferenceCache, band_ties, format_bands
+from muse_stream.tenants import (
+    TenantRegistry,
+    describe_bands,
+    first_error,
+    put_tenants,
+    read_tenant_registry,
+    remove_tenant,
+)
+
+_BAND = re.compile(r"^([A-Za-z0-9_-]{1,64})=(.+)$")
+
+
+def parse_band(text: str) -> tuple[str, float | BandRate]:
+    """`review=1%` -> ("review", BandRate(rate=0.01)); `decline=0.995` -> ("decline", 0.995)."""
+    m = _BAND.match(text.strip())
+    if m is None:
+        raise ConfigError(f"--band {text!r}: expected NAME=P% (an alert rate) or NAME=X (a threshold in [0, 1])")
+    name, value = m.group(1), m.group(2).strip()
+    try:
+        if value.endswith("%"):
+            return name, BandRate(rate=float(value[:-1]) / 100.0)
+        return name, float(value)
+    except ValueError:
+        raise ConfigError(f"--band {text!r}: a rate is above 0% and below 100%, a threshold a number in "
+                          "[0, 1]") from None
+
+
+def parse_set(args: argparse.Namespace) -> dict:
+    """The fields `tenants set` changes, from its options; only the options given."""
+    change: dict = {}
+    if args.band or args.remove_band:
+        change["bands"] = ([parse_band(b) for b in args.band], list(args.remove_band))
+    if args.intents is not None:
+        change["intents"] = [i.strip() for i in args.intents.split(",") if i.strip()]
+    if args.default_intent is not None:
+        change["default_intent"] = args.default_intent or None
+    if args.output_topic is not None:
+        change["output_topic"] = args.output_topic or None
+    if args.from_time is not None:
+        bound = parse_bound(args.from_time, default="end")
+        if bound.kind != "time":
+            raise ConfigError(f"--from {args.from_time!r}: expected an event time (epoch ms or ISO-8601)")
+        change["from_time"] = bound.value
+    if not change or set(change) == {"from_time"}:
+        raise ConfigError("tenants set: nothing to change (give --band, --remove-band, --intents, --default-intent "
+                          "or --output-topic)")
+    return change
+
+
+def _registry(settings: Settings) -> tuple[TenantRegistry, ReferenceCache]:
+    from muse_stream.models.store import read_models
+
+    models = read_models(settings)
+    refs = ReferenceCache(lambda: models.references)
+    return read_tenant_registry(settings, refs), refs
+
+
+def current(settings: Settings, tenant_id: str) -> TenantConfig:
+    cfg = read_tenant_registry(settings).tenants.get(tenant_id)
+    if cfg is None:
+        raise ConfigError(f"tenant {tenant_id!r} is not on {settings.topics.tenants}")
+    return cfg
+
+
+def merged(settings: Settings, reg: TenantRegistry, refs, tenant_id: str, *, bands=None, from_time=None,
+           **fields) -> TenantConfig:
+    """The record `tenant_id` would have after the change, validated whole; a ConfigError names the field."""
+    prev = reg.tenants.get(tenant_id)
+    if prev is None and "intents" not in fields:
+        raise ConfigError(f"tenant {tenant_id!r} is not on {settings.topics.tenants}: a new tenant needs --intents")
+    data = prev.model_dump() if prev is not None else {"tenant_id": tenant_id}
+    data.pop("band_timeline", None)  # put_tenants extends the timeline
+    data.update(fields)
+    if bands is not None:
+        given, removed = bands
+        now = dict(data.get("bands") or {})
+        for name in removed:
+            if name not in now:
+                raise ConfigError(f"tenant {tenant_id}: bands: no band {name!r} to remove (bands: {list(now)})")
+            now.pop(name)
+        now.update(given)
+        data["bands"] = now
+    try:
+        cfg = TenantConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"tenant {tenant_id}: {first_error(e)}; nothing was written") from None
+    known = {i.name for i in settings.intents}
+    unknown = [i for i in cfg.intents if known and i not in known]
+    if unknown:
+        raise ConfigError(f"tenant {tenant_id}: intents: {unknown} are not in the config's intents {sorted(known)}; "
+                          "nothing was written")
+    problem = reg.output_topic_problem(cfg)
+    if problem is not None:
+        raise ConfigError(f"tenant {tenant_id}: output_topic: {problem}; nothing was written")
+    for intent in cfg.intents:
+        for low, high in band_ties(cfg.bands, refs(intent)):
+            raise ConfigError(f"tenant {tenant_id}: bands: {low} and {high} are one threshold on intent {intent}'s "
+                              f"reference, so {low} would never be given; nothing was written")
+    return cfg
+
+
+def apply_change(settings: Settings, tenant_id: str, *, from_time: int | None = None, **change) -> TenantConfig:
+    """Merge, validate and write one tenant's change; returns the record written."""
+    reg, refs = _registry(settings)
+    cfg = merged(settings, reg, refs, tenant_id, **change)
+    [rec] = put_tenants(settings, [cfg], effective_at=from_time)
+    return rec
+
+
+def remove(settings: Settings, tenant_id: str) -> TenantConfig:
+    """Tombstone a suspended tenant: a live one is refused, so that no typo stops a tenant's scoring at once."""
+    cfg = current(settings, tenant_id)
+    if not cfg.suspended:
+        raise ConfigError(f"tenant {tenant_id} is not suspended: `muse-stream tenants suspend {tenant_id}` first "
+                          "(its events then go to dead letters), then remove it")
+    return remove_tenant(settings, tenant_id)
+
+
+def _state(cfg: TenantConfig) -> str:
+    return "suspended" if cfg.suspended else "active"
+
+
+def describe(settings: Settings, tenant_id: str) -> dict:
+    """The tenant as `show` prints it: the record, its decision topic, and its bands on each intent."""
+    reg, refs = _registry(settings)
+    cfg = reg.tenants.get(tenant_id)
+    if cfg is None:
+        raise ConfigError(f"tenant {tenant_id!r} is not on {settings.topics.tenants}")
+    return {"record": cfg.model_dump(mode="json"), "state": _state(cfg),
+            "decision_topic": settings.output_topic(cfg),
+            "bands": {i: describe_bands(cfg, i, refs(i)) for i in cfg.intents},
+            "no_reference": {i: refs(i) is None for i in cfg.intents},
+            "band_timeline": [{"from_time": p.from_time, "bands_text": format_bands(p.bands)}
+                              for p in cfg.band_periods()],
+            "refused": reg.refused.get(cfg.tenant_id)}
+
+
+def summaries(settings: Settings) -> list[dict]:
+    """One row per tenant on the topic, and one per tenant whose only records were refused."""
+    reg = read_tenant_registry(settings)
+    rows = [{**cfg.model_dump(mode="json"), "state": _state(cfg), "decision_topic": settings.output_topic(cfg),
+             "bands_text": format_bands(cfg.bands), "refused": reg.refused.get(tid)}
+            for tid, cfg in sorted(reg.tenants.items())]
+    for tid in sorted(set(reg.refused) - set(reg.tenants)):
+        rows.append({"tenant_id": tid, "state": "refused", "intents": [], "bands": {}, "bands_text": "-",
+                     "decision_topic": "-", "refused": reg.refused[tid]})
+    return rows

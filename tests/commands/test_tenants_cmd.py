@@ -1,0 +1,108 @@
+"""`muse-stream tenants` against the real broker: each subcommand, and the refusals that name the field and
+write nothing. The worked examples of docs/tenants.md are these calls."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from muse_stream.cli import main
+from muse_stream.kafka.clients import producer_config
+from muse_stream.kafka.producer import OutputProducer
+from muse_stream.models.quantile import ReferenceDistribution
+from muse_stream.models.store import read_models
+from muse_stream.tenants import read_tenants
+from tests.fixtures.helpers import publish_model, write_config
+
+pytestmark = pytest.mark.kafka
+
+
+def _json(capsys):
+    return orjson.loads(capsys.readouterr().out)
+
+
+def test_set_show_and_list_with_rate_bands(stack, tmp_path, capsys):
+    cfg = write_config(stack, tmp_path / "muse.toml")
+    publish_model(stack, "card_fraud")  # the intent's reference: what a rate resolves through
+    ref = ReferenceDistribution.from_dict(read_models(stack).references["card_fraud"].reference)
+
+    assert main(["tenants", "set", "acme", "--band", "review=1%", "--band", "decline=0.1%", "--config", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "tenant acme written to" in out and "review" in out and "1.0000%" in out
+    rec = read_tenants(stack)["acme"]
+    assert rec.model_dump(mode="json")["bands"] == {"review": {"rate": 0.01}, "decline": {"rate": 0.001}}
+
+    assert main(["tenants", "show", "acme", "--json", "--config", cfg]) == 0
+    doc = _json(capsys)
+    bands = doc["bands"]["card_fraud"]
+    assert [(b["name"], b["text"]) for b in bands] == [("review", "1%"), ("decline", "0.1%")]
+    assert [b["threshold"] for b in bands] == pytest.approx(ref.quantile([0.99, 0.999]).tolist())
+    assert [b["reference_rate"] for b in bands] == pytest.approx([0.01, 0.001], rel=1e-6)
+    assert doc["decision_topic"] == stack.topics.decisions_topic("acme") and doc["state"] == "active"
+
+    # A partial change merges: decline moves to a threshold from an event time, review is kept.
+    t = 1_800_000_000_000
+    assert main(["tenants", "set", "acme", "--band", "decline=0.995", "--from", str(t), "--config", cfg]) == 0
+    capsys.readouterr()
+    rec = read_tenants(stack)["acme"]
+    assert rec.model_dump(mode="json")["bands"] == {"review": {"rate": 0.01}, "decline": 0.995}
+    assert [p.from_time for p in rec.band_periods()] == [None, t]
+
+    assert main(["tenants", "list", "--json", "--config", cfg]) == 0
+    rows = {r["tenant_id"]: r for r in _json(capsys)}
+    assert set(rows) == {"acme", "globex", "initech"} and rows["acme"]["bands_text"] == "review=1%, decline=0.995"
+    assert main(["tenants", "list", "--config", cfg]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0].split()[:3] == ["tenant", "state", "intents"] and len(text) == 4
+    assert "review=1%, decline=0.995" in next(line for line in text if line.startswith("acme"))
+
+
+def test_refusals_name_the_field_and_write_nothing(stack, tmp_path, capsys):
+    cfg = write_config(stack, tmp_path / "muse.toml")
+    before = read_tenants(stack)
+    cases = [
+        (["--band", "review=150%"], "a rate is above 0% and below 100%"),
+        (["--band", "review=1.5"], "bands.review.threshold"),
+        (["--output-topic", stack.topics.decisions_topic("globex")], "is tenant 'globex''s decision topic"),
+        (["--output-topic", stack.topics.models], "is the models topic"),
+        (["--output-topic", "not a topic!"], "output_topic: Value error, 'not a topic!' is not a valid Kafka topic"),
+        (["--default-intent", "account_takeover"], "default_intent 'account_takeover' is not among intents"),
+        (["--intents", "card_fraud,nosuch"], "intents: ['nosuch'] are not in the config's intents"),
+        (["--remove-band", "hold"], "bands: no band 'hold' to remove"),
+    ]
+    for opts, why in cases:
+        assert main(["tenants", "set", "acme", *opts, "--config", cfg]) == 2, opts
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1, (opts, err)
+    assert "a new tenant needs --intents" in _err(["set", "newco", "--band", "review=1%"], cfg, capsys)
+    assert "not suspended" in _err(["remove", "acme"], cfg, capsys)
+    assert "is not on" in _err(["show", "nosuch"], cfg, capsys)
+    assert read_tenants(stack) == before
+
+
+def _err(args: list[str], cfg: str, capsys) -> str:
+    assert main(["tenants", *args, "--config", cfg]) == 2
+    return capsys.readouterr().err
+
+
+def test_suspend_resume_remove_and_old_refusals_stay_quiet(stack, tmp_path, capsys):
+    cfg = write_config(stack, tmp_path / "muse.toml")
+    # A record written by hand that every worker refuses: the tools report it where asked, never as a log line.
+    p = OutputProducer(producer_config(stack), name="test writer")
+    p.produce(stack.topics.tenants, orjson.dumps({"tenant_id": "globex", "intents": []}), b"globex")
+    p.flush(30)
+
+    assert main(["tenants", "suspend", "acme", "--config", cfg]) == 0
+    assert "suspended" in capsys.readouterr().out and read_tenants(stack)["acme"].suspended
+    assert main(["tenants", "resume", "acme", "--config", cfg]) == 0
+    assert not read_tenants(stack)["acme"].suspended
+    assert main(["tenants", "suspend", "acme", "--config", cfg]) == 0
+    capsys.readouterr()
+    assert main(["tenants", "remove", "acme", "--config", cfg]) == 0
+    io = capsys.readouterr()
+    assert "tombstone" in io.out and "unknown_tenant" in io.out and "refused" not in io.err
+    assert "acme" not in read_tenants(stack)
+    assert main(["tenants", "show", "globex", "--config", cfg]) == 0
+    io = capsys.readouterr()
+    assert "intents          card_fraud, account_takeover (default card_fraud)" in io.out
+    assert "refused (intents: " in io.err and io.err.count("\n") == 1  # the one note, not a log of it
