@@ -1,4 +1,5 @@
-"""`muse-stream topics create|list`: every topic the configuration names, created idempotently."""
+"""`muse-stream topics create|list`: every topic the configuration names, created idempotently, or listed
+with whether the cluster has it (exists / missing)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,25 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from muse_stream.config import load_settings
-    from muse_stream.kafka.topics import choose_replication, ensure_all, make_admin, planned_topics
+    from muse_stream.kafka.topics import (
+        choose_replication,
+        ensure_all,
+        existing_topics,
+        make_admin,
+        planned_topics,
+    )
     from muse_stream.tenants import seed_tenants
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
     configured = settings.topics.replication_factor
     if args.action == "list":
+        # Asks the cluster (one line naming the address, exit 2, when none answers): a list that succeeds
+        # against a dead broker would tell a script the topics are there.
+        existing = existing_topics(settings)
         rf = configured if configured is not None else "auto (min(3, brokers))"
         for spec in planned_topics(settings):
-            print(f"{spec.name}\tpartitions={spec.partitions}\treplication={rf}\t{spec.config or ''}")
+            state = "exists" if spec.name in existing else "missing"
+            print(f"{spec.name}\t{state}\tpartitions={spec.partitions}\treplication={rf}\t{spec.config or ''}")
         return 0
     results = ensure_all(settings)
     # Topics that existed keep the replication they were created with.

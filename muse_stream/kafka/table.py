@@ -31,9 +31,12 @@ class TopicTable:
         self._consumer = make_consumer(reader_config(settings, read_committed=read_committed,
                                                      **{"fetch.wait.max.ms": 20}), f"{topic} reader")
         try:
-            md = self._consumer.list_topics(topic, timeout=15)
+            # 10 s: a command that reads a table first (publish, models, backtest, replay) names the address
+            # within 15 s of its start when no cluster answers.
+            md = self._consumer.list_topics(topic, timeout=10)
         except KafkaException as e:
-            raise KafkaOpError(f"cannot read topic {topic}: {e.args[0].str()}") from None
+            raise KafkaOpError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers} (reading {topic}): "
+                               f"{e.args[0].str()}", error=e.args[0]) from None
         tmd = md.topics.get(topic)
         if tmd is None or tmd.error is not None or not tmd.partitions:
             self._consumer.close()
