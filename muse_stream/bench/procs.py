@@ -76,7 +76,8 @@ def _worker_class():
     return getattr(importlib.import_module(module), cls)
 
 
-def _child(kind: str, settings: Settings, slot: int, output_topics: list[str], gate, reports, verbose: bool) -> None:
+def _child(kind: str, settings: Settings, slot: int, output_topics: list[str], gate, reports, verbose: bool,
+           cpus: set[int] | None = None) -> None:
     from muse_stream.logs import setup_logging
     from muse_stream.worker.supervisor import _die_with_parent
 
@@ -97,6 +98,8 @@ def _child(kind: str, settings: Settings, slot: int, output_topics: list[str], g
     if not gate.wait(120):
         reports.put(("error", slot, os.getpid(), "the gate never opened"))
         return
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # a pinned run: this worker on the cores it was given
     cpu0 = proc_cpu_seconds()
     if kind == "ceiling":
         w = CeilingWorker(settings, slot=slot, output_topics=output_topics, stop=stop)
@@ -116,12 +119,7 @@ def _child(kind: str, settings: Settings, slot: int, output_topics: list[str], g
         w.run()
     except Exception as e:  # noqa: BLE001 - reported to the bench, which fails the run
         error = f"{type(e).__name__}: {e}"
-    if kind == "ceiling":
-        counters = {"events_in": w.events_in, "commits": w.commits}
-    else:
-        st = w.stats
-        counters = {"events_in": st.events_in, "decisions": st.decisions, "dead_letters": st.dead_letters,
-                    "batches": st.batches, "commits": st.commits, "aborts": st.aborts, "rebalances": st.rebalances}
+    counters = w.stats.figures()  # the loop's counters and step timers (and the scoring job's)
     reports.put(("done", slot, os.getpid(), {
         "error": error, "counters": counters, "cpu_s": (proc_cpu_seconds() or 0.0) - (cpu0 or 0.0),
         "peak_rss_kb": proc_status_kb("self", "VmHWM"),
@@ -137,6 +135,7 @@ class WorkerGroup:
     workers: int
     output_topics: list[str] = field(default_factory=list)
     verbose: bool = False
+    cpus: set[int] | None = None  # pin every worker to these cores
 
     def __post_init__(self) -> None:
         ctx = mp.get_context("spawn")
@@ -144,7 +143,7 @@ class WorkerGroup:
         self._reports = ctx.Queue()
         self.procs = [ctx.Process(target=_child, name=f"bench-{self.kind}-{i}",
                                   args=(self.kind, self.settings, i, self.output_topics, self._gate,
-                                        self._reports, self.verbose))
+                                        self._reports, self.verbose, self.cpus))
                       for i in range(self.workers)]
         self.pids: dict[int, int] = {}
         self.assigned_at: dict[int, float] = {}

@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from muse_stream.bench.figures import loop_figures, per_worker
 from muse_stream.bench.load import SWAP_INTENT, EventFactory
 from muse_stream.bench.procs import BenchError, WorkerGroup, machine_busy_ticks, proc_cpu_seconds
 from muse_stream.bench.readers import ArrivalReader, LatencyReader, verify
@@ -104,20 +105,23 @@ def _r(x: float | None, digits: int) -> float | None:
 def _worker_figures(group: WorkerGroup) -> dict:
     done = [group.done[k] for k in sorted(group.done)]
     rss = [d["peak_rss_kb"] for d in done if d.get("peak_rss_kb")]
+    counters = [d["counters"] for d in done]
     return {"peak_rss_mb_per_worker": [round(k / 1024, 1) for k in rss],
             "peak_rss_mb_max": round(max(rss) / 1024, 1) if rss else None,
             "worker_lifetime_cpu_s": [round(d["cpu_s"], 2) for d in done],
-            "worker_counters": [d["counters"] for d in done]}
+            "loop": loop_figures(counters),
+            "per_worker": per_worker(counters, [d["cpu_s"] for d in done]),
+            "worker_counters": [{k: v for k, v in c.items() if k != "in_worker_counts"} for c in counters]}
 
 
 def throughput_run(ctx: BenchContext, name: str, *, kind: str, workers: int, guarantee: str,
-                   timeout: float, telemetry: bool = True) -> dict:
+                   timeout: float, telemetry: bool = True, cpus: set[int] | None = None) -> dict:
     """Workers read the pre-produced input from the start; the rate is taken from the visible outputs."""
     s = ctx.settings_for(name, guarantee=guarantee, telemetry=telemetry)
     outs = _outputs(ctx, s)  # the ceiling writes into the same shape: one topic per tenant
     result = {"run": name, "kind": kind, "workers": workers, "guarantee": guarantee, "events": ctx.events,
               "telemetry": telemetry}
-    group = WorkerGroup(kind, s, workers, output_topics=outs, verbose=ctx.verbose)
+    group = WorkerGroup(kind, s, workers, output_topics=outs, verbose=ctx.verbose, cpus=cpus)
     sampler = _Sampler(group, ctx.broker_pid)
     reader = ArrivalReader(s, [*outs, s.topics.deadletter], ctx.events, ready=group.stable_since,
                            on_first=lambda: sampler("first_output"), on_start=lambda: sampler("start"),
@@ -181,19 +185,20 @@ def _activation_write_time(settings: Settings, intent: str, timeout: float = 15.
 
 
 def latency_run(ctx: BenchContext, name: str, *, guarantee: str, rate: float, seconds: float, warmup: float,
-                swap_at: float | None = None, swap_version: int | None = None) -> dict:
-    """One worker on a fresh input topic; a paced producer offers `rate` events/s for `seconds`."""
+                swap_at: float | None = None, swap_version: int | None = None, kind: str = "runtime") -> dict:
+    """One worker on a fresh input topic; a paced producer offers `rate` events/s for `seconds`. With kind
+    "ceiling", the worker copies instead of scoring: the floor, what Kafka and the loop cost on their own."""
     input_topic = f"{ctx.prefix}{name}.in"
     s = ctx.settings_for(name, guarantee=guarantee, input_topic=input_topic)
     ctx.create(s, [TopicSpec(input_topic, ctx.partitions)])
     outs = _outputs(ctx, s)
     n = int(rate * seconds)
     watch = f"{SWAP_INTENT}@{swap_version}" if swap_at is not None else None
-    result: dict = {"run": name, "guarantee": guarantee, "workers": 1, "offered_events_per_s": rate,
+    result: dict = {"run": name, "kind": kind, "guarantee": guarantee, "workers": 1, "offered_events_per_s": rate,
                     "seconds": seconds, "warmup_s": warmup, "events": n}
     reader = LatencyReader(s, [*outs, s.topics.deadletter], n, watch_model=watch)
     reader.start()
-    group = WorkerGroup("runtime", s, 1, output_topics=outs, verbose=ctx.verbose)
+    group = WorkerGroup(kind, s, 1, output_topics=outs, verbose=ctx.verbose)
     send = np.full(n, np.nan)
     swap: dict = {}
     try:
@@ -233,7 +238,8 @@ def latency_run(ctx: BenchContext, name: str, *, guarantee: str, rate: float, se
                              int(d["model_version"].rsplit("@", 1)[1])))
     else:
         collect = None
-    result["check"] = verify(s, outs, input_topic, deadletter=s.topics.deadletter, collect=collect)
+    result["check"] = verify(s, outs, input_topic, by="key" if kind == "ceiling" else "source",
+                             deadletter=s.topics.deadletter, collect=collect)
     if swap_at is not None:
         result["swap"] = _swap_figures(swap, reader, rows, lat_ms, send, rate)
     return result
@@ -241,8 +247,9 @@ def latency_run(ctx: BenchContext, name: str, *, guarantee: str, rate: float, se
 
 def _paced_produce(ctx: BenchContext, s: Settings, topic: str, n: int, rate: float, send: np.ndarray,
                    group: WorkerGroup, *, swap_at: float | None, on_swap) -> float:
-    """Offer events at `rate`/s; each one's send time (wall clock) is recorded by sequence number."""
-    p = OutputProducer(producer_config(s, **{"linger.ms": 1}), name="offered load")
+    """Offer events at `rate`/s; each one's send time (wall clock, taken just before its produce call) is recorded
+    by sequence number. The producer does not linger, so the figure holds no wait of the load generator's own."""
+    p = OutputProducer(producer_config(s, **{"linger.ms": 0}), name="offered load")
     produce, poll, event = p.client.produce, p.poll, ctx.factory.event
     swapper = None
     t0 = time.perf_counter()

@@ -138,18 +138,10 @@ def _batches(n_batches: int, size: int, seed: int) -> list[list]:
     return out
 
 
-def measure(
-    *,
-    batches: int = 200,
-    batch_size: int = 2000,
-    trees: int = 200,
-    depth: int = 6,
-    seed: int = 0,
-    warmup: int = 5,
-) -> dict:
-    """Median microseconds per batch: scoring (BatchScorer.process) and telemetry (Telemetry.on_batch)."""
+def setup(*, trees: int = 200, depth: int = 6, seed: int = 0) -> SimpleNamespace:
+    """The in-process stack: settings, registries, the real BatchScorer and a worker-shaped object for
+    Telemetry (shared with bench/stages.py, so both time the same code on the same events)."""
     from muse_stream.scoring.scorer import BatchScorer
-    from muse_stream.telemetry import Telemetry
     from muse_stream.tenants import TenantRegistry
     from muse_stream.worker.runtime import WorkerStats
 
@@ -172,7 +164,29 @@ def measure(
         ready=True,
         consumer=None,
     )
-    tel = Telemetry(worker)
+    return SimpleNamespace(settings=settings, models=models, tenants=tenants, scorer=scorer, worker=worker)
+
+
+def batches(n_batches: int, size: int, seed: int = 0) -> list[list]:
+    """Batches of real Kafka Message objects holding the bench's event bytes."""
+    return _batches(n_batches, size, seed)
+
+
+def measure(
+    *,
+    batches: int = 200,
+    batch_size: int = 2000,
+    trees: int = 200,
+    depth: int = 6,
+    seed: int = 0,
+    warmup: int = 5,
+) -> dict:
+    """Median microseconds per batch: scoring (BatchScorer.process) and telemetry (Telemetry.on_batch)."""
+    from muse_stream.telemetry import Telemetry
+
+    stack = setup(trees=trees, depth=depth, seed=seed)
+    scorer = stack.scorer
+    tel = Telemetry(stack.worker)
     score_us, tel_us = [], []
     for i, msgs in enumerate(_batches(batches + warmup, batch_size, seed)):
         t0 = time.perf_counter_ns()

@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from muse_stream.cli import add_config_args
 
 logger = logging.getLogger(__name__)
-RUNS = ("ceiling", "runtime", "no-telemetry", "runtime-w", "runtime-alo", "latency", "swap")
+RUNS = ("ceiling", "runtime", "no-telemetry", "runtime-w", "pinned", "runtime-alo", "floor", "latency", "swap",
+        "stages")  # as bench/suite.py runs them (kept here so --help needs no import of it)
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +35,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-max-events", type=int, default=None, help="override batch.max_events")
     p.add_argument("--batch-max-wait-ms", type=int, default=None, help="override batch.max_wait_ms")
     p.add_argument("--commit-interval-ms", type=int, default=None, help="override runtime.commit_interval_ms")
+    p.add_argument("--ab-pairs", type=int, default=2,
+                   help="telemetry on/off pairs of the 1-worker exactly-once run, interleaved (default 2: A B B A)")
+    p.add_argument("--stage-events", type=int, default=40_000,
+                   help="events per batch size for the in-process stage breakdown (default 40,000)")
     p.add_argument("--skip", default="", help=f"comma-separated runs to skip: {', '.join(RUNS)}")
     p.add_argument("--json", default=None, metavar="PATH",
                    help="where to write the JSON report (default: out/bench/bench-<run id>.json)")
@@ -108,20 +113,24 @@ def run(args: argparse.Namespace) -> int:
         evaluate_targets,
         format_report,
         machine_info,
+        telemetry_ab,
         versions_info,
         write_json,
     )
-    from muse_stream.bench.runs import BenchContext, latency_run, throughput_run
+    from muse_stream.bench.runs import BenchContext
+    from muse_stream.bench.suite import run_latency, run_stages, run_throughput
     from muse_stream.config import Settings, load_settings
-    from muse_stream.errors import ConfigError, MuseError
+    from muse_stream.errors import ConfigError
     from muse_stream.kafka.topics import COMPACTED, TopicSpec
     from muse_stream.tenants import put_tenants
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if skip - set(RUNS):
         raise ConfigError(f"--skip: unknown run(s) {sorted(skip - set(RUNS))}; known: {', '.join(RUNS)}")
-    if args.events < 1 or args.partitions < 1 or args.workers < 1 or args.rate <= 0 or args.latency_seconds <= 0:
-        raise ConfigError("--events, --partitions, --workers, --rate and --latency-seconds must be positive")
+    if (args.events < 1 or args.partitions < 1 or args.workers < 1 or args.rate <= 0 or args.latency_seconds <= 0
+            or args.ab_pairs < 1 or args.stage_events < 1):
+        raise ConfigError("--events, --partitions, --workers, --rate, --latency-seconds, --ab-pairs and "
+                          "--stage-events must be positive")
     if args.warmup >= args.latency_seconds:
         raise ConfigError("--warmup must be shorter than --latency-seconds")
     loaded = load_settings(args.config, bootstrap=args.bootstrap)
@@ -166,11 +175,11 @@ def run(args: argparse.Namespace) -> int:
             "batch_max_events": base.batch.max_events, "batch_max_wait_ms": base.batch.max_wait_ms,
             "commit_interval_ms": base.runtime.commit_interval_ms,
             "transaction_timeout_ms": base.runtime.transaction_timeout_ms,
-            "decisions_partitions": base.topics.decisions_partitions, "offered_load_producer_linger_ms": 1,
+            "decisions_partitions": base.topics.decisions_partitions, "offered_load_producer_linger_ms": 0,
             "tenants": [t.tenant_id for t in TENANTS], "intents": list(INTENTS), "features": 30, "models": [],
             "skipped": sorted(skip),
         },
-        "throughput": [], "latency": [], "swap": None, "errors": [],
+        "throughput": [], "latency": [], "swap": None, "pinned": None, "stages": None, "errors": [],
     }
     groups: list[str] = []
     say = (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -191,57 +200,17 @@ def run(args: argparse.Namespace) -> int:
         say(f"  {report['load']['events_per_s']:,} events/s, {report['load']['mean_event_bytes']} bytes each")
 
         tp_timeout = max(300.0, args.events / 2000.0)
-        plan = []
-        if "ceiling" not in skip:
-            plan.append(("ceiling", "ceiling", 1, "exactly-once"))
-        if "runtime" not in skip:
-            plan.append(("runtime-eos-1", "runtime", 1, "exactly-once"))
-        if "no-telemetry" not in skip:
-            plan.append(("runtime-eos-1-no-telemetry", "runtime", 1, "exactly-once"))
-        if "runtime-w" not in skip and args.workers > 1:
-            if "ceiling" not in skip:
-                plan.append((f"ceiling-{args.workers}", "ceiling", args.workers, "exactly-once"))
-            plan.append((f"runtime-eos-{args.workers}", "runtime", args.workers, "exactly-once"))
-        if "runtime-alo" not in skip:
-            plan.append(("runtime-alo-1", "runtime", 1, "at-least-once"))
-        for name, kind, w, guarantee in plan:
-            say(f"run {name}: {kind}, {w} worker(s), {guarantee}")
-            groups.append(f"{prefix}{name}")
-            try:
-                r = throughput_run(ctx, name, kind=kind, workers=w, guarantee=guarantee, timeout=tp_timeout,
-                                   telemetry=not name.endswith("no-telemetry"))
-                say(f"  {r['events_per_s']:,} events/s; check: {'ok' if r['check']['exactly_once'] else r['check']}")
-            except MuseError as e:
-                r = {"run": name, "kind": kind, "workers": w, "guarantee": guarantee, "error": str(e)}
-                report["errors"].append(f"{name}: {e}")
-                say(f"  failed: {e}")
-            report["throughput"].append(r)
+        run_throughput(ctx, report, groups, say, skip=skip, workers=args.workers, ab_pairs=args.ab_pairs,
+                       timeout=tp_timeout)
         add_ratios(report["throughput"])
-
-        lat_plan = []
-        if "latency" not in skip:
-            lat_plan += [("latency-eos", "exactly-once", None), ("latency-alo", "at-least-once", None)]
-        if "swap" not in skip:
-            lat_plan.append(("swap", "exactly-once", max(args.warmup + 1.0, args.latency_seconds * 0.4)))
-        for name, guarantee, swap_at in lat_plan:
-            say(f"run {name}: {guarantee}, {args.rate:g} events/s offered for {args.latency_seconds:g} s")
-            groups.append(f"{prefix}{name}")
-            try:
-                r = latency_run(ctx, name, guarantee=guarantee, rate=args.rate, seconds=args.latency_seconds,
-                                warmup=args.warmup, swap_at=swap_at, swap_version=swap_version)
-                say(f"  p99 {r['latency_ms']['p99']} ms; check: {'ok' if r['check']['exactly_once'] else r['check']}")
-            except MuseError as e:
-                r = {"run": name, "guarantee": guarantee, "error": str(e)}
-                report["errors"].append(f"{name}: {e}")
-                say(f"  failed: {e}")
-            if name == "swap":
-                report["swap"] = r
-            else:
-                report["latency"].append(r)
+        run_latency(ctx, report, groups, say, skip=skip, rate=args.rate, seconds=args.latency_seconds,
+                    warmup=args.warmup, swap_version=swap_version)
+        run_stages(report, say, skip=skip, trees=args.trees, events=args.stage_events)
     except KeyboardInterrupt:
         report["errors"].append("interrupted")
         raise
     finally:
+        report["telemetry_ab"] = telemetry_ab(report["throughput"])
         report["targets"] = evaluate_targets(report)
         report["duration_s"] = round(time.monotonic() - t_begin, 1)
         report["finished_at"] = datetime.now(UTC).isoformat()

@@ -137,8 +137,10 @@ def admin_config(settings: Settings) -> dict:
 
 def producer_config(settings: Settings, *, transactional_id: str | None = None, **extra) -> dict:
     """`extra` is muse-stream's own tuning for one kind of producer; [kafka.client] overrides it."""
+    # Nagle's algorithm would hold a small request back until the previous one is acknowledged: off, as the
+    # broker has it, so a lone record at a light load leaves at once.
     tuning = {"linger.ms": 5, "batch.num.messages": 10000, "compression.type": "lz4",
-              "message.max.bytes": MAX_RECORD_BYTES, **extra}
+              "message.max.bytes": MAX_RECORD_BYTES, "socket.nagle.disable": True, **extra}
     required = {"enable.idempotence": True, "acks": "all",
                 # Only failures reach the delivery callback: no Python call per delivered record.
                 "delivery.report.only.error": True}
@@ -152,7 +154,7 @@ def consumer_config(settings: Settings, *, group_id: str, read_committed: bool =
     """`extra` is muse-stream's own tuning for one kind of consumer; [kafka.client] overrides it."""
     tuning = {"auto.offset.reset": "earliest", "fetch.max.bytes": MAX_RECORD_BYTES,
               "max.partition.fetch.bytes": MAX_RECORD_BYTES, "receive.message.max.bytes": MAX_RECORD_BYTES + 1024 * 1024,
-              "enable.partition.eof": False, **extra}
+              "enable.partition.eof": False, "socket.nagle.disable": True, **extra}
     required = {"group.id": group_id, "enable.auto.commit": False,
                 "isolation.level": "read_committed" if read_committed else "read_uncommitted"}
     return _compose(settings, tuning, required)
@@ -173,11 +175,16 @@ def input_consumer_config(settings: Settings, *, slot: int | None = None, **extr
     the queue: the 64 MiB fetch sizes are for model records, and on the input topic they cost ~250 MB of RSS
     for nothing. The short queue backoff keeps a capped queue from starving the loop (librdkafka waits 1 s).
 
+    Latency: the broker answers a fetch as soon as fetch.min.bytes (1) is there, so an event is fetched the
+    moment it is written, whatever the load; fetch.wait.max.ms only bounds how long an idle fetch is held (and
+    so how many empty fetches an idle worker sends: 50 a second at 20 ms). Under load the prefetched queue
+    holds whole batches, so batches fill without waiting (see kafka/loop.py).
+
     With a slot, the member is static (group.instance.id from the slot): a slot restarted within the session
     timeout takes its partitions back without a rebalance of the other workers."""
     conf = consumer_config(settings, group_id=settings.runtime.group_id, **{
-        "queued.min.messages": max(10000, 2 * settings.batch.max_events), "fetch.wait.max.ms": 50,
-        "queued.max.messages.kbytes": 16384, "fetch.max.bytes": 4 * 1024 * 1024,
+        "queued.min.messages": max(10000, 2 * settings.batch.max_events), "fetch.wait.max.ms": 20,
+        "fetch.min.bytes": 1, "queued.max.messages.kbytes": 16384, "fetch.max.bytes": 4 * 1024 * 1024,
         "max.partition.fetch.bytes": max(4 * 1024 * 1024, settings.runtime.max_event_bytes + 1024),
         "fetch.queue.backoff.ms": 10, **extra})
     if slot is not None:
@@ -186,8 +193,13 @@ def input_consumer_config(settings: Settings, *, slot: int | None = None, **extr
 
 
 def worker_producer_config(settings: Settings, **extra) -> dict:
-    """The workers' producer: linger 1 ms, since every decision's latency includes it."""
-    return producer_config(settings, **{"linger.ms": 1, **extra})
+    """The workers' producer. At-least-once, a decision is visible once delivered, so the producer does not
+    linger at all: a lone record leaves at once, and under load librdkafka batches on its own whatever queues
+    while its requests are in flight. Exactly-once, a decision is visible at its commit, which flushes without
+    waiting out linger.ms, so a short linger (5 ms) only groups the records of a heavy load into fewer
+    requests; it never delays an output."""
+    linger = 5 if settings.runtime.processing_guarantee == "exactly-once" else 0
+    return producer_config(settings, **{"linger.ms": linger, **extra})
 
 
 def check_reachable(client, settings: Settings, timeout: float = 15.0, errors: ClientErrors | None = None) -> None:

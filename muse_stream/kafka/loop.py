@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
 
@@ -25,15 +26,47 @@ from muse_stream.kafka.clients import make_consumer
 logger = logging.getLogger(__name__)
 
 
+class InWorkerLatency:
+    """Per event, the time from its batch's consume return to the return of the last produce call of that
+    batch: the time the event spent inside the worker, rounded up to the batch's last output (every event of a
+    batch is counted with the batch's figure, so this is an upper bound, and one call per batch).
+
+    Kept as counts in fixed log-spaced bins (BINS_PER_DECADE per decade from 1 us to 100 s), so it costs one
+    bisect per batch and the counts of several workers add up."""
+
+    BINS_PER_DECADE = 20
+    EDGES_NS: tuple[int, ...] = tuple(round(1000 * 10 ** (i / 20)) for i in range(8 * 20 + 1))  # bin i: (e[i-1], e[i]]
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.EDGES_NS) + 1)
+
+    def add(self, t_taken_ns: int, t_produced_ns: int, events: int) -> None:
+        self.counts[bisect_left(self.EDGES_NS, t_produced_ns - t_taken_ns)] += events
+
+
 @dataclass
 class LoopStats:
-    """Counters of the loop; a job may extend it with its own."""
+    """Counters of the loop; a job may extend it with its own. The *_ns figures are wall time spent in each
+    step (time.perf_counter_ns), summed per batch, never per event; `in_worker` is the per-event latency
+    inside the worker (see InWorkerLatency), which the job records because only it knows when it produced."""
 
     events_in: int = 0
     batches: int = 0
     commits: int = 0
     aborts: int = 0
     rebalances: int = 0
+    early_commits: int = 0  # commits made because the worker had caught up, before the interval was out
+    consume_ns: int = 0  # in next_batch, including the wait for a first event when the input is idle
+    process_ns: int = 0
+    commit_ns: int = 0
+    batch_taken_ns: int = 0  # when the current batch's next_batch returned (perf_counter_ns)
+    in_worker: InWorkerLatency = field(default_factory=InWorkerLatency)
+
+    def figures(self) -> dict:
+        """Every counter as plain data (what a bench worker reports back)."""
+        out = {k: v for k, v in self.__dict__.items() if isinstance(v, (int, float)) and k != "batch_taken_ns"}
+        out["in_worker_counts"] = self.in_worker.counts
+        return out
 
 
 class LoopHooks:
@@ -61,6 +94,42 @@ class LoopSettings:
     commit_interval_s: float
     max_aborts_in_a_row: int = 10
     max_backoff_s: float = 5.0
+    # Exactly-once, caught up: commit as soon as a batch is done, but keep commits to at most this share of
+    # the loop's time (see CommitPacer).
+    commit_share: float = 0.5
+
+
+class CommitPacer:
+    """When the open work is committed: the rule that makes latency follow the load.
+
+    - Caught up (the last batch was not full: the consumer had nothing more queued), exactly-once commits as
+      soon as the batch is done, since its outputs become visible only then; but not sooner than
+      `cost * (1 - share) / share` after the previous commit ended, where `cost` is the moving average of what
+      a commit takes, so commits never take more than `share` of the loop's time (at share 0.5 the wait after
+      a commit is at most one commit's duration).
+    - Behind (full batches), commits wait for `interval`, the configured maximum, so a heavy load pays for
+      one transaction per interval, not per batch.
+    - At-least-once outputs are visible when produced, so an earlier commit of offsets would buy nothing but
+      a blocking flush: it commits on the interval only.
+    """
+
+    def __init__(self, interval_s: float, *, early: bool, share: float = 0.5) -> None:
+        self.interval = interval_s
+        self.early = early
+        self.gap_per_cost = (1.0 - share) / share if 0.0 < share < 1.0 else 0.0
+        self.cost = 0.0  # seconds, exponentially weighted
+        self.last = time.monotonic()  # when the last commit ended
+
+    def due_at(self, caught_up: bool) -> float:
+        """The monotonic time at which pending work is to be committed."""
+        at = self.last + self.interval
+        if caught_up and self.early:
+            at = min(at, self.last + self.cost * self.gap_per_cost)
+        return at
+
+    def committed(self, seconds: float) -> None:
+        self.cost = seconds if self.cost == 0.0 else 0.8 * self.cost + 0.2 * seconds
+        self.last = time.monotonic()
 
 
 def next_batch(consumer, max_events: int, wait: float) -> list:
@@ -134,11 +203,20 @@ class StreamLoop:
     def _turns(self) -> None:
         s, cp, stats, hooks = self.settings, self.checkpoint, self.stats, self.hooks
         aborts_in_a_row = 0
-        last_commit = time.monotonic()
+        pacer = CommitPacer(s.commit_interval_s, early=s.exactly_once, share=s.commit_share)
+        caught_up = True
+        clock = time.perf_counter_ns
         while not self.stop.is_set():
             hooks.on_turn()
             self.between_batches()
-            msgs = next_batch(self.consumer, s.max_events, s.max_wait_s)
+            wait = s.max_wait_s
+            if cp.pending:  # wait for more input only until the open work is due
+                wait = max(0.0, min(wait, pacer.due_at(caught_up) - time.monotonic()))
+            t0 = clock()
+            msgs = next_batch(self.consumer, s.max_events, wait)
+            stats.batch_taken_ns = t1 = clock()
+            stats.consume_ns += t1 - t0
+            caught_up = len(msgs) < s.max_events
             try:
                 if msgs:
                     msgs = drop_errors(msgs)
@@ -148,13 +226,18 @@ class StreamLoop:
                     cp.processed()
                     stats.events_in += len(msgs)
                     stats.batches += 1
-                if time.monotonic() - last_commit >= s.commit_interval_s:
-                    t0 = time.perf_counter_ns()
+                    stats.process_ns += clock() - t1
+                if cp.pending and time.monotonic() >= pacer.due_at(caught_up):
+                    t2 = clock()
+                    early = time.monotonic() < pacer.last + pacer.interval
                     if cp.commit():
                         stats.commits += 1
-                        hooks.on_commit(t0)
+                        stats.early_commits += early
+                        hooks.on_commit(t2)
                         aborts_in_a_row = 0
-                    last_commit = time.monotonic()
+                    t3 = clock()
+                    stats.commit_ns += t3 - t2
+                    pacer.committed((t3 - t2) / 1e9)
             except AbortRequired as e:
                 aborts_in_a_row += 1
                 if aborts_in_a_row > s.max_aborts_in_a_row:

@@ -39,6 +39,9 @@ class WorkerStats(LoopStats):
 
     decisions: int = 0
     dead_letters: int = 0
+    score_ns: int = 0  # scorer and shadow scorer (parse, route, matrix, predict, transform, format)
+    produce_ns: int = 0  # decisions, shadow records and dead letters handed to the producer
+    telemetry_ns: int = 0  # every telemetry call of the loop (per batch, per turn, the timed updates)
     dead_by_reason: dict[str, int] = field(default_factory=dict)
     scored: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
@@ -64,7 +67,9 @@ class _Hooks(LoopHooks):
 
     def on_turn(self) -> None:
         self.heartbeat()
+        t = time.perf_counter_ns()
         self.w.telemetry.poll_start()
+        self.w.stats.telemetry_ns += time.perf_counter_ns() - t
 
     def on_commit(self, t_start_ns: int) -> None:
         self.w.telemetry.on_commit(t_start_ns)
@@ -175,8 +180,14 @@ class Worker:
         self.producer.produce_all(out.decisions)
         self.producer.produce_all(shadow)
         write_dead_letters(self.producer, self.settings.topics.deadletter, out.dead)
-        self.stats.add(out)
+        t_produced = time.perf_counter_ns()
+        st = self.stats
+        st.in_worker.add(st.batch_taken_ns, t_produced, len(msgs))
+        st.score_ns += t_scored - t_score
+        st.produce_ns += t_produced - t_scored
+        st.add(out)
         self.telemetry.on_batch(out, msgs, t_score, t_scored)
+        st.telemetry_ns += time.perf_counter_ns() - t_produced
 
 
 def _fatal_fields(settings: Settings, slot: int, e: KafkaOpError) -> dict:

@@ -11,7 +11,9 @@ import pytest
 
 from muse_stream.bench.load import FEATURES, EventFactory, seq_of_key
 from muse_stream.bench.readers import _source_of
-from muse_stream.bench.report import add_ratios, evaluate_targets, format_report, table
+from muse_stream.bench.figures import bins_percentile, loop_figures
+from muse_stream.bench.report import add_ratios, evaluate_targets, format_report, telemetry_ab
+from muse_stream.bench.report_table import table
 from muse_stream.bench.stats import latency_summary, per_thousand, percentile, versions_never_go_back
 from muse_stream.models.records import Event
 from muse_stream.scoring.contract import feature_matrix as _feature_matrix
@@ -100,11 +102,17 @@ def _report(**over) -> dict:
          "check": {"exactly_once": False, "outputs": 11, "inputs": 10, "missing": 0, "duplicated": 1,
                    "foreign": 0}},
     ]
-    lat = [{"run": "latency-eos", "guarantee": "exactly-once", "offered_events_per_s": 5000,
-            "latency_ms": {"p50": 60.0, "p99": 140.0, "p99.9": 160.0, "max": 170.0},
+    lat = [{"run": "floor-eos", "kind": "ceiling", "guarantee": "exactly-once", "offered_events_per_s": 5000,
+            "latency_ms": {"p50": 9.0, "p99": 20.0, "p99.9": 30.0, "max": 31.0},
+            "loop": {"in_worker": {"p50_us": 40.0, "p99_us": 90.0}},
             "check": {"exactly_once": True, "outputs": 5, "inputs": 5}},
-           {"run": "latency-alo", "guarantee": "at-least-once", "offered_events_per_s": 5000,
+           {"run": "latency-eos", "kind": "runtime", "guarantee": "exactly-once", "offered_events_per_s": 5000,
+            "latency_ms": {"p50": 16.0, "p99": 40.0, "p99.9": 60.0, "max": 70.0},
+            "loop": {"in_worker": {"p50_us": 400.0, "p99_us": 1200.0}},
+            "check": {"exactly_once": True, "outputs": 5, "inputs": 5}},
+           {"run": "latency-alo", "kind": "runtime", "guarantee": "at-least-once", "offered_events_per_s": 5000,
             "latency_ms": {"p50": 5.0, "p99": 12.0, "p99.9": 20.0, "max": 30.0},
+            "loop": {"in_worker": {"p50_us": 300.0, "p99_us": 800.0}},
             "check": {"exactly_once": True, "outputs": 5, "inputs": 5}}]
     swap = {"run": "swap", "guarantee": "exactly-once", "check": {"exactly_once": True, "outputs": 5, "inputs": 5},
             "latency_ms": {"p99": 150.0},
@@ -129,12 +137,32 @@ def test_ratios_and_targets():
     assert met["exactly-once, 1 worker"] is True  # 60,000 >= 50,000
     assert met["exactly-once, 1 worker / ceiling"] is True
     assert met["at-least-once"] is False  # 12 ms > 10 ms
-    assert met["exactly-once"] is True  # 140 <= 150
+    assert met["exactly-once"] is True  # 40 <= 50
+    assert met["in-worker consume -> produce"] is False  # exactly-once's 1,200 us > 1,000 us
     assert met["swap"] is True
+    assert met["telemetry cost"] is None  # no run without telemetry
     assert met["peak RSS per worker MB (two intents loaded)"] is False  # 310 > 300
     assert met["every run"] is False  # one duplicate
     unmeasured = evaluate_targets(_report(throughput=[], latency=[], swap=None))
-    assert all(t["met"] is None for t in unmeasured[:6])
+    assert all(t["met"] is None for t in unmeasured[:7])
+
+
+def test_telemetry_cost_from_interleaved_pairs():
+    """Medians of the A (with) and B (without) runs; the CPU-per-event figure is the one the target reads."""
+    def run(name, tel, rate, cpu):
+        return {"run": name, "kind": "runtime", "workers": 1, "guarantee": "exactly-once", "telemetry": tel,
+                "events_per_s": rate, "cpu_s_per_1k_events": cpu,
+                "loop": {"us_per_event": {"consume": 2.0, "process": 17.0, "commit": 1.0, "telemetry": 0.4}}}
+
+    tp = [run("runtime-eos-1", True, 40_000, 0.0200), run("runtime-eos-1-no-telemetry", False, 44_000, 0.0196),
+          run("runtime-eos-1-no-telemetry#2", False, 36_000, 0.0194), run("runtime-eos-1#2", True, 38_000, 0.0202)]
+    ab = telemetry_ab(tp)
+    assert ab["events_per_s_with"] == 39_000 and ab["events_per_s_without"] == 40_000
+    assert ab["cost_by_rate"] == 0.025
+    assert ab["cost_by_cpu"] == round(1 - 0.0195 / 0.0201, 3)
+    assert ab["timed_share_of_loop"] == 0.02
+    met = {t["target"].split(":")[0]: t["met"] for t in evaluate_targets(_report(throughput=tp))}
+    assert met["telemetry cost"] is True
 
 
 def test_report_table_shows_every_figure():
@@ -143,7 +171,8 @@ def test_report_table_shows_every_figure():
     r["targets"] = evaluate_targets(r)
     text = format_report(r)
     for needle in ("runtime-eos-1", "60,000", "0.6", "FAIL missing 0 dup 1", "latency-alo", "12.0",
-                   "card_fraud@2", "120 ms", "Targets", "NO", "ok 10/10"):
+                   "card_fraud@2", "120 ms", "Targets", "NO", "ok 10/10", "floor-eos", "muse-stream adds 7.0 / 20.0 ms",
+                   "1200.0"):
         assert needle in text, needle
     t = table(["a", "n"], [["x", 1], ["yy", None]])
     lines = t.splitlines()
@@ -158,12 +187,18 @@ def test_bench_end_to_end_small(bootstrap, tmp_path):
 
     out = tmp_path / "bench.json"
     code = main(["bench", "--bootstrap", bootstrap, "--events", "40000", "--trees", "20", "--rate", "1000",
-                 "--latency-seconds", "3", "--warmup", "1", "--skip", "runtime-w,no-telemetry", "--json", str(out)])
+                 "--latency-seconds", "3", "--warmup", "1", "--skip", "runtime-w,no-telemetry,pinned",
+                 "--stage-events", "2000", "--json", str(out)])
     report = orjson.loads(out.read_bytes())
     assert report["errors"] == []
     runs = [*report["throughput"], *report["latency"], report["swap"]]
-    assert [r["run"] for r in runs] == ["ceiling", "runtime-eos-1", "runtime-alo-1", "latency-eos", "latency-alo",
-                                        "swap"]
+    assert [r["run"] for r in runs] == ["ceiling", "runtime-eos-1", "runtime-alo-1", "floor-eos", "latency-eos",
+                                        "floor-alo", "latency-alo", "swap"]
+    # the workers' own timers came back, and the in-process stage breakdown ran
+    for r in runs[3:7]:
+        assert r["loop"]["in_worker"]["events"] >= 3000 and r["loop"]["in_worker"]["p99_us"] > 0, r["run"]
+    assert report["throughput"][1]["loop"]["us_per_event"]["score"] > 0
+    assert set(report["stages"]["by_batch_size"]) == {"2000", "25"}
     for r in runs:
         assert r["check"]["exactly_once"] is True, r
     assert report["throughput"][0]["check"]["inputs"] == 40000
@@ -171,3 +206,19 @@ def test_bench_end_to_end_small(bootstrap, tmp_path):
     assert report["swap"]["swap"]["activation_to_first_new_decision_ms"] is not None
     assert report["machine"]["cores"] and report["versions"]["librdkafka"]
     assert code == 0
+
+
+def test_in_worker_histogram_percentiles_err_high_never_low():
+    from muse_stream.kafka.loop import InWorkerLatency
+
+    h = InWorkerLatency()
+    h.add(0, 150_000, 98)  # 98 events 150 us inside the worker
+    h.add(0, 2_000_000, 2)  # 2 events 2 ms
+    p50, p99 = bins_percentile(h.counts, 50), bins_percentile(h.counts, 99)
+    assert 150 <= p50 <= 150 * 1.13 and 2000 <= p99 <= 2000 * 1.13
+    assert bins_percentile([0] * len(h.counts), 50) is None
+    figs = loop_figures([{"events_in": 100, "batches": 4, "commits": 2, "early_commits": 1, "consume_ns": 100_000,
+                          "process_ns": 1_000_000, "commit_ns": 4_000_000, "in_worker_counts": h.counts}])
+    assert figs["us_per_event"] == {"consume": 1.0, "process": 10.0, "commit": 40.0}
+    assert figs["events_per_batch"] == 25.0 and figs["events_per_commit"] == 50.0 and figs["commit_ms_mean"] == 2.0
+    assert figs["in_worker"]["events"] == 100 and figs["in_worker"]["p99_us"] == p99
