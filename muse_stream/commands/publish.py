@@ -42,14 +42,23 @@ def run(args: argparse.Namespace) -> int:
     from muse_stream.tenants import read_tenants
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
+    # Arguments first, before Kafka is asked anything: a refusal is one line, and nothing is written.
+    if args.from_shadow:
+        from muse_stream.commands.models import parse_ref
+
+        _check_intent(settings, parse_ref(args.from_shadow, need_version=True)[0])
+        if args.booster or args.calibration or args.activate_at is not None or args.shadow:
+            raise ConfigError("--from-shadow takes neither --booster, --calibration, --activate-at nor --shadow")
+    elif args.intent:
+        _check_intent(settings, args.intent)
+        for flag, path in (("--booster", args.booster), ("--calibration", args.calibration)):
+            _check_file(flag, path)
     tenants = list(read_tenants(settings).values()) or list(settings.tenants)
     if args.from_shadow:
         from muse_stream.commands.models import parse_ref
         from muse_stream.models.lifecycle import parse_duration, publish_from_shadow
 
         intent, ver = parse_ref(args.from_shadow, need_version=True)
-        if args.booster or args.calibration or args.activate_at is not None or args.shadow:
-            raise ConfigError("--from-shadow takes neither --booster, --calibration, --activate-at nor --shadow")
         rep = publish_from_shadow(settings, intent=intent, version=ver, window_ms=parse_duration(args.window),
                                   min_tenant_events=args.min_tenant_events, activate=args.activate, tenants=tenants)
         _print_report(rep, "active" if args.activate else "published, not active")
@@ -68,6 +77,31 @@ def run(args: argparse.Namespace) -> int:
                                             else "shadow" if args.shadow else "published, not active")
     _print_report(rep, state)
     return 0
+
+
+def _check_intent(settings, intent: str) -> None:
+    """An intent the configuration does not name would get a version, and a reference that can never be
+    replaced, on the models topic: refused."""
+    from muse_stream.errors import ConfigError
+
+    known = [i.name for i in settings.intents]
+    if intent not in known:
+        raise ConfigError(f"intent {intent!r} is not in the configuration's [[intents]] "
+                          f"({', '.join(known) or 'none named'}); nothing was published")
+
+
+def _check_file(flag: str, path: str | None) -> None:
+    """A missing or unreadable file is one line naming it (its content is checked where it is parsed)."""
+    import os
+
+    from muse_stream.errors import DataError
+
+    if path is None:
+        return
+    if not os.path.isfile(path):
+        raise DataError(f"{flag} {path}: file not found")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{flag} {path}: not readable")
 
 
 def _print_report(rep, state: str) -> None:

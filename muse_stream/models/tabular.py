@@ -84,5 +84,9 @@ def _read_parquet(p: Path) -> dict[str, list]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise DataError(f"{p}: reading Parquet needs pyarrow (pip install pyarrow)") from None
-    return pq.read_table(p).to_pydict()
+        # An optional extra, not a core dependency: CSV and JSON lines need nothing more.
+        raise DataError(f"{p}: reading Parquet needs the parquet extra: pip install 'muse-stream[parquet]'") from None
+    try:
+        return pq.read_table(p).to_pydict()
+    except Exception as e:  # noqa: BLE001 - pyarrow raises its own kinds (ArrowInvalid, OSError...) for bad files
+        raise DataError(f"{p}: not a Parquet file pyarrow can read: {e}") from None
