@@ -11,7 +11,7 @@ from muse_stream.errors import MuseError
 
 # Each module defines add(subparsers), whose parsers set `func` (args -> exit code).
 COMMAND_MODULES = ["kafka", "topics", "run", "publish", "models", "demo", "bench", "backtest", "replay", "status",
-                   "tail", "tenants"]
+                   "tail", "tenants", "validate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

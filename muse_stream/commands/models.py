@@ -30,6 +30,25 @@ def _when(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + "Z"
 
 
+def _print_contract(rec) -> None:
+    """The version's feature contract: each feature's calibration range and missing rate."""
+    from muse_stream.errors import ModelError
+    from muse_stream.models.feature_contract import FeatureContract
+
+    if rec.feature_contract is None:
+        print("  contract    none recorded (a version published by hand, or before feature contracts)")
+        return
+    try:
+        c = FeatureContract.from_dict(rec.feature_contract, rec.features)
+    except ModelError as e:
+        print(f"  contract    unreadable: {e}")
+        return
+    print(f"  contract    {len(c.features)} features over {c.rows} calibration events (min, max of the "
+          "non-missing values; missing rate)")
+    for line in c.lines():
+        print(f"    {line}")
+
+
 def run(args: argparse.Namespace) -> int:
     from muse_stream.config import load_settings
     from muse_stream.models import store as modelstore
@@ -71,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
               f"  features    {', '.join(rec.features)}\n  active      {bool(act and act.version == ver)}")
         for k, v in rec.metadata.items():
             print(f"  {k:11} {v}")
+        _print_contract(rec)
         tmaps = sorted(rec.transform.get("tenant_maps", {}))
         print(f"  tenant maps {', '.join(tmaps) or 'none'}")
         if act:

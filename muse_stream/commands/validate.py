@@ -1,0 +1,135 @@
+"""`muse-stream validate EVENTS_FILE --intent X [--json]`: what the live workers would do with a file of events.
+
+Each line of the file is one event, the bytes a producer would publish (a trailing \\r is dropped; blank lines
+are skipped). The events go through the live event contract (scoring/contract.py) with the tenants and the
+models topic as they are now: parse, routing, unknown features under the intent's policy, value limits and the
+version's own outputs. Nothing is written to Kafka.
+
+Exit codes: 0 every event would be scored; 1 some would be dead-lettered; 2 the file, the config or the
+cluster could not be used (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+import orjson
+
+from muse_stream.cli import add_config_args
+from muse_stream.errors import ConfigError, DataError
+
+BATCH = 5000
+
+
+class _Line:
+    """One line of the file as the contract reads an input record: its value (and, for reports, its line)."""
+
+    __slots__ = ("lineno", "raw")
+
+    def __init__(self, lineno: int, raw: bytes) -> None:
+        self.lineno, self.raw = lineno, raw
+
+    def value(self) -> bytes:
+        return self.raw
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check a file of events (JSON lines) against the live contract offline",
+                       description="Check a file of events, one JSON event per line, as the live workers would: "
+                                   "how many they would score, and how many they would dead-letter, per reason. "
+                                   "Exit 0: all scored; 1: some dead-lettered; 2: an error.")
+    add_config_args(p)
+    p.add_argument("events_file", metavar="EVENTS_FILE", help="one event per line, as producers publish them")
+    p.add_argument("--intent", required=True, help="the intent whose active version the events are for")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.set_defaults(func=run)
+
+
+def read_lines(path: str | Path) -> list[_Line]:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{p}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{p}: is a directory, not a file of events") from None
+    except OSError as e:
+        raise DataError(f"{p}: cannot read: {e.strerror}") from None
+    lines = [_Line(i, line[:-1] if line.endswith(b"\r") else line)
+             for i, line in enumerate(data.split(b"\n"), start=1) if line.strip()]
+    if not lines:
+        raise DataError(f"{p}: no events (expected one JSON event per line)")
+    return lines
+
+
+def check_events(lines: list[_Line], tenants, models, *, max_event_bytes: int, max_abs_feature: float) -> dict:
+    """The live contract over the lines: counts of what would be scored (per version) and dead-lettered (per
+    reason), with the first line and detail of each reason."""
+    from muse_stream.scoring.contract import Router, admit_batch, model_matrix, model_outputs
+
+    router = Router(tenants, models)  # the registries do not change while the file is checked
+    dead: Counter[str] = Counter()
+    scored: Counter[str] = Counter()
+    examples: dict[str, dict] = {}
+
+    def refuse(msg: _Line, r) -> None:
+        dead[r.reason.value] += 1
+        ex = examples.get(r.reason.value)
+        if ex is None or msg.lineno < ex["line"]:
+            examples[r.reason.value] = {"line": msg.lineno, "detail": r.detail}
+
+    for k in range(0, len(lines), BATCH):
+        groups, refused = admit_batch(lines[k:k + BATCH], router, max_event_bytes)
+        for m, r in refused:
+            refuse(m, r)
+        for model, (msgs, evs) in groups.items():
+            x, kept, rejected = model_matrix([ev.features for ev in evs], model.features, max_abs_feature,
+                                             model.unknown)
+            for i, r in rejected:
+                refuse(msgs[i], r)
+            if kept is not None:
+                msgs = [msgs[i] for i in kept.tolist()]
+            if not msgs:
+                continue
+            _, kept, failed = model_outputs(model, x)
+            for i, r in failed:
+                refuse(msgs[i], r)
+            scored[model.name] += len(msgs) if kept is None else int(kept.size)
+    return {"events": len(lines), "scored": sum(scored.values()), "versions": dict(sorted(scored.items())),
+            "dead_letters": {r: dead[r] for r in sorted(dead, key=lambda r: examples[r]["line"])},  # as first met
+            "examples": examples}
+
+
+def run(args: argparse.Namespace) -> int:
+    from muse_stream.config import load_settings
+    from muse_stream.models.store import read_models
+    from muse_stream.tenants import read_tenants
+
+    settings = load_settings(args.config, bootstrap=args.bootstrap)
+    lines = read_lines(args.events_file)  # a bad file is one line before Kafka is touched
+    models = read_models(settings, load=True)
+    active = models.active_version(args.intent)
+    if active is None:
+        raise ConfigError(f"intent {args.intent!r} has no active version on {settings.topics.models}: the live "
+                          "workers would dead-letter its events (no_active_model)")
+    report = check_events(lines, read_tenants(settings), models, max_event_bytes=settings.runtime.max_event_bytes,
+                          max_abs_feature=settings.runtime.max_abs_feature)
+    name = f"{args.intent}@{active}"
+    policy = models.unknown_features(args.intent)
+    report = {"file": str(args.events_file), "intent": args.intent, "active_version": name,
+              "unknown_features": "reject" if policy.reject else "ignore", **report}
+    other = sum(n for v, n in report["versions"].items() if not v.startswith(f"{args.intent}@"))
+    if args.json:
+        print(orjson.dumps(report).decode())
+    else:
+        dead = report["dead_letters"]
+        print(f"{args.events_file}: {report['events']} events, as the live workers would take them now "
+              f"(active {name}, unknown_features = {report['unknown_features']})")
+        print(f"  scored           {report['scored']:8}" + (f"  ({other} by another intent's version)" if other else ""))
+        print(f"  dead-lettered    {sum(dead.values()):8}")
+        for reason, n in dead.items():
+            ex = report["examples"][reason]
+            print(f"    {reason:18} {n:6}  first at line {ex['line']}: {ex['detail'][:200]}")
+    return 1 if report["dead_letters"] else 0
