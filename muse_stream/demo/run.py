@@ -176,7 +176,9 @@ def run_demo(opts: DemoOptions, console) -> dict:
         cnp = scenario.train_cnp(ulb)
         tenants = scenario.tenants(card.reference)
         settings = Settings.model_validate({**settings.model_dump(), "tenants": [t.model_dump() for t in tenants],
-                                            "intents": [{"name": scenario.CARD}, {"name": scenario.CNP}]})
+                                            # CNP events carry the card row; the CNP model reads a subset of it
+                                            "intents": [{"name": scenario.CARD},
+                                                        {"name": scenario.CNP, "unknown_features": "ignore"}]})
         ensure_all(settings)
         put_tenants(settings, tenants)
         for intent, m in ((scenario.CARD, card), (scenario.CNP, cnp)):
