@@ -263,7 +263,44 @@ def preflight(settings: Settings, *, first_slot: int = 0, timeout: float = PREFL
     check_reachable(producer, settings, timeout, errors=errors)
 
 
+def unserved_intents(settings: Settings) -> dict[str, list[str]]:
+    """Intent -> the tenants that allow it (not suspended, no version pinned for it) while no version of it
+    is active on the models topic: their events for it become dead letters (reason no_active_model)."""
+    from muse_stream.models.store import read_models
+    from muse_stream.tenants import read_tenants
+
+    reg = read_models(settings)
+    tenants = read_tenants(settings) or {t.tenant_id: t for t in settings.tenants}
+    out: dict[str, list[str]] = {}
+    for tid, cfg in sorted(tenants.items()):
+        if cfg.suspended:
+            continue
+        for intent in cfg.intents:
+            if intent not in reg.activations and intent not in cfg.pinned_versions:
+                out.setdefault(intent, []).append(tid)
+    return out
+
+
+def warn_unserved(settings: Settings) -> dict[str, list[str]]:
+    """A warning at start per allowed intent with no active model: `run` is otherwise silent about it."""
+    from muse_stream.errors import KafkaOpError
+
+    try:
+        unserved = unserved_intents(settings)
+    except KafkaOpError as e:
+        # Topics not there (yet): the workers say so themselves, restart, and give up by their own rule.
+        logger.debug("no check for intents without a model: %s", e)
+        return {}
+    for intent, tids in sorted(unserved.items()):
+        logger.warning("intent %s has no active model: events of %s for it go to the dead-letter topic %s "
+                       "(reason no_active_model) until one is published with --activate",
+                       intent, ", ".join(tids), settings.topics.deadletter,
+                       extra={"fields": {"event": "no_active_model", "intent": intent, "tenants": tids}})
+    return unserved
+
+
 def run_workers(settings: Settings, *, workers: int, first_slot: int = 0, verbose: bool = False) -> int:
     """Run `workers` supervised processes (slots first_slot..); return the exit code for `run`."""
     preflight(settings, first_slot=first_slot)
+    warn_unserved(settings)
     return Supervisor(settings, workers=workers, first_slot=first_slot, verbose=verbose).run()
