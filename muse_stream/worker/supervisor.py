@@ -39,7 +39,7 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
 TICK_S = 0.25  # how often exits, stalls and due restarts are looked at
 GIVE_UP_EXIT = 1
-PREFLIGHT_S = 15.0  # how long `run` waits for the cluster's first answer before it gives up
+PREFLIGHT_S = 10.0  # how long `run` waits for the cluster's first answer: with start-up, one line within 15 s
 
 
 def _die_with_parent() -> None:
