@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     moved = [r for r in rows if r.raw_ratio >= RAW_FACTOR or r.raw_ratio <= 1 / RAW_FACTOR]
     console.print(f"\n{sum(r.kept for r in rows)} of {len(rows)} tenants kept their alert rate within ±10% across "
                   f"the swap; raw scores would have moved {len(moved)} of them by 2x or more.")
+    judged = [b for r in rows for b in r.band_rates if b.within is not None]
+    console.print(f"{sum(b.within for b in judged)} of {len(judged)} rate bands alerted within ±20% of their "
+                  "configured rate before the swap.")
     console.print(f"picture: {png}\nworker log: {res['out_dir'] / 'workers.log'}")
     if not exact:
         console.print("[red]exactly-once check failed: see the counts above[/]")

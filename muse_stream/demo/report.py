@@ -8,11 +8,31 @@ from pathlib import Path
 
 import numpy as np
 
-from muse_stream.config import TenantConfig
+from muse_stream.config import BandRate, TenantConfig
 from muse_stream.demo.scenario import CARD, DAY_MS
+from muse_stream.models.bands import Bands, format_band, resolve_bands
+from muse_stream.models.quantile import ReferenceDistribution
 
 RATIO_BAND = (0.9, 1.1)
 RAW_FACTOR = 2.0
+RATE_TOLERANCE = 0.2  # a rate band's measured alert rate before the swap is within ±20% of its configured rate
+
+
+@dataclass
+class BandRateRow:
+    """One tenant band: as configured, its threshold on card_fraud's reference, and how often it alerted."""
+
+    band: str
+    given: str
+    configured: float | None  # the configured alert rate (None for a band given as a threshold)
+    threshold: float
+    measured: float  # share of the tenant's card_fraud decisions before the swap in this band or higher
+
+    @property
+    def within(self) -> bool | None:
+        if self.configured is None:
+            return None
+        return abs(self.measured - self.configured) <= RATE_TOLERANCE * self.configured
 
 
 @dataclass
@@ -25,6 +45,7 @@ class TenantRow:
     alert_before: float
     alert_after: float
     raw_after: float  # alert rate after the swap had the tenant's thresholds met raw scores
+    band_rates: list[BandRateRow]
 
     @property
     def ratio(self) -> float:
@@ -39,17 +60,27 @@ class TenantRow:
         return RATIO_BAND[0] <= self.ratio <= RATIO_BAND[1]
 
 
-def tenant_rows(decisions: list[dict], tenants: list[TenantConfig], old: str, new: str) -> list[TenantRow]:
+def tenant_rows(decisions: list[dict], tenants: list[TenantConfig], old: str, new: str,
+                reference: ReferenceDistribution) -> list[TenantRow]:
     rows = []
     for t in tenants:
-        alert_thr = min(t.bands.values())
+        bands = Bands(resolve_bands(t.bands, reference))  # as the workers resolved them on card_fraud
+        alert_thr = float(bands.thresholds.min())
         mine = [d for d in decisions if d["tenant_id"] == t.tenant_id and d["intent"] == CARD]
         before = [d for d in mine if d["model_version"] == old]
         after = [d for d in mine if d["model_version"] == new]
         rate = lambda ds: float(np.mean([d["band"] != "approve" for d in ds])) if ds else float("nan")
         raw = float(np.mean([d["raw_score"] >= alert_thr for d in after])) if after else float("nan")
+        level = {name: k for k, name in enumerate(bands.names)}
+        before_level = np.array([level[d["band"]] for d in before], dtype=np.int64)
+        band_rates = []
+        for k, (name, thr) in enumerate(zip(bands.names[1:], bands.thresholds.tolist()), start=1):
+            spec = t.bands[name]
+            measured = float(np.mean(before_level >= k)) if before else float("nan")
+            band_rates.append(BandRateRow(name, format_band(spec), spec.rate if isinstance(spec, BandRate) else None,
+                                          thr, measured))
         rows.append(TenantRow(t.tenant_id, len(before), len(after), Counter(d["band"] for d in before),
-                              Counter(d["band"] for d in after), rate(before), rate(after), raw))
+                              Counter(d["band"] for d in after), rate(before), rate(after), raw, band_rates))
     return rows
 
 
@@ -63,7 +94,16 @@ def print_report(console, res: dict) -> list[TenantRow]:
 
     rb = res["readback"]
     old, new = "card_fraud@1", "card_fraud@2"
-    rows = tenant_rows(rb.decisions, res["tenants"], old, new)
+    rows = tenant_rows(rb.decisions, res["tenants"], old, new, res["card"].reference)
+    rates = Table(title=f"Bands as alert rates: configured, and measured on card_fraud before the swap ({old})")
+    for col in ("tenant", "band", "configured rate", "threshold (reference scale)", "measured before",
+                f"within ±{RATE_TOLERANCE:.0%}"):
+        rates.add_column(col, justify="left" if col in ("tenant", "band") else "right")
+    for r in rows:
+        for b in r.band_rates:
+            ok = "-" if b.within is None else f"[{'green' if b.within else 'red'}]{'yes' if b.within else 'NO'}[/]"
+            rates.add_row(r.tenant_id, b.band, b.given, f"{b.threshold:.6g}", f"{b.measured:.3%}", ok)
+    console.print(rates)
     table = Table(title=f"Alert rates across the swap {old} -> {new} (decisions read back from Kafka)")
     for col in ("tenant", "events before/after", "alerts before (by band)", "alerts after (by band)", "alert before",
                 "alert after", "ratio", "raw after", "raw ratio"):
@@ -135,9 +175,10 @@ def plot(res: dict, path: Path) -> Path:
     idx = np.digitize(hours, bins)
     centers = (bins[:-1] + bins[1:]) / 2
     for t in res["tenants"]:
+        alert_thr = min(resolve_bands(t.bands, res["card"].reference).values())
         mine = tenant_of == t.tenant_id
         rate = [alert[mine & (idx == b)].mean() if (mine & (idx == b)).any() else np.nan for b in range(1, 25)]
-        raw_rate = [(raw[mine & (idx == b)] >= min(t.bands.values())).mean() if (mine & (idx == b)).any()
+        raw_rate = [(raw[mine & (idx == b)] >= alert_thr).mean() if (mine & (idx == b)).any()
                     else np.nan for b in range(1, 25)]
         line, = ax.plot(centers, rate, marker="o", ms=3, label=t.tenant_id)
         after = centers >= span / 3.6e6

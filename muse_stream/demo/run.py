@@ -24,6 +24,7 @@ from muse_stream.kafka.clients import admin_config, consumer_config, producer_co
 from muse_stream.kafka.local import LocalBroker, answers_metadata
 from muse_stream.kafka.producer import OutputProducer
 from muse_stream.kafka.topics import ensure_all
+from muse_stream.models.bands import format_bands
 from muse_stream.models.store import publish
 from muse_stream.tenants import put_tenants
 
@@ -174,7 +175,7 @@ def run_demo(opts: DemoOptions, console) -> dict:
         console.print("training the incumbent card_fraud model and the cnp_fraud model ...")
         card = scenario.train_card_incumbent(ulb)
         cnp = scenario.train_cnp(ulb)
-        tenants = scenario.tenants(card.reference)
+        tenants = scenario.tenants()
         settings = Settings.model_validate({**settings.model_dump(), "tenants": [t.model_dump() for t in tenants],
                                             # CNP events carry the card row; the CNP model reads a subset of it
                                             "intents": [{"name": scenario.CARD},
@@ -187,7 +188,7 @@ def run_demo(opts: DemoOptions, console) -> dict:
                     reference_source=f"{intent}@1 calibration window", activate=True,
                     metadata={"demo": run_id, "trained_on": "ULB Time 0-61200 s"})
         console.print(f"published card_fraud@1 and cnp_fraud@1; tenants: "
-                      f"{', '.join(f'{t.tenant_id} {t.bands}' for t in tenants)}")
+                      f"{'; '.join(f'{t.tenant_id} {format_bands(t.bands)}' for t in tenants)}")
         workers = Workers(settings, opts.workers, out_dir)
         reader = Reader(settings, [settings.output_topic(t) for t in tenants] + [settings.topics.deadletter])
         reader.start()

@@ -37,5 +37,11 @@ def test_demo_slice_every_event_has_exactly_one_output(bootstrap, tmp_path):
     rows = print_report(console, res)
     assert {r.tenant_id for r in rows} == {"cautious_bank", "balanced_pay", "lenient_shop"}
     assert "exactly once         yes" in console.file.getvalue()
+    # Rate bands: each tenant band with its configured rate and its measured rate before the swap (too few
+    # events here to hold the demo's ±20%; ./scripts/demo.sh checks that on the whole held-out day).
+    given = {(r.tenant_id, b.band): (b.given, b.configured) for r in rows for b in r.band_rates}
+    assert given[("cautious_bank", "review")] == ("5%", 0.05) and given[("lenient_shop", "review")] == ("0.5%", 0.005)
+    assert all(0 <= b.measured <= 1 for r in rows for b in r.band_rates) and "Bands as alert rates" in \
+        console.file.getvalue()
     png = plot(res, tmp_path / "demo.png")
     assert png.stat().st_size > 10_000
