@@ -94,7 +94,7 @@ def main() -> int:
         ulb = load_ulb()
         card = scenario.train_card_incumbent(ulb)
         tenants = [t.model_copy(update={"intents": ("card_fraud",), "default_intent": None})
-                   for t in scenario.tenants(card.reference)]
+                   for t in scenario.tenants()]
         s = base.with_overrides(
             topics={"events": ns + "events", "models": ns + "models", "tenants": ns + "tenants",
                     "deadletter": ns + "deadletter", "decisions_prefix": ns + "decisions.",
