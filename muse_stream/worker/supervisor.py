@@ -258,8 +258,15 @@ def preflight(settings: Settings, *, first_slot: int = 0, timeout: float = PREFL
     refuses (KafkaOpError naming the address, mechanism and user), or no cluster answering at the address
     within `timeout` (a wrong address would otherwise restart workers for ever). Once running, the
     supervisor rides out outages: workers that lose the cluster are restarted with back-off."""
+    rdlog = logging.getLogger("muse_stream.librdkafka")
     producer, errors = make_client(Producer, worker_producer_config(settings), "run")
-    make_client(Consumer, input_consumer_config(settings, slot=first_slot), "run")[0].close()
+    consumer, consumer_errors = make_client(Consumer, input_consumer_config(settings, slot=first_slot), "run")
+    # Made only to check its settings: whether the cluster answers is check_reachable's to say, in one line.
+    consumer_errors.quiet = rdlog.disabled = True
+    try:
+        consumer.close()
+    finally:
+        rdlog.disabled = False
     check_reachable(producer, settings, timeout, errors=errors)
 
 
