@@ -4,6 +4,7 @@ and bands. The healthy exit 0 with a live worker is checked by tests/telemetry/t
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,11 +17,14 @@ from muse_stream.config import TenantConfig
 from muse_stream.kafka.local import free_port
 from muse_stream.models.store import set_shadow
 from muse_stream.tenants import put_tenants
+from tests.commands.doc_examples import example
 from tests.fixtures.helpers import event, produce, publish_model, write_config
 
 
 def test_status_against_a_dead_address_is_one_line_and_non_zero_within_15s(capsys):
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    (_, (argv, _)) = example("operations.md", "status", "unhealthy")  # docs/operations.md's second command
+    assert argv == ["status", "--bootstrap", "127.0.0.1:1"]
     t0 = time.monotonic()
     assert main(["status", "--bootstrap", dead]) == 2
     assert time.monotonic() - t0 < 15
@@ -34,12 +38,14 @@ def test_status_is_unhealthy_when_no_worker_answers_and_the_input_is_stalled(sta
     s = stack.with_overrides(telemetry={"metrics_port": free_port()})  # no worker listens there
     produce(s, [event(i, "acme") for i in range(5)])
     cfg = write_config(s, tmp_path / "muse.toml")
-    assert main(["status", "--config", cfg, "--json", "--lag-window", "0.5"]) == 1
+    ((argv, shown), _) = example("operations.md", "status", "unhealthy")
+    assert main([*argv, "--config", cfg]) == 1
     report = orjson.loads(capsys.readouterr().out)
     assert report["health"]["healthy"] is False
-    problems = report["health"]["problems"]
-    assert any("does not answer" in p for p in problems)
-    assert any(p.startswith("input stalled: lag 5") for p in problems)
+    # The problems as docs/operations.md shows them, up to this test's own port and group.
+    problems = [re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:9400", p).replace(s.runtime.group_id, "muse-stream")
+                for p in report["health"]["problems"]]
+    assert problems == re.findall(r'"((?:worker|input)[^"]+)"', "\n".join(shown))
     assert report["lag"]["stalled"] is True and report["lag"]["grew_by"] == 0
 
 

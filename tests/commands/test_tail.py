@@ -11,6 +11,7 @@ from muse_stream.cli import main
 from muse_stream.kafka.clients import producer_config
 from muse_stream.kafka.producer import OutputProducer
 from muse_stream.scoring.deadletter import Reason, headers
+from tests.commands.doc_examples import example
 from tests.fixtures.helpers import write_config
 
 pytestmark = pytest.mark.kafka
@@ -35,11 +36,14 @@ def test_tail_shows_a_committed_decision_and_not_an_aborted_one(stack, tmp_path,
     p.client.abort_transaction(30)
 
     # The worked example of docs/producers.md: the tenant's own decision topic, from the beginning.
-    assert main(["tail", "--tenant", "acme", "--from-beginning", "--config", cfg]) == 0
+    ((argv, shown),) = example("producers.md", "tail", "decisions")
+    assert main([*argv, "--config", cfg]) == 0
     out = _lines(capsys)
     assert [r["value"]["event_id"] for r in out] == ["e-1"]
-    assert out[0]["topic"] == topic and out[0]["key"] == "e-1" and out[0]["value_format"] == "json"
-    assert out[0]["offset"] == 0 and isinstance(out[0]["timestamp"], int)
+    assert out[0]["topic"] == topic and isinstance(out[0]["timestamp"], int)
+    (doc,) = [orjson.loads(line) for line in shown]
+    assert doc["topic"] == "muse.decisions.acme"
+    assert {**out[0], "topic": doc["topic"], "timestamp": doc["timestamp"]} == doc
 
 
 def test_tail_dead_letters_by_reason_with_headers_and_printable_bytes(stack, tmp_path, capsys):
@@ -47,15 +51,19 @@ def test_tail_dead_letters_by_reason_with_headers_and_printable_bytes(stack, tmp
     dl = stack.topics.deadletter
     p = OutputProducer(producer_config(stack), name="test writer")
     junk = b"\xff\xfe not utf-8"
-    p.produce(dl, junk, b"k-1", headers=headers(Reason.MALFORMED_JSON, "bad json", "in", 0, 7))
+    p.produce(dl, junk, b"k-1", headers=headers(Reason.MALFORMED_JSON, "bad json", "muse.events", 0, 7))
     p.produce(dl, b'{"tenant_id": "acme", "features": {"Colour": 3}}', b"k-2",
               headers=headers(Reason.UNKNOWN_FEATURE, "Colour", "in", 1, 9))
     p.produce(dl, b"tab\there", b"k-3", headers=headers(Reason.MALFORMED_JSON, "bad json", "in", 0, 8))
     p.flush(30)
 
-    assert main(["tail", "--reason", "malformed_json", "--from-beginning", "--config", cfg]) == 0
+    # The worked example of docs/operations.md: one reason, from the dead-letter topic.
+    ((argv, shown),) = example("operations.md", "tail", "deadletters")
+    assert main([*argv, "--config", cfg]) == 0
     out = _lines(capsys)
     assert [r["key"] for r in out] == ["k-1", "k-3"]
+    (doc,) = [orjson.loads(line) for line in shown]
+    assert {**out[0], "topic": doc["topic"], "timestamp": doc["timestamp"]} == doc
     assert out[0]["value_format"] == "base64" and base64.b64decode(out[0]["value"]) == junk
     assert out[1]["value_format"] == "text" and out[1]["value"] == "tab\there"
     assert out[0]["headers"]["muse.reason"] == "malformed_json"
