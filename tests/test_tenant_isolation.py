@@ -87,7 +87,7 @@ def test_malformed_records_name_the_field():
     reg.apply(b"acme", b"{not json")
     assert reg.refused["acme"].startswith("record: not JSON")
     reg.apply(b"acme", _rec("acme", bands={"review": 2.0}))
-    assert reg.refused["acme"].startswith("bands:")
+    assert reg.refused["acme"].startswith("bands.review.threshold:")
     reg.apply(b"acme", _rec("globex"))
     assert reg.refused["acme"].startswith("tenant_id:")
     reg.apply(b"acme", _rec("acme"))
