@@ -4,7 +4,9 @@ of tenant records.
 Bands change by event time, as model activations do: a tenant record carries its band timeline (every
 period's bands and the event time they apply from), so the live workers and any later replay give each
 event the bands that were in force at its event time. Everything else on the record (intents, suspension,
-output topic, pinned versions) applies as soon as a worker reads it.
+output topic, pinned versions) applies as soon as a worker reads it. A band given as an alert rate becomes a
+threshold per intent, through the intent's reference (models/bands.py): the registry is handed a lookup
+intent -> ReferenceDistribution, and resolves each (band period, intent) once.
 
 Isolation is a rule of every worker, not of the writer: a record whose output topic is not its tenant's own
 (another tenant's decision topic, an input or control topic, a shadow or replay topic) is refused when it is
