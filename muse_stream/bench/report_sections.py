@@ -78,7 +78,7 @@ def telemetry_section(report: dict) -> list[str]:
 
 def scaling_section(report: dict) -> list[str]:
     tp = [r for r in report.get("throughput", []) if r.get("guarantee") == "exactly-once" and r.get("telemetry", True)
-          and "#" not in r.get("run", "")]
+          and ".ab" not in r.get("run", "")]
     if len({r.get("workers") for r in tp}) < 2 and not any("pinned" in r.get("run", "") for r in tp):
         return []
     rows = []

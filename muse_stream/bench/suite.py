@@ -30,7 +30,7 @@ def throughput_plan(skip: set[str], workers: int, ab_pairs: int) -> list[tuple[s
             for name, tel in order:
                 if not tel and "no-telemetry" in skip:
                     continue
-                plan.append((name if k == 0 else f"{name}#{k + 1}", "runtime", 1, "exactly-once", tel))
+                plan.append((name if k == 0 else f"{name}.ab{k + 1}", "runtime", 1, "exactly-once", tel))
     if "runtime-w" not in skip and workers > 1:
         if "ceiling" not in skip:
             plan.append((f"ceiling-{workers}", "ceiling", workers, "exactly-once", True))

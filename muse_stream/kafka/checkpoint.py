@@ -99,9 +99,15 @@ class Checkpoint:
     def pending(self) -> bool:
         return self.in_transaction if self.exactly_once else bool(self._offsets)
 
-    def commit(self) -> bool:
-        """Commit what was processed since the last commit; False when there was nothing to commit."""
+    def commit(self, *, wait: bool = True) -> bool:
+        """Commit what was processed since the last commit; False when there was nothing to commit.
+
+        At-least-once with wait=False: commit only if every output is already delivered, without blocking on
+        a flush; False (still pending) while some are in flight. At a light load they are delivered within a
+        round trip, so the offsets follow without the loop ever stopping for them."""
         if self.closed or self.fatal or not self.pending:
+            return False
+        if not self.exactly_once and not wait and self.producer.in_flight():
             return False
         if self.exactly_once:
             # 1. No commit over a lost write: a delivery that already failed aborts here, with its own reason.

@@ -96,7 +96,7 @@ class LoopSettings:
     max_backoff_s: float = 5.0
     # Exactly-once, caught up: commit as soon as a batch is done, but keep commits to at most this share of
     # the loop's time (see CommitPacer).
-    commit_share: float = 0.5
+    commit_share: float = 0.8
 
 
 class CommitPacer:
@@ -105,15 +105,18 @@ class CommitPacer:
     - Caught up (the last batch was not full: the consumer had nothing more queued), exactly-once commits as
       soon as the batch is done, since its outputs become visible only then; but not sooner than
       `cost * (1 - share) / share` after the previous commit ended, where `cost` is the moving average of what
-      a commit takes, so commits never take more than `share` of the loop's time (at share 0.5 the wait after
-      a commit is at most one commit's duration).
+      a commit takes, so commits never take more than `share` of the loop's time (at 0.8, the default, the
+      wait after a commit is at most a quarter of one commit). A caught-up loop is otherwise idle, so the
+      bound only keeps it from committing back to back; as the load rises, batches grow during each commit
+      until they fill, and then the interval rule takes over.
     - Behind (full batches), commits wait for `interval`, the configured maximum, so a heavy load pays for
       one transaction per interval, not per batch.
     - At-least-once outputs are visible when produced, so an earlier commit of offsets would buy nothing but
-      a blocking flush: it commits on the interval only.
+      a blocking flush: it commits on the interval only, and when caught up without blocking (the offsets go
+      once the outputs before them are delivered; see Checkpoint.commit).
     """
 
-    def __init__(self, interval_s: float, *, early: bool, share: float = 0.5) -> None:
+    def __init__(self, interval_s: float, *, early: bool, share: float = 0.8) -> None:
         self.interval = interval_s
         self.early = early
         self.gap_per_cost = (1.0 - share) / share if 0.0 < share < 1.0 else 0.0
@@ -204,14 +207,14 @@ class StreamLoop:
         s, cp, stats, hooks = self.settings, self.checkpoint, self.stats, self.hooks
         aborts_in_a_row = 0
         pacer = CommitPacer(s.commit_interval_s, early=s.exactly_once, share=s.commit_share)
-        caught_up = True
+        caught_up, deferred = True, False
         clock = time.perf_counter_ns
         while not self.stop.is_set():
             hooks.on_turn()
             self.between_batches()
             wait = s.max_wait_s
-            if cp.pending:  # wait for more input only until the open work is due
-                wait = max(0.0, min(wait, pacer.due_at(caught_up) - time.monotonic()))
+            if cp.pending:  # wait for more input only until the open work is due (or, deferred, briefly)
+                wait = max(0.001 if deferred else 0.0, min(wait, pacer.due_at(caught_up) - time.monotonic()))
             t0 = clock()
             msgs = next_batch(self.consumer, s.max_events, wait)
             stats.batch_taken_ns = t1 = clock()
@@ -227,17 +230,23 @@ class StreamLoop:
                     stats.events_in += len(msgs)
                     stats.batches += 1
                     stats.process_ns += clock() - t1
-                if cp.pending and time.monotonic() >= pacer.due_at(caught_up):
+                now = time.monotonic()
+                if cp.pending and now >= pacer.due_at(caught_up):
                     t2 = clock()
-                    early = time.monotonic() < pacer.last + pacer.interval
-                    if cp.commit():
+                    early = now < pacer.last + pacer.interval
+                    # At-least-once and caught up, offsets wait for in-flight outputs without blocking the loop
+                    # (until twice the interval: then the flush waits, as it does for full batches).
+                    wait = s.exactly_once or not caught_up or now >= pacer.last + 2 * pacer.interval
+                    if cp.commit(wait=wait):
                         stats.commits += 1
                         stats.early_commits += early
                         hooks.on_commit(t2)
                         aborts_in_a_row = 0
                     t3 = clock()
                     stats.commit_ns += t3 - t2
-                    pacer.committed((t3 - t2) / 1e9)
+                    deferred = cp.pending
+                    if not deferred:
+                        pacer.committed((t3 - t2) / 1e9)
             except AbortRequired as e:
                 aborts_in_a_row += 1
                 if aborts_in_a_row > s.max_aborts_in_a_row:

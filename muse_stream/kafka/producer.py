@@ -110,6 +110,11 @@ class OutputProducer:
     def poll(self, timeout: float = 0) -> int:
         return self.client.poll(timeout)
 
+    def in_flight(self) -> int:
+        """Records not yet delivered (or failed), without waiting: a flush with no timeout serves the delivery
+        reports, sends what lingers, and returns how many are left."""
+        return self.client.flush(0)
+
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every record is delivered; DeliveryError if any is left or failed."""
         left = self.client.flush(timeout)

@@ -35,6 +35,8 @@ _EVENT_TIME = (("source", "event_time"),)
 _RECORD_TS = (("source", "record_timestamp"),)
 _RATE_SPAN_S = 60.0
 RECORD_TS_SAMPLE = 128
+WINDOW_FLUSH_EVENTS = 4096  # the alert and drift windows take pending groups this often (or WINDOW_FLUSH_S)
+WINDOW_FLUSH_S = 0.25
 
 
 class Telemetry:
@@ -77,6 +79,10 @@ class Telemetry:
         self.features = FeatureMonitor(self.hub, t, worker.models)  # missing values, feature-contract drift
         self.alerts = SlidingCounts(t.alert_window_s)
         self._alert_bands: dict[str, tuple[str, ...]] = {}
+        # (tenant, intent, version, band names) -> [band counts, [scores...]] not yet in the windows
+        self._pending: dict[tuple, list] = {}
+        self._pending_n = 0
+        self._pending_since = 0.0
         self._refs: dict[str, tuple[object, ReferenceDistribution | None]] = {}
         self._server: TelemetryServer | None = None
         self._closed = False
@@ -204,28 +210,50 @@ class Telemetry:
         self.hub.latency.record((now_ms - ts[ok]) / 1000.0, _RECORD_TS, weights)
 
     def _groups(self, groups, now: float, now_ms: float) -> None:
+        """Latency and band counters at once (scrapes read them); the alert and drift windows, read only by
+        `update`, take the groups of several batches at a time (see _flush_windows)."""
         hub = self.hub
         band_table = hub.band_decisions
         times = [g.event_times for g in groups if len(g.event_times)]
         if times:
             hub.latency.record((now_ms - np.concatenate(times)) / 1000.0, _EVENT_TIME)
+        pending = self._pending
+        n = 0
         for g in groups:
             names = g.band_names
             counts = np.bincount(g.bands, minlength=len(names))
-            tid = g.tenant_id
-            key = tuple(names)
+            for i in np.flatnonzero(counts).tolist():
+                band_table.add((g.tenant_id, g.intent, names[i]), int(counts[i]))
+            key = (g.tenant_id, g.intent, g.model_name, tuple(names))
+            p = pending.get(key)
+            if p is None:
+                pending[key] = [counts, [g.scores]]
+            else:
+                p[0] = p[0] + counts
+                p[1].append(g.scores)
+            n += len(g.scores)
+        if not self._pending_n:
+            self._pending_since = now
+        self._pending_n += n
+        if self._pending_n >= WINDOW_FLUSH_EVENTS or now - self._pending_since >= WINDOW_FLUSH_S:
+            self._flush_windows(now)
+
+    def _flush_windows(self, now: float) -> None:
+        """Add the pending groups to the alert and drift windows: one add per (tenant, intent, version, bands)
+        for all the batches since the last flush, so a light load's small batches pay the windows' fixed cost
+        once per WINDOW_FLUSH_EVENTS events or WINDOW_FLUSH_S seconds, not once per batch. The windows' slots
+        are seconds wide, so counting the batches at the flush's time moves nothing that they report."""
+        pending, self._pending, self._pending_n = self._pending, {}, 0
+        for (tid, intent, model_name, key), (counts, scores) in pending.items():
             if self._alert_bands.get(tid) != key:
                 self.alerts.reset(tid)
                 self._alert_bands[tid] = key
             self.alerts.add(tid, counts, now)
-            for i in np.flatnonzero(counts).tolist():
-                band_table.add((tid, g.intent, names[i]), int(counts[i]))
             if self.drift is not None:
-                bands = self.worker.tenants.latest_bands(tid, g.intent)  # rate bands: on this intent's scale
-                if bands is not None and list(bands.names) == list(names):
-                    self.drift.add(
-                        tid, g.intent, g.model_name, g.scores, counts, names, bands.thresholds, now
-                    )
+                bands = self.worker.tenants.latest_bands(tid, intent)  # rate bands: on this intent's scale
+                if bands is not None and list(bands.names) == list(key):
+                    values = scores[0] if len(scores) == 1 else np.concatenate(scores)
+                    self.drift.add(tid, intent, model_name, values, counts, list(key), bands.thresholds, now)
 
     def on_commit(self, t_start: int) -> None:
         self.hub.transactions.add(1, self.hub.attrs((("outcome", "committed"),)))
@@ -278,6 +306,8 @@ class Telemetry:
     def update(self) -> None:
         """Roll windows, judge drift, read lag and the event rate; refresh the snapshots."""
         mono, now = time.monotonic(), time.time()
+        if self._pending:
+            self._flush_windows(now)
         self._next_update = mono + self.settings.telemetry.update_interval_s
         alerts = {}
         for tid, counts in self.alerts.totals(now):

@@ -155,7 +155,7 @@ def test_telemetry_cost_from_interleaved_pairs():
                 "loop": {"us_per_event": {"consume": 2.0, "process": 17.0, "commit": 1.0, "telemetry": 0.4}}}
 
     tp = [run("runtime-eos-1", True, 40_000, 0.0200), run("runtime-eos-1-no-telemetry", False, 44_000, 0.0196),
-          run("runtime-eos-1-no-telemetry#2", False, 36_000, 0.0194), run("runtime-eos-1#2", True, 38_000, 0.0202)]
+          run("runtime-eos-1-no-telemetry.ab2", False, 36_000, 0.0194), run("runtime-eos-1.ab2", True, 38_000, 0.0202)]
     ab = telemetry_ab(tp)
     assert ab["events_per_s_with"] == 39_000 and ab["events_per_s_without"] == 40_000
     assert ab["cost_by_rate"] == 0.025

@@ -191,3 +191,52 @@ def test_a_fatal_consumer_error_stops_the_loop_even_without_the_fatal_flag():
     with pytest.raises(FatalKafkaError):
         drop_errors([Failed(KafkaError(KafkaError._FATAL, "Static consumer fenced"))])
     assert drop_errors([Failed(KafkaError(KafkaError._TRANSPORT, "broker down"))]) == []
+
+
+def test_commit_pacer_commits_at_once_when_caught_up_and_on_the_interval_when_behind():
+    from muse_stream.kafka.loop import CommitPacer
+
+    p = CommitPacer(0.1, early=True, share=0.8)
+    assert p.due_at(caught_up=True) == p.last  # no commit measured yet: at once
+    p.committed(0.02)
+    assert p.due_at(caught_up=True) == pytest.approx(p.last + 0.005)  # commits at most 80% of the time
+    assert p.due_at(caught_up=False) == pytest.approx(p.last + 0.1)  # full batches: the interval
+    alo = CommitPacer(0.1, early=False)
+    assert alo.due_at(caught_up=True) == alo.last + 0.1
+
+
+@pytest.mark.parametrize(("max_events", "early"), [(100, 1), (3, 0)])
+def test_exactly_once_commits_a_batch_that_left_it_caught_up_before_the_interval(max_events, early):
+    loop, log, consumer, _client, _ = make_loop(max_events=max_events, commit_interval_s=3600.0)
+    loop.run()
+    # caught up (a batch smaller than max_events): committed inside the loop; behind: only at the final commit
+    assert loop.stats.early_commits == early
+    assert names(log).count("commit_transaction") == 1
+    assert consumer.committed_offsets
+
+
+def test_at_least_once_caught_up_commits_offsets_once_outputs_are_delivered_without_blocking():
+    import time
+
+    def slow_copy(msgs):  # past the interval (0.05 s), not yet past twice it, when the batch is done
+        for m in msgs:
+            loop.producer.produce("out", m.value(), m.key())
+        time.sleep(0.06)
+
+    loop, log, consumer, client, _ = make_loop(exactly_once=False, batches_then_stop=3, process=slow_copy,
+                                               commit_interval_s=0.05)
+    in_flight = [1]  # the first look finds one output still in flight
+    flushes = []
+    real_flush = client.flush
+
+    def flush(timeout=None):
+        flushes.append(timeout)
+        real_flush(timeout)
+        return in_flight.pop() if in_flight and timeout == 0 else 0
+
+    client.flush = flush
+    loop.run()
+    seq = names(log)
+    assert seq.index("flush") < seq.index("consumer.commit")
+    assert flushes[:2] == [0, 0]  # deferred once, then committed, never waiting in the loop
+    assert consumer.committed_offsets == {0: 5, 1: 5}
