@@ -7,11 +7,11 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-import pydantic
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from muse_stream.bandspec import BandPeriod, BandSet
 from muse_stream.errors import ConfigError
 
 # Shipped inside the package, so an installed muse-stream runs from any folder; config/muse.toml links here.
@@ -127,41 +127,6 @@ class RuntimeSettings(_Frozen):
     # After SIGTERM, workers get this long to finish or abort their transaction before SIGKILL. At most 25 s, so
     # `run` always ends within 30 s of SIGTERM.
     shutdown_grace_s: float = Field(20.0, ge=0.5, le=25.0)
-
-
-class BandRate(_Frozen):
-    """A band as an alert rate: the threshold at which this share of the intent's reference alerts (bands.py)."""
-
-    rate: float = Field(gt=0.0, lt=1.0)
-
-
-# A threshold on the reference scale or an alert rate, told apart by shape: a refusal names the one meant.
-BandSpec = Annotated[Annotated[float, Field(ge=0.0, le=1.0), pydantic.Tag("threshold")]
-                     | Annotated[BandRate, pydantic.Tag("rate")],
-                     pydantic.Discriminator(lambda v: "rate" if isinstance(v, (dict, BandRate)) else "threshold")]
-
-
-def _check_bands(v: dict[str, BandSpec]) -> dict[str, BandSpec]:
-    # Bands are ordered by threshold (a rate's falls as the rate grows): a higher band has the higher threshold
-    # and lower rate. A rate meets a threshold only on an intent's reference: see models/bands.py for ties.
-    if "approve" in v:
-        raise ValueError("'approve' is the band below every threshold; it takes no threshold")
-    for kind, values in (("threshold", [s for s in v.values() if isinstance(s, float)]),
-                         ("rate", [s.rate for s in v.values() if isinstance(s, BandRate)])):
-        if len(set(values)) != len(values):
-            raise ValueError(f"two bands share a {kind}")
-    return v
-
-
-BandSet = Annotated[dict[str, BandSpec], pydantic.AfterValidator(_check_bands)]
-
-
-class BandPeriod(_Frozen):
-    """A tenant's bands from an event time on: events with event_time >= from_time use them, until the next
-    period's from_time. from_time None: from the start of time."""
-
-    from_time: int | None = Field(None, ge=0)
-    bands: BandSet = Field(default_factory=dict)
 
 
 class TenantConfig(_Frozen):
@@ -338,14 +303,19 @@ class Settings(_Frozen):
         return Settings.model_validate(data)
 
 
-def _format_error(path: Path, err: ValidationError) -> str:
+def error_text(err: ValidationError, top: str = "(top level)") -> str:
+    """`field: why` of the first error, without pydantic's "Value error, " prefix; a whole-record check names
+    its fields itself (`topics.models: ... is also topics.events`), so it has no location."""
     first = err.errors()[0]
-    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    why = str(first["ctx"]["error"]) if first["type"] == "value_error" and "ctx" in first else first["msg"]
     if not first["loc"] and first["type"] == "value_error":
-        # A whole-file check names its fields itself (`topics.models: ... is also topics.events`).
-        return f"{path}: {first['ctx']['error']}{more}"
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    return f"{path}: {loc}: {first['msg']}{more}"
+        return why
+    return f"{'.'.join(str(p) for p in first['loc']) or top}: {why}"
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{path}: {error_text(err)}{more}"
 
 
 def load_settings(path: str | os.PathLike | None = None, *, bootstrap: str | None = None) -> Settings:

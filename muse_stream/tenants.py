@@ -22,7 +22,8 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from muse_stream.config import BandPeriod, BandRate, Settings, TenantConfig
+from muse_stream.bandspec import BandPeriod, BandRate
+from muse_stream.config import Settings, TenantConfig, error_text
 from muse_stream.errors import ConfigError
 from muse_stream.kafka.table import fenced_write, read_table
 from muse_stream.kafka.watermark import effective_time
@@ -65,8 +66,7 @@ class BandTimeline:
 
 def first_error(e: ValidationError) -> str:
     """`field: why` of a record's first validation error."""
-    first = e.errors()[0]
-    return f"{'.'.join(str(p) for p in first['loc']) or 'record'}: {first['msg']}"
+    return error_text(e, top="record")
 
 
 class TenantRegistry:

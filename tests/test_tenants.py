@@ -11,7 +11,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from muse_stream.analysis.replay import run_replay
-from muse_stream.config import BandPeriod, Settings, TenantConfig
+from muse_stream.bandspec import BandPeriod
+from muse_stream.config import Settings, TenantConfig
 from muse_stream.errors import ConfigError
 from muse_stream.kafka.clients import reader_config
 from muse_stream.kafka.ranges import Bound

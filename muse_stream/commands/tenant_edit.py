@@ -8,7 +8,8 @@ import re
 
 from pydantic import ValidationError
 
-from muse_stream.config import BandRate, Settings, TenantConfig
+from muse_stream.bandspec import BandRate
+from muse_stream.config import Settings, TenantConfig
 from muse_stream.errors import ConfigError
 from muse_stream.kafka.ranges import parse_bound
 from muse_stream.models.bands import ReferenceCache, band_ties, format_bands

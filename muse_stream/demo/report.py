@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from muse_stream.config import BandRate, TenantConfig
+from muse_stream.bandspec import BandRate
+from muse_stream.config import TenantConfig
 from muse_stream.demo.scenario import CARD, DAY_MS
 from muse_stream.models.bands import Bands, format_band, resolve_bands
 from muse_stream.models.quantile import ReferenceDistribution

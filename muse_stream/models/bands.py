@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from muse_stream.config import BandRate, BandSpec
+from muse_stream.bandspec import BandRate, BandSpec
 from muse_stream.errors import MuseError
 from muse_stream.models.quantile import ReferenceDistribution
 from muse_stream.models.records import ReferenceRecord

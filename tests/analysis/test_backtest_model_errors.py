@@ -7,7 +7,8 @@ import numpy as np
 import orjson
 
 from muse_stream.analysis.backtest import band_sets, range_events
-from muse_stream.config import BandPeriod, Settings, TenantConfig
+from muse_stream.bandspec import BandPeriod
+from muse_stream.config import Settings, TenantConfig
 from muse_stream.models.records import ActivationRecord, TimelineEntry, active_key, dump, version_key
 from muse_stream.models.registry import ModelRegistry
 from muse_stream.scoring.scorer import BatchScorer

@@ -65,7 +65,7 @@ def test_refusals_name_the_field_and_write_nothing(stack, tmp_path, capsys):
         (["--band", "review=1.5"], "bands.review.threshold"),
         (["--output-topic", stack.topics.decisions_topic("globex")], "is tenant 'globex''s decision topic"),
         (["--output-topic", stack.topics.models], "is the models topic"),
-        (["--output-topic", "not a topic!"], "output_topic: Value error, 'not a topic!' is not a valid Kafka topic"),
+        (["--output-topic", "not a topic!"], "output_topic: 'not a topic!' is not a valid Kafka topic"),
         (["--default-intent", "account_takeover"], "default_intent 'account_takeover' is not among intents"),
         (["--intents", "card_fraud,nosuch"], "intents: ['nosuch'] are not in the config's intents"),
         (["--remove-band", "hold"], "bands: no band 'hold' to remove"),

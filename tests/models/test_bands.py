@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from muse_stream.config import BandRate, Settings, TenantConfig
+from muse_stream.bandspec import BandRate
+from muse_stream.config import Settings, TenantConfig
 from muse_stream.models.bands import band_table, band_ties, reference_rates, resolve_bands
 from muse_stream.models.quantile import ReferenceDistribution
 from muse_stream.tenants import TenantRegistry, describe_bands

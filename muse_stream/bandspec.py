@@ -1,0 +1,48 @@
+"""A tenant's bands as configured: a threshold on the intent's reference scale, or an alert rate; and the
+periods of a band timeline. Validated here, resolved on an intent's reference in models/bands.py."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BandRate(_Frozen):
+    """A band as an alert rate: the threshold at which this share of the intent's reference alerts (bands.py)."""
+
+    rate: float = Field(gt=0.0, lt=1.0)
+
+
+# A threshold on the reference scale or an alert rate, told apart by shape: a refusal names the one meant.
+BandSpec = Annotated[Annotated[float, Field(ge=0.0, le=1.0), pydantic.Tag("threshold")]
+                     | Annotated[BandRate, pydantic.Tag("rate")],
+                     pydantic.Discriminator(lambda v: "rate" if isinstance(v, (dict, BandRate)) else "threshold")]
+
+
+def _check_bands(v: dict[str, BandSpec]) -> dict[str, BandSpec]:
+    # Bands are ordered by threshold (a rate's falls as the rate grows): a higher band has the higher threshold
+    # and lower rate. A rate meets a threshold only on an intent's reference: see models/bands.py for ties.
+    if "approve" in v:
+        raise ValueError("'approve' is the band below every threshold; it takes no threshold")
+    for kind, values in (("threshold", [s for s in v.values() if isinstance(s, float)]),
+                         ("rate", [s.rate for s in v.values() if isinstance(s, BandRate)])):
+        if len(set(values)) != len(values):
+            raise ValueError(f"two bands share a {kind}")
+    return v
+
+
+BandSet = Annotated[dict[str, BandSpec], pydantic.AfterValidator(_check_bands)]
+
+
+class BandPeriod(_Frozen):
+    """A tenant's bands from an event time on: events with event_time >= from_time use them, until the next
+    period's from_time. from_time None: from the start of time."""
+
+    from_time: int | None = Field(None, ge=0)
+    bands: BandSet = Field(default_factory=dict)
