@@ -280,21 +280,33 @@ def unknown_rows(features: list[dict], names: tuple[str, ...], complete: bool) -
     return np.flatnonzero(~np.fromiter(map(known, features), dtype=bool, count=n))
 
 
-def check_unknown(features: list[dict], names: tuple[str, ...], complete: bool,
-                  policy: UnknownFeatures) -> dict[int, Rejection]:
-    """The intent's unknown_features policy over a group's events: under reject, {row: unknown_feature
-    rejection naming the fields}; under ignore, nothing refused and each unknown field counted in the policy's
-    tally. The names are computed only for the events that have one."""
+def unknown_fields(features: list[dict], names: tuple[str, ...], complete: bool) -> list[tuple[int, list[str]]]:
+    """(row, its unknown field names, sorted) for each event that carries a feature not among `names`; the
+    names are computed only for those events."""
     rows = unknown_rows(features, names, complete)
     if not rows.size:
-        return {}
+        return []
     known = frozenset(names)
-    extra = [sorted(features[i].keys() - known) for i in rows.tolist()]
-    if not policy.reject:
-        policy.count(itertools.chain.from_iterable(extra))
+    return [(i, sorted(features[i].keys() - known)) for i in rows.tolist()]
+
+
+def check_unknown(features: list[dict], names: tuple[str, ...], complete: bool,
+                  policy: UnknownFeatures) -> dict[int, Rejection]:
+    """The intent's unknown_features policy over a group's events (see apply_unknown_policy)."""
+    return apply_unknown_policy(unknown_fields(features, names, complete), policy, len(names))
+
+
+def apply_unknown_policy(extra: list[tuple[int, list[str]]], policy: UnknownFeatures,
+                         n_known: int) -> dict[int, Rejection]:
+    """Under reject, {row: unknown_feature rejection naming the fields}; under ignore, nothing refused and
+    each unknown field counted in the policy's tally. `extra`: unknown_fields' answer, rows ascending."""
+    if not extra:
         return {}
-    return {i: Rejection(Reason.UNKNOWN_FEATURE, _unknown_detail(fields, policy.intent, len(names)))
-            for i, fields in zip(rows.tolist(), extra)}
+    if not policy.reject:
+        policy.count(itertools.chain.from_iterable(fields for _, fields in extra))
+        return {}
+    return {i: Rejection(Reason.UNKNOWN_FEATURE, _unknown_detail(fields, policy.intent, n_known))
+            for i, fields in extra}
 
 
 def _unknown_detail(fields: list[str], intent: str, n_known: int) -> str:
@@ -327,9 +339,17 @@ def model_matrix(features: list[dict], names: tuple[str, ...], max_abs_feature: 
     does); an event with a model feature beyond the value limit (value_too_large). `unknown` None: no check
     of unknown features (a matrix for analysis, not a contract decision)."""
     x, complete = _matrix(features, names)
+    why = check_unknown(features, names, complete, unknown) if unknown is not None else {}
+    return limit_rows(x, names, max_abs_feature, why)
+
+
+def limit_rows(x: np.ndarray, names: tuple[str, ...], max_abs_feature: float, why: dict[int, Rejection]
+               ) -> tuple[np.ndarray, np.ndarray | None, list[tuple[int, Rejection]]]:
+    """The end of model_matrix, for a float64 matrix of a group's rows and the rows already refused (`why`,
+    unknown features): each other row with a model feature beyond the value limit refused as
+    value_too_large; the float32 matrix of the rows kept, their indices (None: all) and the refusals."""
     over = over_limit(x, max_abs_feature)
     bad = over.any(axis=1)
-    why = check_unknown(features, names, complete, unknown) if unknown is not None else {}
     if not why and not bad.any():
         return x.astype(np.float32), None, []
     limit = value_limit(max_abs_feature)

@@ -1,7 +1,9 @@
 """One micro-batch, from raw Kafka messages to decisions and dead letters, with no Kafka I/O of its own.
 
-Per event there is only what cannot be vectorised: the event contract's parsing and routing (contract.py).
-Scoring, the value limits, the transform and the bands run once per (intent, version) group as numpy calls.
+Per event there is only what cannot be vectorised: reading the event (columns.py: the compiled scanner, or
+the contract's parse_event) and writing its decision's bytes (the compiled writer, or the loop in
+_decisions_py). Routing, scoring, the value limits, the transform and the bands run once per pair or per
+(intent, version) group as numpy calls. native.py says which path is active; both give the same bytes.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import numpy as np
 import orjson
 
 from muse_stream.models.registry import LoadedModel, ModelRegistry
-from muse_stream.scoring.contract import Router, admit_batch, model_matrix, model_outputs
+from muse_stream.scoring import native as _native
+from muse_stream.scoring.columns import Columns, admit_columns, group_matrix
+from muse_stream.scoring.contract import Router, model_outputs
 from muse_stream.scoring.deadletter import Reason
 from muse_stream.scoring.reasons import ReasonCodes
 from muse_stream.tenants import TenantRegistry
@@ -67,7 +71,7 @@ class BatchScorer:
     """Turns a batch of input messages into decisions, given the tenant and model registries."""
 
     def __init__(self, tenants: TenantRegistry, models: ModelRegistry, *, max_abs_feature: float,
-                 max_event_bytes: int, output_topic=None, intents: tuple = ()) -> None:
+                 max_event_bytes: int, output_topic=None, intents: tuple = (), native: bool | None = None) -> None:
         self.tenants = tenants
         self.models = models
         self.max_abs = max_abs_feature
@@ -77,36 +81,41 @@ class BatchScorer:
         # Reason codes per intent, from the settings' IntentConfig records (`settings.intents`): live and
         # replay pass the same, so a replay's flagged decisions name the same features as live's.
         self.reasons = ReasonCodes.from_intents(intents)
+        # The compiled scanner and decision writer, or None for the pure-Python path (native.py; None: the
+        # process's choice, False: pure Python, True: compiled, for the tests that compare the two).
+        self.native = _native.module(native)
+        self._write = self.native.decisions if self.native is not None else _decisions_py
 
     def process(self, msgs: list, decided_at: int) -> BatchOutput:
         """Score a batch: each event through the contract to its version's group, then each group at once."""
         out = BatchOutput()
         # A Router per batch: the registries change only between batches.
-        groups, refused = admit_batch(msgs, Router(self.tenants.tenants, self.models), self.max_bytes)
-        out.dead.extend(DeadLetter(m, r.reason, r.detail) for m, r in refused)
-        for model, (g_msgs, g_events) in groups.items():
-            self._score_group(model, g_msgs, g_events, out, decided_at)
+        cols, groups, refused = admit_columns(msgs, Router(self.tenants.tenants, self.models), self.max_bytes,
+                                              self.native)
+        out.dead.extend(DeadLetter(msgs[i], r.reason, r.detail) for i, r in refused)
+        for model, rows in groups:
+            self._score_group(model, cols, rows, out, decided_at)
         return out
 
-    def _score_group(self, model: LoadedModel, msgs: list, events: list, out: BatchOutput, decided_at: int) -> None:
-        """One version's events: one matrix, one booster call, one transform call, then decisions per tenant."""
-        eids, tids, _, times, feats = (list(c) for c in zip(*events))
-        x32, kept, rejected = model_matrix(feats, model.features, self.max_abs, model.unknown)
-        cols = _refuse(out, (msgs, eids, tids, times), kept, rejected)
-        if cols is None:
+    def _score_group(self, model: LoadedModel, cols: Columns, rows: np.ndarray, out: BatchOutput,
+                     decided_at: int) -> None:
+        """One version's rows: one matrix, one booster call, one transform call, then decisions per tenant."""
+        x32, kept, rejected = group_matrix(cols, rows, model.features, self.max_abs, model.unknown)
+        rows = _refuse(out, cols, rows, kept, rejected)
+        if rows is None:
             return
-        msgs, eids, tids, times = cols
         # The booster's raw scores; rows it cannot score (it raised, or a score is not a probability) become
         # model_error dead letters, so the transform below sees only probabilities.
         raw, kept, failed = model_outputs(model, x32)
-        cols = _refuse(out, (msgs, eids, tids, times), kept, failed)
-        if cols is None:
+        rows = _refuse(out, cols, rows, kept, failed)
+        if rows is None:
             return
-        msgs, eids, tids, times = cols
         if kept is not None:
             x32 = x32[kept]
+        msgs, eids, tids = cols.msgs[rows].tolist(), cols.eids[rows].tolist(), cols.tids[rows].tolist()
+        time_arr = cols.times[rows]
+        times = time_arr.tolist()
         scores = model.transform.apply(raw, tids)  # every tenant through its own map, if it has one
-        time_arr = np.array(times, dtype=np.int64)
         intent, model_name = model.intent, model.name
         # Decisions are formatted from a template: the fixed parts JSON-encoded once per tenant, the floats
         # as orjson writes them (one dumps of the whole list, split at the commas), so the bytes are what
@@ -131,18 +140,8 @@ class BatchScorer:
             mid = b',"model_version":' + _json(model_name) + b',"transform_version":' + _json(tver)
             s_json = dumps(t_scores.tolist())[1:-1].split(b",")
             r_json = dumps(raw[rows].tolist())[1:-1].split(b",")
-            for j, i in enumerate(rows.tolist()):
-                m = msgs[i]
-                eid = eids[i]
-                mt = m.topic()
-                tj = topics.get(mt)
-                if tj is None:
-                    tj = topics[mt] = _json(mt)
-                decisions.append((topic, eid.encode(), b"".join((
-                    b'{"event_id":', dumps(eid), head, s_json[j], b',"raw_score":', r_json[j], b',"band":', band_json[j],
-                    mid, b',"event_time":%d' % times[i], decided, tj,
-                    b',"partition":%d,"offset":%d,"timestamp":%d}}' % (m.partition(), m.offset(), m.timestamp()[1]),
-                ))))
+            self._write(decisions, topic, rows.tolist(), msgs, eids, head, s_json, r_json, band_json, mid, times,
+                        decided, topics, dumps)
             key = (tid, intent, model_name)
             out.scored[key] = out.scored.get(key, 0) + len(rows)
         out.matrices.append(ScoredMatrix(intent, model_name, model.features, x32, eids, tids, times, raw, scores))
@@ -175,15 +174,33 @@ def _json(value: str) -> bytes:
     return orjson.dumps(value)
 
 
-def _refuse(out: BatchOutput, cols: tuple[list, ...], kept, rejected) -> tuple[list, ...] | None:
-    """Dead-letter the rejected rows (cols[0] holds the messages); the columns of the kept rows, all of them
-    when `kept` is None, or None when no row is left."""
-    msgs = cols[0]
+def _decisions_py(out: list, topic: str, rows: list[int], msgs: list, eids: list, head: bytes, s_json: list,
+                  r_json: list, band_json: list, mid: bytes, times: list, decided: bytes, topics: dict,
+                  dumps) -> None:
+    """Append (topic, key, decision bytes) for each of a tenant's rows (positions in the group's columns; the
+    j-th row's score, raw score and band JSON are s_json[j], r_json[j], band_json[j]). _native.decisions
+    writes the same bytes."""
+    for j, i in enumerate(rows):
+        m = msgs[i]
+        eid = eids[i]
+        mt = m.topic()
+        tj = topics.get(mt)
+        if tj is None:
+            tj = topics[mt] = dumps(mt)
+        out.append((topic, eid.encode(), b"".join((
+            b'{"event_id":', dumps(eid), head, s_json[j], b',"raw_score":', r_json[j], b',"band":', band_json[j],
+            mid, b',"event_time":%d' % times[i], decided, tj,
+            b',"partition":%d,"offset":%d,"timestamp":%d}}' % (m.partition(), m.offset(), m.timestamp()[1]),
+        ))))
+
+
+def _refuse(out: BatchOutput, cols: Columns, rows: np.ndarray, kept, rejected) -> np.ndarray | None:
+    """Dead-letter the rejected rows (positions within `rows`); the rows kept, all of them when `kept` is
+    None, or None when no row is left."""
     for i, r in rejected:
-        out.dead.append(DeadLetter(msgs[i], r.reason, r.detail))
+        out.dead.append(DeadLetter(cols.msgs[rows[i]], r.reason, r.detail))
     if kept is None:
-        return cols
+        return rows
     if not kept.size:
         return None
-    idx = kept.tolist()
-    return tuple([c[i] for i in idx] for c in cols)
+    return rows[kept]

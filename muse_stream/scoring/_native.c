@@ -1,0 +1,579 @@
+/* The compiled half of the event contract's hot path (muse_stream/scoring/native.py loads it).
+ *
+ * scan(): a batch of raw event values -> columns: event ids, (tenant, intent) pair codes, event times and a
+ * dense float64 feature matrix over the batch's feature names, with a presence matrix. It accepts only the
+ * plain, common shape of an event and answers "not sure" (pair code -1) for anything else, which then goes
+ * through the Python contract (contract.parse_event) on its own. Plain means: an object of ASCII keys and
+ * string values without escapes or control characters; event_time an integer in
+ * [0, 2^62]; intent a plain string or null; features an object of distinct plain keys whose values are null,
+ * integers of at most 15 digits (exact in a double) or decimal numbers read with a correctly rounded
+ * conversion; other top-level keys with a plain scalar value. Whatever orjson would read differently, or
+ * refuse, is never in that set, so both paths agree by construction on what the scanner accepts.
+ *
+ * decisions(): the decision bytes of a tenant's rows from the template pieces the scorer prepares, the same
+ * bytes as the Python loop in scorer.py writes (tests/scoring/test_native_equivalence.py compares them).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <float.h>
+#include <stdint.h>
+#include <limits.h>
+#include <string.h>
+#if defined(__GLIBC__)
+#include <locale.h>
+static locale_t c_locale;  /* strtod_l with "C": a decimal point whatever LC_NUMERIC the process set */
+#endif
+
+#define MAX_COLUMNS 1024          /* beyond: the row goes the Python way (a batch of junk keys stays small) */
+#define MAX_EVENT_TIME (1LL << 62)
+
+/* ---- a batch's feature names: an open-addressing table of byte strings -> column index ---------------- */
+
+typedef struct { char *s; Py_ssize_t n; uint64_t h; } Name;
+typedef struct { Name *names; Py_ssize_t count, cap; int32_t *slots; Py_ssize_t nslots; } Table;
+
+static uint64_t hash_bytes(const char *s, Py_ssize_t n) {
+    uint64_t h = 1469598103934665603ULL;  /* FNV-1a */
+    for (Py_ssize_t i = 0; i < n; i++) { h ^= (unsigned char)s[i]; h *= 1099511628211ULL; }
+    return h;
+}
+
+static void table_free(Table *t) {
+    for (Py_ssize_t i = 0; i < t->count; i++) PyMem_Free(t->names[i].s);
+    PyMem_Free(t->names); PyMem_Free(t->slots);
+    memset(t, 0, sizeof *t);
+}
+
+static int table_grow(Table *t) {
+    Py_ssize_t ns = t->nslots ? t->nslots * 2 : 64;
+    int32_t *slots = PyMem_Malloc(ns * sizeof *slots);
+    if (!slots) return -1;
+    for (Py_ssize_t i = 0; i < ns; i++) slots[i] = -1;
+    for (Py_ssize_t k = 0; k < t->count; k++) {
+        Py_ssize_t j = t->names[k].h & (ns - 1);
+        while (slots[j] >= 0) j = (j + 1) & (ns - 1);
+        slots[j] = (int32_t)k;
+    }
+    PyMem_Free(t->slots); t->slots = slots; t->nslots = ns;
+    return 0;
+}
+
+/* The index of name s[0:n], added when new (up to `limit` names); -1 over the limit, -2 out of memory. */
+static Py_ssize_t table_index(Table *t, const char *s, Py_ssize_t n, Py_ssize_t limit) {
+    uint64_t h = hash_bytes(s, n);
+    if (t->nslots) {
+        Py_ssize_t j = h & (t->nslots - 1);
+        for (; t->slots[j] >= 0; j = (j + 1) & (t->nslots - 1)) {
+            Name *e = &t->names[t->slots[j]];
+            if (e->h == h && e->n == n && memcmp(e->s, s, n) == 0) return t->slots[j];
+        }
+    }
+    if (t->count >= limit) return -1;
+    if ((t->count + 1) * 2 > t->nslots && table_grow(t) < 0) return -2;
+    if (t->count == t->cap) {
+        Py_ssize_t cap = t->cap ? t->cap * 2 : 32;
+        Name *names = PyMem_Realloc(t->names, cap * sizeof *names);
+        if (!names) return -2;
+        t->names = names; t->cap = cap;
+    }
+    char *copy = PyMem_Malloc(n ? n : 1);
+    if (!copy) return -2;
+    memcpy(copy, s, n);
+    t->names[t->count] = (Name){copy, n, h};
+    Py_ssize_t j = h & (t->nslots - 1);
+    while (t->slots[j] >= 0) j = (j + 1) & (t->nslots - 1);
+    t->slots[j] = (int32_t)t->count;
+    return t->count++;
+}
+
+/* ---- the plain-JSON reader ------------------------------------------------------------------------------ */
+
+typedef struct { const char *p, *end; } Cur;
+
+static inline void skip_ws(Cur *c) {
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r')) c->p++;
+}
+
+static inline int expect(Cur *c, char ch) {
+    skip_ws(c);
+    if (c->p < c->end && *c->p == ch) { c->p++; return 1; }
+    return 0;
+}
+
+/* A string of printable ASCII without escapes: its bytes are its text and its own JSON encoding. */
+static int plain_string(Cur *c, const char **s, Py_ssize_t *n) {
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != '"') return 0;
+    const char *q = c->p + 1;
+    while (q < c->end) {
+        unsigned char ch = (unsigned char)*q;
+        if (ch == '"') break;
+        if (ch < 0x20 || ch >= 0x7f || ch == '\\') return 0;
+        q++;
+    }
+    if (q >= c->end) return 0;
+    *s = c->p + 1; *n = q - (c->p + 1); c->p = q + 1;
+    return 1;
+}
+
+static int literal(Cur *c, const char *word, Py_ssize_t n) {
+    skip_ws(c);
+    if (c->end - c->p >= n && memcmp(c->p, word, n) == 0) { c->p += n; return 1; }
+    return 0;
+}
+
+#define DIGIT(ch) ((unsigned char)((ch) - '0') <= 9)
+
+static const double POW10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+                               1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+#if LDBL_MANT_DIG == 64 && (defined(__x86_64__) || defined(__i386__))
+/* The same idea one step wider, for the 16-19 significant digits that shortest round-trip text carries:
+ * m < 10^19 and 10^|e10| (e10 <= 27) are exact in x87's 64-bit mantissa, so m * 10^e10 is rounded once, to
+ * 64 bits. Rounding that to double's 53 bits is then the correctly rounded double unless the 11 bits it drops
+ * lie within one unit of the half-way pattern (0x400): only there can the first rounding have crossed a
+ * midpoint between two doubles. Those few, and every other platform, take strtod. */
+static int extended(uint64_t m, int e10, double *out) {
+    static long double p10[28];
+    if (p10[0] == 0) { long double t = 1; for (int i = 0; i < 28; i++) { p10[i] = t; t *= 10; } }
+    long double r = e10 >= 0 ? (long double)m * p10[e10] : (long double)m / p10[-e10];
+    uint64_t mant;
+    memcpy(&mant, &r, sizeof mant);  /* x87 layout: the explicit 64-bit mantissa comes first */
+    uint64_t low = mant & 0x7ff;
+    if (low >= 0x3ff && low <= 0x401) return 0;
+    *out = (double)r;
+    return 1;
+}
+#else
+static int extended(uint64_t m, int e10, double *out) { (void)m; (void)e10; (void)out; return 0; }
+#endif
+
+enum { NUM_NO = 0, NUM_INT = 1, NUM_FLOAT = 2 };
+
+/* A JSON number. NUM_INT: an integer of at most 19 digits that fits in int64, in *iv (a "-0" is 0, as orjson reads it).
+ * NUM_FLOAT: a number with a fraction or an exponent, correctly rounded into *dv, finite and normal or an
+ * exact zero. NUM_NO: anything else (more digits, an overflow or underflow, not a number): not sure. */
+static int number(Cur *c, long long *iv, double *dv, int *int_digits) {
+    skip_ws(c);
+    const char *start = c->p, *p = c->p, *end = c->end;
+    int neg = 0;
+    if (p < end && *p == '-') { neg = 1; p++; }
+    const char *ip = p;
+    while (p < end && DIGIT(*p)) p++;
+    int ilen = (int)(p - ip);
+    if (ilen == 0 || (ilen > 1 && *ip == '0')) return NUM_NO;  /* no digit, or a leading zero */
+    const char *fp = p;
+    int flen = 0, is_int = 1;
+    if (p < end && *p == '.') {
+        is_int = 0;
+        fp = ++p;
+        while (p < end && DIGIT(*p)) p++;
+        flen = (int)(p - fp);
+        if (flen == 0) return NUM_NO;
+    }
+    int exp = 0;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        is_int = 0; p++;
+        int eneg = 0;
+        if (p < end && (*p == '+' || *p == '-')) { eneg = *p == '-'; p++; }
+        const char *ep = p;
+        while (p < end && DIGIT(*p)) { exp = exp * 10 + (*p - '0'); p++; if (p - ep > 4) return NUM_NO; }
+        if (p == ep) return NUM_NO;
+        if (eneg) exp = -exp;
+    }
+    if (is_int) {
+        if (ilen > 19) return NUM_NO;
+        uint64_t m = 0;  /* 19 digits fit: < 10^19 < 2^64 */
+        for (int i = 0; i < ilen; i++) m = m * 10 + (uint64_t)(ip[i] - '0');
+        if (m > (uint64_t)LLONG_MAX) return NUM_NO;
+        *iv = neg ? -(long long)m : (long long)m;  /* "-0" is the integer 0, as orjson reads it */
+        *int_digits = ilen;
+        c->p = p;
+        return NUM_INT;
+    }
+    /* The significant digits: the integer part's (none for "0"), then the fraction's, leading zeros of a
+     * number below 1 skipped (they only scale). */
+    int n_int = (ilen == 1 && *ip == '0') ? 0 : ilen;
+    const char *fs = fp;
+    int fl = flen;
+    if (n_int == 0) while (fl && *fs == '0') { fs++; fl--; }
+    int sig = n_int + fl;
+    uint64_t m = 0;
+    if (sig <= 19) {
+        for (int i = 0; i < n_int; i++) m = m * 10 + (uint64_t)(ip[i] - '0');
+        for (int i = 0; i < fl; i++) m = m * 10 + (uint64_t)(fs[i] - '0');
+    }
+    int nonzero = sig > 0;  /* the first significant digit is never a zero */
+    double v;
+    int e10 = exp - flen;
+    if (sig <= 15 && e10 >= -22 && e10 <= 22) {
+        /* Clinger's fast path: m and 10^|e10| are exact doubles, so one multiply or divide rounds once. */
+        v = e10 >= 0 ? (double)m * POW10[e10] : (double)m / POW10[-e10];
+    } else if (!(sig <= 19 && e10 >= -27 && e10 <= 27 && extended(m, e10, &v))) {
+        char buf[64];
+        Py_ssize_t len = p - start - neg;  /* the magnitude: the sign is applied once, below */
+        if (len >= (Py_ssize_t)sizeof buf) return NUM_NO;
+        memcpy(buf, start + neg, len); buf[len] = 0;
+#if defined(__GLIBC__)
+        v = strtod_l(buf, NULL, c_locale);  /* glibc's strtod rounds correctly */
+#else
+        char *stop = NULL;
+        v = PyOS_string_to_double(buf, &stop, NULL);  /* Python's own correctly rounded dtoa */
+        if (v == -1.0 && PyErr_Occurred()) { PyErr_Clear(); return NUM_NO; }
+#endif
+    }
+    if (neg) v = -v;
+    if (isinf(v) || isnan(v)) return NUM_NO;
+    if (v == 0.0 ? nonzero : fabs(v) < DBL_MIN) return NUM_NO;  /* an underflow: leave it to orjson */
+    *dv = v;
+    c->p = p;
+    return NUM_FLOAT;
+}
+
+/* ---- scan ----------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    Table columns, pairs;
+    int32_t *fcol; double *fval; Py_ssize_t fcount, fcap;  /* the (column, value) of every accepted feature */
+    Py_ssize_t *row_start;                                 /* per row: where its features start in fcol */
+    int32_t *col_row;                                      /* per column: the last row that set it */
+    Py_ssize_t col_row_cap;
+} Scan;
+
+static int push_feature(Scan *s, int32_t col, double v) {
+    if (s->fcount == s->fcap) {
+        Py_ssize_t cap = s->fcap ? s->fcap * 2 : 4096;
+        int32_t *c = PyMem_Realloc(s->fcol, cap * sizeof *c);
+        if (!c) return -1;
+        s->fcol = c;
+        double *d = PyMem_Realloc(s->fval, cap * sizeof *d);
+        if (!d) return -1;
+        s->fval = d; s->fcap = cap;
+    }
+    s->fcol[s->fcount] = col; s->fval[s->fcount] = v; s->fcount++;
+    return 0;
+}
+
+/* The features object of row `row`: 1 accepted, 0 not sure, -1 out of memory. */
+static int scan_features(Scan *s, Cur *c, Py_ssize_t row) {
+    if (!expect(c, '{')) return 0;
+    if (expect(c, '}')) return 1;
+    for (;;) {
+        const char *k; Py_ssize_t kn;
+        if (!plain_string(c, &k, &kn) || !expect(c, ':')) return 0;
+        Py_ssize_t col = table_index(&s->columns, k, kn, MAX_COLUMNS);
+        if (col == -2) return -1;
+        if (col < 0) return 0;
+        if (col >= s->col_row_cap) {
+            Py_ssize_t cap = MAX_COLUMNS;
+            int32_t *cr = PyMem_Realloc(s->col_row, cap * sizeof *cr);
+            if (!cr) return -1;
+            for (Py_ssize_t i = s->col_row_cap; i < cap; i++) cr[i] = -1;
+            s->col_row = cr; s->col_row_cap = cap;
+        }
+        if (s->col_row[col] == row) return 0;  /* a duplicate key: orjson keeps the last; not our shape */
+        s->col_row[col] = (int32_t)row;
+        long long iv; double dv; int nd;
+        double v;
+        if (literal(c, "null", 4)) v = Py_NAN;
+        else {
+            int kind = number(c, &iv, &dv, &nd);
+            if (kind == NUM_INT) { if (nd > 15) return 0; v = (double)iv; }
+            else if (kind == NUM_FLOAT) v = dv;
+            else return 0;
+        }
+        if (push_feature(s, (int32_t)col, v) < 0) return -1;
+        if (expect(c, ',')) continue;
+        return expect(c, '}');
+    }
+}
+
+enum { K_EID = 1, K_TID = 2, K_INTENT = 4, K_TIME = 8, K_FEATS = 16 };
+
+typedef struct { const char *eid, *tid, *intent; Py_ssize_t eid_n, tid_n, intent_n; long long time; } Head;
+
+/* One event: 1 accepted (its head in *h, its features pushed), 0 not sure, -1 out of memory. */
+static int scan_event(Scan *s, const char *buf, Py_ssize_t len, Py_ssize_t row, Head *h) {
+    Cur c = {buf, buf + len};
+    int seen = 0;
+    h->intent = NULL; h->intent_n = 0;
+    if (!expect(&c, '{')) return 0;
+    for (;;) {
+        const char *k; Py_ssize_t kn;
+        if (!plain_string(&c, &k, &kn) || !expect(&c, ':')) return 0;
+        int key = 0;
+        if (kn == 8 && memcmp(k, "event_id", 8) == 0) key = K_EID;
+        else if (kn == 9 && memcmp(k, "tenant_id", 9) == 0) key = K_TID;
+        else if (kn == 6 && memcmp(k, "intent", 6) == 0) key = K_INTENT;
+        else if (kn == 10 && memcmp(k, "event_time", 10) == 0) key = K_TIME;
+        else if (kn == 8 && memcmp(k, "features", 8) == 0) key = K_FEATS;
+        if (key & seen) return 0;  /* a duplicate field: orjson keeps the last; not our shape */
+        seen |= key;
+        long long iv; double dv; int nd;
+        switch (key) {
+        case K_EID:
+            if (!plain_string(&c, &h->eid, &h->eid_n) || h->eid_n == 0) return 0;
+            break;
+        case K_TID:
+            if (!plain_string(&c, &h->tid, &h->tid_n)) return 0;
+            break;
+        case K_INTENT:
+            if (!literal(&c, "null", 4) && !plain_string(&c, &h->intent, &h->intent_n)) return 0;
+            break;
+        case K_TIME:
+            if (number(&c, &iv, &dv, &nd) != NUM_INT || iv < 0 || iv > MAX_EVENT_TIME) return 0;
+            h->time = iv;
+            break;
+        case K_FEATS: {
+            int r = scan_features(s, &c, row);
+            if (r <= 0) return r;
+            break;
+        }
+        default: {  /* a field the contract does not read: a plain scalar, else not sure */
+            const char *vs; Py_ssize_t vn;
+            if (!plain_string(&c, &vs, &vn) && !literal(&c, "null", 4) && !literal(&c, "true", 4)
+                && !literal(&c, "false", 5) && number(&c, &iv, &dv, &nd) == NUM_NO) return 0;
+        }
+        }
+        if (expect(&c, ',')) continue;
+        if (!expect(&c, '}')) return 0;
+        break;
+    }
+    skip_ws(&c);
+    if (c.p != c.end) return 0;  /* trailing bytes: malformed to orjson */
+    return (seen & (K_EID | K_TID | K_TIME | K_FEATS)) == (K_EID | K_TID | K_TIME | K_FEATS);
+}
+
+static PyObject *ascii_str(const char *s, Py_ssize_t n) { return PyUnicode_DecodeASCII(s, n, NULL); }
+
+/* The (tenant, intent) pair key: tenant bytes, a separator no plain string holds, intent bytes or nothing. */
+static Py_ssize_t pair_code(Scan *s, const Head *h, char **tmp, Py_ssize_t *tmp_cap) {
+    Py_ssize_t n = h->tid_n + 1 + (h->intent ? 1 + h->intent_n : 0);
+    if (n > *tmp_cap) {
+        char *t = PyMem_Realloc(*tmp, n);
+        if (!t) return -2;
+        *tmp = t; *tmp_cap = n;
+    }
+    char *t = *tmp;
+    memcpy(t, h->tid, h->tid_n);
+    t[h->tid_n] = '\n';  /* a control character: never inside a plain string */
+    if (h->intent) { t[h->tid_n + 1] = '\n'; memcpy(t + h->tid_n + 2, h->intent, h->intent_n); }
+    return table_index(&s->pairs, t, n, PY_SSIZE_T_MAX);
+}
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    PyObject *values; Py_ssize_t max_bytes;
+    if (!PyArg_ParseTuple(args, "O!n", &PyList_Type, &values, &max_bytes)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    Scan s; memset(&s, 0, sizeof s);
+    PyObject *eids = PyList_New(n), *pairs = PyList_New(0), *columns = NULL, *result = NULL;
+    PyObject *codes_b = PyByteArray_FromStringAndSize(NULL, n * sizeof(int32_t));
+    PyObject *times_b = PyByteArray_FromStringAndSize(NULL, n * sizeof(int64_t));
+    PyObject *x_b = NULL, *p_b = NULL;
+    s.row_start = PyMem_Malloc((n + 1) * sizeof *s.row_start);
+    char *tmp = NULL; Py_ssize_t tmp_cap = 0;
+    if (!eids || !pairs || !codes_b || !times_b || !s.row_start) goto fail;
+    int32_t *codes = (int32_t *)PyByteArray_AS_STRING(codes_b);
+    int64_t *times = (int64_t *)PyByteArray_AS_STRING(times_b);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyList_GET_ITEM(values, i);
+        Head h;
+        int ok = 0;
+        s.row_start[i] = s.fcount;
+        if (PyBytes_Check(v) && PyBytes_GET_SIZE(v) > 0 && PyBytes_GET_SIZE(v) <= max_bytes) {
+            ok = scan_event(&s, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), i, &h);
+            if (ok < 0) goto nomem;
+        }
+        PyObject *eid = Py_None;
+        codes[i] = -1; times[i] = 0;
+        if (ok) {
+            Py_ssize_t code = pair_code(&s, &h, &tmp, &tmp_cap);
+            if (code == -2) goto nomem;
+            if (code == PyList_GET_SIZE(pairs)) {  /* a new pair: its (tenant_id, intent) as Python strings */
+                PyObject *tid = ascii_str(h.tid, h.tid_n);
+                PyObject *intent = h.intent ? ascii_str(h.intent, h.intent_n) : Py_NewRef(Py_None);
+                PyObject *pair = (tid && intent) ? PyTuple_Pack(2, tid, intent) : NULL;
+                Py_XDECREF(tid); Py_XDECREF(intent);
+                if (!pair || PyList_Append(pairs, pair) < 0) { Py_XDECREF(pair); goto fail; }
+                Py_DECREF(pair);
+            }
+            if (!(eid = ascii_str(h.eid, h.eid_n))) goto fail;
+            codes[i] = (int32_t)code; times[i] = h.time;
+        } else {
+            s.fcount = s.row_start[i];  /* drop what a not-sure row pushed */
+            Py_INCREF(eid);
+        }
+        PyList_SET_ITEM(eids, i, eid);
+    }
+    s.row_start[n] = s.fcount;
+    Py_ssize_t k = s.columns.count;
+    if (!(columns = PyList_New(k))) goto fail;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        PyObject *name = ascii_str(s.columns.names[j].s, s.columns.names[j].n);
+        if (!name) goto fail;
+        PyList_SET_ITEM(columns, j, name);
+    }
+    x_b = PyByteArray_FromStringAndSize(NULL, n * k * sizeof(double));
+    p_b = PyByteArray_FromStringAndSize(NULL, n * k);
+    if (!x_b || !p_b) goto fail;
+    double *x = (double *)PyByteArray_AS_STRING(x_b);
+    char *present = PyByteArray_AS_STRING(p_b);
+    for (Py_ssize_t i = 0; i < n * k; i++) x[i] = Py_NAN;
+    memset(present, 0, n * k);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        for (Py_ssize_t f = s.row_start[i]; f < s.row_start[i + 1]; f++) {
+            x[i * k + s.fcol[f]] = s.fval[f];
+            present[i * k + s.fcol[f]] = 1;
+        }
+    }
+    result = PyTuple_Pack(7, eids, codes_b, pairs, times_b, columns, x_b, p_b);
+    goto done;
+nomem:
+    PyErr_NoMemory();
+fail:
+done:
+    Py_XDECREF(eids); Py_XDECREF(pairs); Py_XDECREF(codes_b); Py_XDECREF(times_b);
+    Py_XDECREF(columns); Py_XDECREF(x_b); Py_XDECREF(p_b);
+    table_free(&s.columns); table_free(&s.pairs);
+    PyMem_Free(s.fcol); PyMem_Free(s.fval); PyMem_Free(s.row_start); PyMem_Free(s.col_row); PyMem_Free(tmp);
+    return result;
+}
+
+/* ---- decisions ------------------------------------------------------------------------------------------ */
+
+typedef struct { char *b; Py_ssize_t n, cap; } Buf;
+
+static int put(Buf *b, const char *s, Py_ssize_t n) {
+    if (b->n + n > b->cap) {
+        Py_ssize_t cap = (b->n + n) * 2;
+        char *nb = PyMem_Realloc(b->b, cap);
+        if (!nb) { PyErr_NoMemory(); return -1; }
+        b->b = nb; b->cap = cap;
+    }
+    memcpy(b->b + b->n, s, n); b->n += n;
+    return 0;
+}
+
+static int put_bytes(Buf *b, PyObject *o) {
+    if (!PyBytes_Check(o)) { PyErr_SetString(PyExc_TypeError, "a decision piece is not bytes"); return -1; }
+    return put(b, PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o));
+}
+
+static int put_ll(Buf *b, PyObject *o) {
+    long long v = PyLong_AsLongLong(o);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    char t[32];
+    return put(b, t, snprintf(t, sizeof t, "%lld", v));
+}
+
+static PyObject *call0(PyObject *o, PyObject *name) { return PyObject_CallMethodNoArgs(o, name); }
+
+static PyObject *s_topic, *s_partition, *s_offset, *s_timestamp;
+
+/* An event id's JSON: quoted as is when no character needs an escape (orjson escapes only '"', '\\' and
+ * controls), else whatever `dumps` gives. */
+static int put_eid(Buf *b, PyObject *eid, PyObject *dumps) {
+    if (PyUnicode_Check(eid) && PyUnicode_IS_ASCII(eid)) {
+        const char *s = (const char *)PyUnicode_DATA(eid);
+        Py_ssize_t n = PyUnicode_GET_LENGTH(eid), i = 0;
+        while (i < n && s[i] >= 0x20 && s[i] != '"' && s[i] != '\\') i++;
+        if (i == n) return put(b, "\"", 1) || put(b, s, n) || put(b, "\"", 1) ? -1 : 0;
+    }
+    PyObject *j = PyObject_CallOneArg(dumps, eid);
+    if (!j) return -1;
+    int r = put_bytes(b, j);
+    Py_DECREF(j);
+    return r;
+}
+
+#define LIT(b, s) put((b), (s), sizeof(s) - 1)
+
+static PyObject *decisions(PyObject *self, PyObject *args) {
+    PyObject *out, *topic, *rows, *msgs, *eids, *head, *s_json, *r_json, *band_json, *mid, *times, *decided,
+        *topics, *dumps;
+    if (!PyArg_ParseTuple(args, "O!OO!O!O!SO!O!O!SO!SO!O", &PyList_Type, &out, &topic, &PyList_Type, &rows,
+                          &PyList_Type, &msgs, &PyList_Type, &eids, &head, &PyList_Type, &s_json, &PyList_Type,
+                          &r_json, &PyList_Type, &band_json, &mid, &PyList_Type, &times, &decided, &PyDict_Type,
+                          &topics, &dumps))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(rows);
+    if (PyList_GET_SIZE(s_json) < n || PyList_GET_SIZE(r_json) < n || PyList_GET_SIZE(band_json) < n) {
+        PyErr_SetString(PyExc_ValueError, "fewer formatted values than rows");
+        return NULL;
+    }
+    Buf b = {NULL, 0, 0};
+    for (Py_ssize_t j = 0; j < n; j++) {
+        Py_ssize_t i = PyLong_AsSsize_t(PyList_GET_ITEM(rows, j));
+        if (i == -1 && PyErr_Occurred()) goto fail;
+        if (i < 0 || i >= PyList_GET_SIZE(msgs) || i >= PyList_GET_SIZE(eids) || i >= PyList_GET_SIZE(times)) {
+            PyErr_SetString(PyExc_IndexError, "row out of range");
+            goto fail;
+        }
+        PyObject *m = PyList_GET_ITEM(msgs, i), *eid = PyList_GET_ITEM(eids, i);
+        PyObject *mt = NULL, *part = NULL, *off = NULL, *ts = NULL, *key = NULL, *value = NULL, *item = NULL;
+        b.n = 0;
+        if (!(mt = call0(m, s_topic))) goto row_fail;
+        PyObject *tj = PyDict_GetItemWithError(topics, mt);  /* borrowed */
+        if (!tj) {
+            if (PyErr_Occurred() || !(tj = PyObject_CallOneArg(dumps, mt))) goto row_fail;
+            int r = PyDict_SetItem(topics, mt, tj);
+            Py_DECREF(tj);  /* the dict holds it */
+            if (r < 0) goto row_fail;
+        }
+        if (LIT(&b, "{\"event_id\":") || put_eid(&b, eid, dumps) || put_bytes(&b, head)
+            || put_bytes(&b, PyList_GET_ITEM(s_json, j)) || LIT(&b, ",\"raw_score\":")
+            || put_bytes(&b, PyList_GET_ITEM(r_json, j)) || LIT(&b, ",\"band\":")
+            || put_bytes(&b, PyList_GET_ITEM(band_json, j)) || put_bytes(&b, mid) || LIT(&b, ",\"event_time\":")
+            || put_ll(&b, PyList_GET_ITEM(times, i)) || put_bytes(&b, decided) || put_bytes(&b, tj))
+            goto row_fail;
+        if (!(part = call0(m, s_partition)) || !(off = call0(m, s_offset)) || !(ts = call0(m, s_timestamp)))
+            goto row_fail;
+        if (!PyTuple_Check(ts) || PyTuple_GET_SIZE(ts) < 2) {
+            PyErr_SetString(PyExc_TypeError, "timestamp() is not a (type, value) tuple");
+            goto row_fail;
+        }
+        if (LIT(&b, ",\"partition\":") || put_ll(&b, part) || LIT(&b, ",\"offset\":") || put_ll(&b, off)
+            || LIT(&b, ",\"timestamp\":") || put_ll(&b, PyTuple_GET_ITEM(ts, 1)) || LIT(&b, "}}"))
+            goto row_fail;
+        if (!(key = PyUnicode_AsUTF8String(eid)) || !(value = PyBytes_FromStringAndSize(b.b, b.n))
+            || !(item = PyTuple_Pack(3, topic, key, value)) || PyList_Append(out, item) < 0)
+            goto row_fail;
+        Py_DECREF(mt); Py_DECREF(part); Py_DECREF(off); Py_DECREF(ts);
+        Py_DECREF(key); Py_DECREF(value); Py_DECREF(item);
+        continue;
+    row_fail:
+        Py_XDECREF(mt); Py_XDECREF(part); Py_XDECREF(off); Py_XDECREF(ts);
+        Py_XDECREF(key); Py_XDECREF(value); Py_XDECREF(item);
+        goto fail;
+    }
+    PyMem_Free(b.b);
+    Py_RETURN_NONE;
+fail:
+    PyMem_Free(b.b);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS,
+     "scan(values, max_event_bytes) -> (eids, codes, pairs, times, columns, x, present): a batch's plain "
+     "events as columns; code -1 marks an event left to the Python contract."},
+    {"decisions", decisions, METH_VARARGS,
+     "decisions(out, topic, rows, msgs, eids, head, s_json, r_json, band_json, mid, times, decided, topics, "
+     "dumps): append each row's (topic, key, decision bytes) to out."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__native(void) {
+#if defined(__GLIBC__)
+    c_locale = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
+    if (!c_locale) return PyErr_NoMemory();
+#endif
+    if (!(s_topic = PyUnicode_InternFromString("topic")) || !(s_partition = PyUnicode_InternFromString("partition"))
+        || !(s_offset = PyUnicode_InternFromString("offset"))
+        || !(s_timestamp = PyUnicode_InternFromString("timestamp")))
+        return NULL;
+    return PyModule_Create(&module);
+}

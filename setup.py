@@ -1,0 +1,18 @@
+"""The optional compiled part of muse-stream: the scorer's batch scanner and decision writer in C
+(muse_stream/scoring/_native.c). Everything else is in pyproject.toml.
+
+optional=True: where no C compiler works, the build says so and installs the package without it, and the
+scorer runs its pure-Python path (muse_stream/scoring/native.py says which path is active)."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "muse_stream.scoring._native",
+            sources=["muse_stream/scoring/_native.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        )
+    ]
+)
