@@ -29,6 +29,7 @@ class CeilingWorker:
         self.stop_event = stop or threading.Event()
         self.stats = LoopStats()
         self.loop: StreamLoop | None = None
+        self.between_batches = lambda: None  # the bench may hold the loop here (procs._held)
 
     @property
     def assigned(self) -> bool:
@@ -60,5 +61,5 @@ class CeilingWorker:
             LoopSettings((s.topics.events,), eos, s.batch.max_events, s.batch.max_wait_ms / 1000.0,
                          s.runtime.commit_interval_ms / 1000.0),
             consumer_config=input_consumer_config(s, slot=self.slot), producer=self.producer, process=copy,
-            stats=self.stats, stop=self.stop_event, name=f"ceiling {self.slot}")
+            between_batches=self.between_batches, stats=self.stats, stop=self.stop_event, name=f"ceiling {self.slot}")
         self.loop.run()

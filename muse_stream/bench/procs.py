@@ -76,8 +76,28 @@ def _worker_class():
     return getattr(importlib.import_module(module), cls)
 
 
+def _held(w, between, go):
+    """between_batches that keeps the worker's partitions paused until `go` is set (every worker of the run
+    has its partitions), so that with several workers the first to join does not read most of the input before
+    the group has formed. The loop still polls meanwhile, which is how the group forms."""
+    state = {"released": False}
+
+    def between_held() -> None:
+        if not state["released"]:
+            consumer = w.loop.consumer if w.loop is not None else None
+            if go.is_set():
+                state["released"] = True
+                if consumer is not None:
+                    consumer.resume(consumer.assignment())
+            elif consumer is not None:
+                consumer.pause(consumer.assignment())  # again after each rebalance: a new assignment is not paused
+        between()
+
+    return between_held
+
+
 def _child(kind: str, settings: Settings, slot: int, output_topics: list[str], gate, reports, verbose: bool,
-           cpus: set[int] | None = None) -> None:
+           cpus: set[int] | None = None, go=None) -> None:
     from muse_stream.logs import setup_logging
     from muse_stream.worker.supervisor import _die_with_parent
 
@@ -105,6 +125,8 @@ def _child(kind: str, settings: Settings, slot: int, output_topics: list[str], g
         w = CeilingWorker(settings, slot=slot, output_topics=output_topics, stop=stop)
     else:
         w = _worker_class()(settings, slot=slot, stop=stop)
+    if go is not None:
+        w.between_batches = _held(w, w.between_batches, go)
 
     def _watch_assignment():
         while not stop.is_set():
@@ -136,14 +158,16 @@ class WorkerGroup:
     output_topics: list[str] = field(default_factory=list)
     verbose: bool = False
     cpus: set[int] | None = None  # pin every worker to these cores
+    hold: bool = False  # workers read nothing until every one of them has partitions (see _held)
 
     def __post_init__(self) -> None:
         ctx = mp.get_context("spawn")
         self._gate = ctx.Event()
+        self._go = ctx.Event() if self.hold else None
         self._reports = ctx.Queue()
         self.procs = [ctx.Process(target=_child, name=f"bench-{self.kind}-{i}",
                                   args=(self.kind, self.settings, i, self.output_topics, self._gate,
-                                        self._reports, self.verbose, self.cpus))
+                                        self._reports, self.verbose, self.cpus, self._go))
                       for i in range(self.workers)]
         self.pids: dict[int, int] = {}
         self.assigned_at: dict[int, float] = {}
@@ -159,6 +183,8 @@ class WorkerGroup:
             self.pids[slot] = pid
         elif kind == "assigned":
             self.assigned_at[slot] = data
+            if self._go is not None and len(self.assigned_at) == self.workers:
+                self._go.set()
         elif kind == "done":
             self.done[slot] = data
             if data["error"]:

@@ -7,7 +7,8 @@ from muse_stream.bench.report_table import table
 
 _STAGE_NAMES = {"parse_validate": "parse and validate (contract, routing)", "feature_matrix": "feature matrix",
                 "predict": "predict (booster)", "transform": "transform", "bands": "bands", "reasons": "reason codes",
-                "format": "format decisions (and grouping)", "telemetry": "telemetry (after produce)"}
+                "format": "format decisions", "other": "other (grouping, refusals, untimed)",
+                "telemetry": "telemetry (after produce)"}
 _LOOP_NAMES = {"consume": "consume (next_batch)", "score": "score (all of the scorer)", "produce": "produce",
                "telemetry": "telemetry", "commit": "commit"}
 
@@ -26,8 +27,8 @@ def stage_section(report: dict) -> list[str]:
                 if any(by[s]["us_per_event"].get(k) is not None for s in sizes)]
         rows.append(["scorer total", *[by[s]["scorer_us_per_event"] for s in sizes]])
         rows.append(["scorer per batch (us)", *[by[s]["scorer_us_per_batch"] for s in sizes]])
-        parts += [(f"Stage breakdown in process (the real scorer on the bench's events, {st.get('trees')} trees; "
-                  "us per event)"), table(["stage", *[f"batches of {s}" for s in sizes]], rows), ""]
+        parts += [(f"Stage breakdown in process (the real scorer on the bench's events, {st.get('trees')} trees, "
+                   f"{st.get('scorer_path') or 'its'} path; us per event)"), table(["stage", *[f"batches of {s}" for s in sizes]], rows), ""]
     runs = [r for r in (_find(report.get("throughput", []), "runtime-eos-1"),
                         _find(report.get("latency", []), "latency-eos"),
                         _find(report.get("latency", []), "floor-eos")) if (r.get("loop") or {}).get("us_per_event")]

@@ -121,7 +121,7 @@ def throughput_run(ctx: BenchContext, name: str, *, kind: str, workers: int, gua
     outs = _outputs(ctx, s)  # the ceiling writes into the same shape: one topic per tenant
     result = {"run": name, "kind": kind, "workers": workers, "guarantee": guarantee, "events": ctx.events,
               "telemetry": telemetry}
-    group = WorkerGroup(kind, s, workers, output_topics=outs, verbose=ctx.verbose, cpus=cpus)
+    group = WorkerGroup(kind, s, workers, output_topics=outs, verbose=ctx.verbose, cpus=cpus, hold=workers > 1)
     sampler = _Sampler(group, ctx.broker_pid)
     reader = ArrivalReader(s, [*outs, s.topics.deadletter], ctx.events, ready=group.stable_since,
                            on_first=lambda: sampler("first_output"), on_start=lambda: sampler("start"),

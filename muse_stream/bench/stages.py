@@ -2,11 +2,12 @@
 events (bench/telemetry_overhead.py builds the stack), with each function the scorer calls wrapped by a timer
 for the length of the measurement, and Telemetry.on_batch after it, as the worker calls it.
 
-Stages: parse_validate (the event contract and routing: admit_batch), feature_matrix (model_matrix: the float32
-matrix and the value limits), predict (model_outputs: the booster and its checks), transform (the score
-transform), bands (thresholds per tenant), reasons (reason codes, when the scorer has them), format (the rest
-of BatchScorer.process: grouping and the decision bytes), then telemetry. A stage whose function the scorer
-no longer calls by that name is reported as None, and its time stays in format.
+Stages: parse_validate (the event contract and routing: admit_batch, or admit_columns), feature_matrix
+(model_matrix or group_matrix: the float32 matrix and the value limits), predict (model_outputs: the booster
+and its checks), transform (the score transform), bands (thresholds per tenant), reasons (reason codes, when the
+scorer has them), format (the scorer's decision writer, when it has one), other (what no timer covers: grouping,
+refusals, and the decision loop of a scorer without a writer), then telemetry. A stage whose function the
+scorer no longer calls by that name is reported as None, and its time shows in other.
 
 `python -m muse_stream.bench.stages` prints the figures.
 """
@@ -20,11 +21,15 @@ from contextlib import contextmanager
 
 import orjson
 
-STAGES = ("parse_validate", "feature_matrix", "predict", "transform", "bands", "reasons", "format", "telemetry")
-# (module, attribute path, stage): looked up when measuring, so a renamed function is reported, not a crash.
+STAGES = ("parse_validate", "feature_matrix", "predict", "transform", "bands", "reasons", "format", "other",
+          "telemetry")
+# (module, attribute path, stage): looked up when measuring, so a renamed function is reported, not a crash;
+# both the per-event path's names and the columnar path's are listed (the scorer calls one of each).
 _TIMED = (
     ("muse_stream.scoring.scorer", "admit_batch", "parse_validate"),
+    ("muse_stream.scoring.scorer", "admit_columns", "parse_validate"),
     ("muse_stream.scoring.scorer", "model_matrix", "feature_matrix"),
+    ("muse_stream.scoring.scorer", "group_matrix", "feature_matrix"),
     ("muse_stream.scoring.scorer", "model_outputs", "predict"),
     ("muse_stream.models.transform", "ScoreTransform.apply", "transform"),
     ("muse_stream.scoring.scorer", "BatchScorer._bands", "bands"),
@@ -33,9 +38,11 @@ _TIMED = (
 
 
 @contextmanager
-def _timers(ns: dict[str, int]):
-    """Wrap each timed function (module function or class method) so its calls add to ns[stage]; restore after."""
+def _timers(ns: dict[str, int], scorer):
+    """Wrap each timed function (module function or class method, and the scorer's decision writer when it has
+    one) so its calls add to ns[stage]; restore after."""
     undo = []
+    targets = []
     for module, path, stage in _TIMED:
         try:
             owner = importlib.import_module(module)
@@ -44,6 +51,9 @@ def _timers(ns: dict[str, int]):
         *parents, attr = path.split(".")
         for p in parents:
             owner = getattr(owner, p, None)
+        targets.append((owner, attr, stage))
+    targets.append((scorer, "_write", "format"))  # the writer of the decision bytes (compiled or Python)
+    for owner, attr, stage in targets:
         fn = getattr(owner, attr, None) if owner is not None else None
         if fn is None:
             continue
@@ -74,13 +84,13 @@ def measure(*, batch_sizes: tuple[int, ...] = (2000, 25), events: int = 40_000, 
 
     stack = setup(trees=trees, depth=depth, seed=seed)
     scorer, tel = stack.scorer, Telemetry(stack.worker)
-    out: dict = {"trees": trees, "depth": depth, "by_batch_size": {}}
+    out: dict = {"trees": trees, "depth": depth, "scorer_path": _scorer_path(), "by_batch_size": {}}
     try:
         for size in batch_sizes:
             n_batches = max(2, events // size)
             data = batches(n_batches + 1, size, seed)
             ns: dict[str, int] = {"total": 0, "telemetry": 0}
-            with _timers(ns):
+            with _timers(ns, scorer):
                 for i, msgs in enumerate(data):
                     if i == 1:  # the first batch warms caches and the boosters up: not counted
                         ns.update(dict.fromkeys(ns, 0))  # in place: the timers hold this dict
@@ -92,9 +102,10 @@ def measure(*, batch_sizes: tuple[int, ...] = (2000, 25), events: int = 40_000, 
                     ns["telemetry"] += time.perf_counter_ns() - t1
             counted = n_batches * size
             per = {k: ns[k] / 1000.0 / counted for k in ns}
-            timed = sum(per[k] for k in STAGES if k in per and k not in ("format", "telemetry"))
-            stages = {k: (round(per[k], 3) if k in per else None) for k in STAGES if k not in ("format", "telemetry")}
-            stages["format"] = round(per["total"] - timed, 3)
+            inner = [k for k in STAGES if k not in ("other", "telemetry")]
+            stages = {k: (round(per[k], 3) if k in per else None) for k in inner}
+            # What no timer covers: grouping, refusals, the decision loop when no writer is timed.
+            stages["other"] = round(per["total"] - sum(per[k] for k in inner if k in per), 3)
             stages["telemetry"] = round(per["telemetry"], 3)
             out["by_batch_size"][str(size)] = {
                 "batches": n_batches, "us_per_event": stages,
@@ -105,6 +116,14 @@ def measure(*, batch_sizes: tuple[int, ...] = (2000, 25), events: int = 40_000, 
     finally:
         tel.close()
     return out
+
+
+def _scorer_path() -> str | None:
+    """Which parse path the scorer runs (compiled or pure Python), when the scorer says."""
+    try:
+        return importlib.import_module("muse_stream.scoring.native").active_path()
+    except (ImportError, AttributeError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,8 @@ RUNS = ("ceiling", "runtime", "no-telemetry", "runtime-w", "pinned", "runtime-al
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark the runtime: throughput vs the Kafka ceiling, latency, swap")
     add_config_args(p)
-    p.add_argument("--events", type=int, default=1_000_000, help="events pre-produced for the throughput runs")
+    p.add_argument("--events", type=int, default=300_000,
+                   help="events pre-produced for the throughput runs (default 300,000)")
     p.add_argument("--partitions", type=int, default=8, help="input topic partitions (default 8)")
     p.add_argument("--workers", type=int, default=2, help="worker processes of the multi-worker run (default 2)")
     p.add_argument("--rate", type=float, default=5000.0, help="offered events/s of the latency and swap runs")
