@@ -11,7 +11,6 @@ setup(
         Extension(
             "muse_stream.scoring._native",
             sources=["muse_stream/scoring/_native.c"],
-            extra_compile_args=["-O2"],
             optional=True,
         )
     ]

@@ -1,4 +1,4 @@
-# Sourced by the scripts: makes .venv (once) and installs the project into it when pyproject.toml changed.
+# Sourced by the scripts: makes .venv (once) and installs the project into it when its build inputs changed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -11,10 +11,14 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=".venv/.muse-installed"
-want="$(cat pyproject.toml | sha256sum | cut -c1-16)-${MUSE_EXTRAS:-test}"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+# The stamp covers the build's inputs (a changed C source is rebuilt) and whether the C extension was there
+# after the install: if it goes missing (git clean), the next run rebuilds it; where none could be compiled,
+# the pure-Python path runs and nothing is retried.
+src="$(cat pyproject.toml setup.py muse_stream/scoring/_native.c | sha256sum | cut -c1-16)-${MUSE_EXTRAS:-test}"
+built() { if ls muse_stream/scoring/_native*.so >/dev/null 2>&1; then echo native; else echo python; fi; }
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$src-$(built)" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q -e ".[${MUSE_EXTRAS:-test}]"
-  echo "$want" > "$stamp"
+  echo "$src-$(built)" > "$stamp"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
