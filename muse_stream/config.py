@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from muse_stream.bandspec import BandPeriod, BandSet
 from muse_stream.errors import ConfigError
+from muse_stream.featurespec import StateSpec
 
 # Shipped inside the package, so an installed muse-stream runs from any folder; config/muse.toml links here.
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "defaults" / "muse.toml"
@@ -107,6 +108,8 @@ class RuntimeSettings(_Frozen):
     # Transactions commit at most this often; batches in between share one transaction.
     commit_interval_ms: int = Field(100, ge=0, le=600_000)
     transactional_id_prefix: str = "muse-stream"
+    # Entity state (featurespec.py): one RocksDB store per assigned partition under <state_dir>/<group>/slot-N.
+    state_dir: str = "state"
     transaction_timeout_ms: int = Field(60_000, ge=1000, le=900_000)
     # Feature values beyond this magnitude (or non-finite) are bad input, sent to the dead-letter topic.
     max_abs_feature: float = Field(1e30, gt=0)
@@ -195,6 +198,8 @@ class IntentConfig(_Frozen):
     unknown_features: Literal["reject", "ignore"] = "reject"
     # Decisions in a band other than approve carry this many top contributing features (0: none).
     reason_codes: int = Field(default=3, ge=0, le=20)
+    # Entity features, de-duplication and the partition-key check (featurespec.py); None: stateless.
+    state: StateSpec | None = None
 
     @field_validator("name")
     @classmethod

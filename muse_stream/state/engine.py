@@ -1,0 +1,270 @@
+"""Entity state for a worker: the stores of its assigned partitions, a batch's state features, duplicates and
+partition-key checks, and the changelog records that go into the worker's open transaction.
+
+The interface the scorer and worker use (scoring/scorer.py, worker/runtime.py):
+- `compute(cols, groups)` after routing, before any feature matrix: returns (groups without the refused rows,
+  [(row, reason value, detail, extra headers)] to dead-letter). Reasons: "duplicate_event" (headers
+  muse.first.partition / muse.first.offset name the first occurrence), "wrong_partition_key",
+  "missing_field" (no entity value).
+- `fill(model, x32, rows)`: writes the state columns the version reads into its float32 matrix.
+- `decorate(decisions)`: with `debug`, each decision of a stateful intent gains "state": {name: value}.
+- `produce(producer)`: the batch's store writes, to the changelog, inside the open transaction.
+- `committed()` / `aborted()`: the loop's commit and abort; `assign(partitions)` / `release(partitions)` on
+  rebalances (assign restores each store before any of its events is scored).
+
+Changelog: one compacted topic per (consumer group, input topic), `<group>.<input>.state-changelog`, its
+partitions matching the input's. One store per input partition holds every stateful intent (keys start with
+the intent), so a partition restores with one read, and the topic count does not grow with intents.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+from confluent_kafka import KafkaException, TopicPartition
+
+from muse_stream.config import Settings
+from muse_stream.errors import AbortRequired
+from muse_stream.featurespec import entity_key
+from muse_stream.kafka.clients import make_consumer, reader_config
+from muse_stream.kafka.topics import COMPACTED, TopicSpec, create_topics
+from muse_stream.state.store import PartitionStore, restore
+from muse_stream.state.windows import Entity, Plan, id_hash, step
+
+logger = logging.getLogger(__name__)
+_NAN = math.nan
+
+
+def changelog_topic(settings: Settings, input_topic: str) -> str:
+    return f"{settings.runtime.group_id}.{input_topic}.state-changelog"
+
+
+def state_folder(settings: Settings, slot: int) -> Path:
+    return Path(settings.runtime.state_dir) / settings.runtime.group_id / f"slot-{slot}"
+
+
+class StateEngine:
+    def __init__(self, settings: Settings, *, slot: int, heartbeat=lambda: None) -> None:
+        self.settings = settings
+        self.plans = {i.name: Plan(i.state) for i in settings.intents if i.state is not None}
+        self.folder = state_folder(settings, slot)
+        self.heartbeat = heartbeat
+        self.stores: dict[tuple[str, int], PartitionStore] = {}
+        self._reader = None
+        self._batch: list[tuple[str, int, bytes, bytes | None]] = []
+        self._cols: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # intent -> (row positions, features)
+        self._debug: dict[bytes, bytes] = {}
+        self._synced = 0.0
+        self.stats = {"late": 0, "duplicates": 0, "wrong_partition_key": 0, "restored_records": 0,
+                      "restore_seconds": 0.0, "state_ns": 0}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.plans)
+
+    # ---- topics and rebalances ------------------------------------------------------------------
+
+    def ensure_topics(self) -> None:
+        t = self.settings.topics
+        create_topics(self.settings, [TopicSpec(changelog_topic(self.settings, i), t.events_partitions, COMPACTED)
+                                      for i in t.inputs], replication_factor=t.replication_factor)
+
+    def assign(self, partitions) -> None:
+        """Open and restore the store of each partition (before any of its events is scored)."""
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            if key in self.stores:
+                continue
+            store = PartitionStore(self.folder / f"{tp.topic}-{tp.partition}", tp.topic, tp.partition)
+            n, secs = restore(store, self.reader(), changelog_topic(self.settings, tp.topic),
+                              heartbeat=self.heartbeat)
+            self.stores[key] = store
+            self.stats["restored_records"] += n
+            self.stats["restore_seconds"] += secs
+            logger.info("state %s[%d]: restored %d records in %.2f s (%.0f records/s)", tp.topic, tp.partition, n,
+                        secs, n / secs if secs > 0 else 0.0,
+                        extra={"fields": {"event": "state_restore", "topic": tp.topic, "partition": tp.partition,
+                                          "records": n, "seconds": round(secs, 3)}})
+
+    def release(self, partitions) -> None:
+        """Revoked or lost: close the stores. Writes not yet applied are dropped; they are in the changelog if
+        their transaction commits, and the next assignment replays them from the store's sync offset."""
+        for tp in partitions:
+            store = self.stores.pop((tp.topic, tp.partition), None)
+            if store is not None:
+                store.close()
+
+    def reader(self):
+        if self._reader is None:
+            self._reader = make_consumer(reader_config(self.settings, **{"enable.partition.eof": True}),
+                                         "state restore consumer")
+        return self._reader
+
+    def close(self) -> None:
+        for store in self.stores.values():
+            store.close()
+        self.stores = {}
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    # ---- the transaction ------------------------------------------------------------------------
+
+    def committed(self) -> None:
+        """The open transaction committed: apply its writes; now and then record the sync offsets."""
+        wrote = [s for s in self.stores.values() if s.apply()]
+        if wrote and time.monotonic() - self._synced > 5.0:
+            self._synced = time.monotonic()
+            for s in wrote:  # we own the partition and just committed: its end is what we hold
+                try:
+                    _, hi = self.reader().get_watermark_offsets(
+                        _tp(changelog_topic(self.settings, s.topic), s.partition), timeout=5.0, cached=False)
+                except KafkaException as e:
+                    logger.warning("state: reading a changelog end: %s", e)
+                    return
+                s.set_sync(hi)
+
+    def aborted(self) -> None:
+        for s in self.stores.values():
+            s.drop()
+
+    def produce(self, producer) -> None:
+        """This batch's writes to the changelog, in the open transaction (partition = the input partition)."""
+        client = producer.client
+        for topic, partition, key, value in self._batch:
+            while True:
+                try:
+                    client.produce(topic, value, key, partition=partition)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+                except KafkaException as e:
+                    raise producer._produce_error(topic, e.args[0]) from None
+        self._batch = []
+
+    # ---- a batch --------------------------------------------------------------------------------
+
+    def compute(self, cols, groups: list) -> tuple[list, list]:
+        """State features of the batch's stateful rows (see the module docstring)."""
+        t0 = time.perf_counter_ns()
+        self._cols, self._debug, refused = {}, {}, []
+        by_intent: dict[str, list[np.ndarray]] = {}
+        for model, rows in groups:
+            if model.intent in self.plans:
+                by_intent.setdefault(model.intent, []).append(rows)
+        drop: set[int] = set()
+        for intent, parts in by_intent.items():
+            rows = np.sort(np.concatenate(parts))
+            refused += self._intent(intent, self.plans[intent], cols, rows, drop)
+        if drop:
+            groups = [(m, r[~np.isin(r, list(drop))]) for m, r in groups]
+            groups = [(m, r) for m, r in groups if r.size]
+        self.stats["state_ns"] += time.perf_counter_ns() - t0
+        return groups, refused
+
+    def _intent(self, intent: str, plan: Plan, cols, rows: np.ndarray, drop: set) -> list:
+        spec, refused = plan.spec, []
+        n_num, n_dist = len(plan.nums), len(plan.dists)
+        feats = np.full((len(rows), len(plan.names)), _NAN)
+        by_entity: dict[tuple[str, int, bytes], list] = {}
+        for pos, i in enumerate(rows.tolist()):
+            m = cols.msgs[i]
+            ev = orjson.loads(m.value())
+            f = ev.get("features") or {}
+            ent = [ev.get(name) for name in spec.entity]
+            if any(type(v) not in (str, int) for v in ent):
+                why = f"entity field(s) {'+'.join(spec.entity)} missing or not a string or integer"
+                refused.append((i, "missing_field", why, None))
+                drop.add(i)
+                continue
+            ekey = entity_key(ent)
+            if m.key() != ekey.encode():
+                self.stats["wrong_partition_key"] += 1
+                if spec.wrong_key == "dead_letter":
+                    why = (f"key {m.key()!r} is not the entity {ekey!r} ({'+'.join(spec.entity)}): its state "
+                           "would be on another partition")
+                    refused.append((i, "wrong_partition_key", why, None))
+                    drop.add(i)
+                    continue
+            nums = np.array([_num(ev.get(k, f.get(k))) for k in plan.nums], dtype=np.float64)
+            dist = np.array([id_hash(str(v)) if (v := ev.get(k, f.get(k))) is not None else 0 for k in plan.dists],
+                            dtype=np.int64)
+            skey = b"%s\0%s\0%s" % (intent.encode(), str(cols.tids[i]).encode(), ekey.encode())
+            by_entity.setdefault((m.topic(), m.partition(), skey), []).append(
+                (pos, i, int(cols.times[i]), m.offset(), id_hash(str(cols.eids[i])), nums, dist))
+        for (topic, partition), items in _by_partition(by_entity).items():
+            store = self.stores.get((topic, partition))
+            if store is None:  # the partition went in a rebalance inside this batch's consume: read it again
+                raise AbortRequired(f"state: {topic}[{partition}] is not assigned to this worker")
+            keys = [k for k, _ in items]
+            changelog = changelog_topic(self.settings, topic)
+            for (skey, events), raw in zip(items, store.get_many(keys)):
+                e = Entity.decode(raw, n_num, n_dist)
+                for pos, i, t, off, ident, nums, dist in events:
+                    kind, first = step(plan, e, t, off, ident, nums, dist, feats[pos])
+                    if kind == "dup":
+                        self.stats["duplicates"] += 1
+                        why = f"event id {cols.eids[i]!r} first seen at {topic}[{partition}]@{first}"
+                        refused.append((i, "duplicate_event", why, [("muse.first.partition", str(partition).encode()),
+                                                                    ("muse.first.offset", str(first).encode())]))
+                        drop.add(i)
+                    elif kind == "late":
+                        self.stats["late"] += 1
+                e.trim(plan.keep_ms)
+                value = e.encode()
+                store.stage(skey, value)
+                self._batch.append((changelog, partition, skey, value))
+        pos_of = np.full(len(cols.msgs), -1, dtype=np.intp)
+        pos_of[rows] = np.arange(len(rows))
+        self._cols[intent] = (pos_of, feats)
+        if spec.debug:
+            for pos, i in enumerate(rows.tolist()):
+                if i not in drop:
+                    self._debug[str(cols.eids[i]).encode()] = orjson.dumps(
+                        dict(zip(plan.names, [None if math.isnan(v) else v for v in feats[pos].tolist()])))
+        refused.sort(key=lambda r: r[0])
+        return refused
+
+    def fill(self, model, x32: np.ndarray, rows: np.ndarray) -> None:
+        """The version's state columns, for its kept rows (batch positions `rows`, x32's rows in order)."""
+        got = self._cols.get(model.intent)
+        if got is None:
+            return
+        pos_of, feats = got
+        names = self.plans[model.intent].names
+        where = {n: j for j, n in enumerate(names)}
+        pos = pos_of[rows]
+        for j, name in enumerate(model.features):
+            k = where.get(name)
+            if k is not None:
+                x32[:, j] = feats[pos, k]
+
+    def decorate(self, decisions: list) -> None:
+        """Debug: append "state" to each decision of a debug intent (the brute-force test reads it)."""
+        if not self._debug:
+            return
+        dbg = self._debug
+        for n, (topic, key, value) in enumerate(decisions):
+            s = dbg.get(key)
+            if s is not None:
+                decisions[n] = (topic, key, value[:-1] + b',"state":' + s + b"}")
+
+
+def _num(v) -> float:
+    return float(v) if type(v) in (int, float) else _NAN
+
+
+def _tp(topic: str, partition: int) -> TopicPartition:
+    return TopicPartition(topic, partition)
+
+
+def _by_partition(by_entity: dict) -> dict:
+    out: dict[tuple[str, int], list] = {}
+    for (topic, partition, skey), events in by_entity.items():
+        out.setdefault((topic, partition), []).append((skey, events))
+    return out

@@ -1,0 +1,144 @@
+"""One RocksDB store (rocksdict) per assigned input partition, its pending writes, and its restore from the
+changelog.
+
+Consistency with the changelog (which is written inside the worker's transaction, with the decisions and
+offsets): a batch's writes wait in `pending`, read by later batches of the same transaction, and reach
+RocksDB only once the transaction has committed (`apply`); an abort drops them. The store records a sync
+offset, a changelog offset at which it held exactly what the changelog holds below it. A changelog record is
+the whole value of its key (or a tombstone), so replaying the changelog from any earlier point to its end
+gives the same state: on assignment the store replays from its sync offset (from 0 when the folder is new or
+was deleted), which also covers a worker killed between a commit and its local apply.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from confluent_kafka import KafkaError, TopicPartition
+from rocksdict import Options, Rdict, WriteBatch
+
+from muse_stream.errors import KafkaOpError
+
+logger = logging.getLogger(__name__)
+SYNC_KEY = b"\x00sync"  # no state key starts with a zero byte
+
+
+def _opts() -> Options:
+    o = Options(raw_mode=True)
+    o.create_if_missing(True)
+    return o
+
+
+class PartitionStore:
+    """The state of one input partition: RocksDB, plus the open transaction's writes."""
+
+    def __init__(self, path: Path, topic: str, partition: int) -> None:
+        self.path, self.topic, self.partition = path, topic, partition
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = Rdict(str(path), _opts())
+        self.pending: dict[bytes, bytes | None] = {}
+
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """Values as the open transaction sees them: its own writes first, then RocksDB (one multi-get)."""
+        pend = self.pending
+        missing = [k for k in keys if k not in pend]
+        found = dict(zip(missing, self.db.get(missing))) if missing else {}
+        return [pend[k] if k in pend else found[k] for k in keys]
+
+    def stage(self, key: bytes, value: bytes | None) -> None:
+        self.pending[key] = value
+
+    def apply(self) -> int:
+        """The transaction committed: its writes go to RocksDB in one write batch."""
+        n = len(self.pending)
+        if n:
+            wb = WriteBatch(raw_mode=True)
+            for k, v in self.pending.items():
+                if v is None:
+                    wb.delete(k)
+                else:
+                    wb.put(k, v)
+            self.db.write(wb)
+            self.pending = {}
+        return n
+
+    def drop(self) -> None:
+        self.pending = {}
+
+    @property
+    def sync_offset(self) -> int:
+        raw = self.db.get(SYNC_KEY)
+        return int.from_bytes(raw, "big") if raw else 0
+
+    def set_sync(self, offset: int) -> None:
+        self.db[SYNC_KEY] = offset.to_bytes(8, "big")
+
+    def wipe(self) -> None:
+        """Start empty (the changelog was recreated behind the store's back)."""
+        self.db.close()
+        Rdict.destroy(str(self.path), _opts())
+        self.db = Rdict(str(self.path), _opts())
+
+    def close(self) -> None:
+        self.pending = {}
+        self.db.close()
+
+    def keys(self) -> list[bytes]:
+        return [k for k in self.db if k != SYNC_KEY]
+
+
+def restore(store: PartitionStore, consumer, changelog: str, *, heartbeat=lambda: None,
+            timeout: float = 30.0) -> tuple[int, float]:
+    """Bring `store` up to the end of its changelog partition (read_committed); returns (records, seconds).
+
+    `consumer`: a read_committed consumer with enable.partition.eof, assigned by hand (no group)."""
+    t0 = time.monotonic()
+    tp = TopicPartition(changelog, store.partition)
+    try:
+        lo, hi = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+    except Exception as e:  # noqa: BLE001 - KafkaException: say which changelog
+        raise KafkaOpError(f"reading the end of {changelog}[{store.partition}]: {e}") from None
+    start = store.sync_offset
+    if start > hi:
+        logger.warning("state %s[%d]: the store is past the changelog's end (%d > %d): the topic was recreated; "
+                       "restoring from scratch", store.topic, store.partition, start, hi)
+        store.wipe()
+        start = 0
+    if start >= hi:
+        return 0, time.monotonic() - t0
+    consumer.assign([TopicPartition(changelog, store.partition, max(start, lo))])
+    n, end = 0, start
+    try:
+        while True:
+            msgs = consumer.consume(5000, 1.0)
+            heartbeat()
+            if time.monotonic() - t0 > 3600:
+                raise KafkaOpError(f"restoring {changelog}[{store.partition}] took over an hour")
+            wb, eof = WriteBatch(raw_mode=True), False
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        eof, end = True, m.offset()
+                        continue
+                    raise KafkaOpError(f"restoring {changelog}[{store.partition}]: {err.str()}", error=err)
+                v = m.value()
+                if v is None:
+                    wb.delete(m.key())
+                else:
+                    wb.put(m.key(), v)
+                n += 1
+            store.db.write(wb)
+            if eof:
+                break
+    finally:
+        consumer.unassign()
+    store.set_sync(max(end, start))
+    return n, time.monotonic() - t0
+
+
+def remove_folder(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,160 @@
+"""One entity's state and the sliding-window arithmetic over it: no I/O, no Kafka.
+
+An entity's record holds its recent events, sorted by (event time, arrival): per entry its event time, its
+input offset, a 64-bit hash of its event id (de-duplication), whether it counts for features (0: a late
+event, kept only so that its duplicates are caught), one float64 per numeric field and one 64-bit hash per
+distinct field. Entries older than the retention behind the entity's newest event are dropped on each write:
+max(longest window + lateness, dedup window), so the state is bounded and every non-late event still sees
+all of its windows.
+
+The rule (docs/models.md): an event at time t sees, for a window w, the entries that arrived before it (lower
+offset on its partition, already processed), count for features, and have t - w <= time <= t. The event
+itself is excluded; an equal time counts only for an earlier arrival. Late events (t < newest - lateness)
+are scored with the state as it is and never inserted as features; duplicates are neither scored nor inserted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+
+import numpy as np
+
+from muse_stream.featurespec import StateSpec
+
+_HEAD = struct.Struct("<IHH")  # entries, numeric fields, distinct fields
+NAN = math.nan
+
+
+def id_hash(text: str) -> int:
+    """A stable 64-bit hash (Python's own is salted per process; the state outlives processes)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+class Entity:
+    """One entity's entries as arrays (see the module docstring)."""
+
+    __slots__ = ("dist", "ids", "live", "nums", "offsets", "times")
+
+    def __init__(self, times, offsets, ids, live, nums, dist) -> None:
+        self.times, self.offsets, self.ids, self.live, self.nums, self.dist = times, offsets, ids, live, nums, dist
+
+    @classmethod
+    def empty(cls, n_num: int, n_dist: int) -> Entity:
+        return cls(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.bool_),
+                   np.empty((n_num, 0)), np.empty((n_dist, 0), np.int64))
+
+    @classmethod
+    def decode(cls, raw: bytes | None, n_num: int, n_dist: int) -> Entity:
+        if not raw:
+            return cls.empty(n_num, n_dist)
+        n, k, d = _HEAD.unpack_from(raw)
+        if (k, d) != (n_num, n_dist):  # the spec changed under the store: start this entity afresh
+            return cls.empty(n_num, n_dist)
+        a = np.frombuffer(raw, np.int64, count=3 * n + d * n, offset=_HEAD.size).reshape(3 + d, n)
+        at = _HEAD.size + 8 * n * (3 + d)
+        nums = np.frombuffer(raw, np.float64, count=k * n, offset=at).reshape(k, n)
+        live = np.frombuffer(raw, np.bool_, count=n, offset=at + 8 * k * n)
+        return cls(a[0], a[1], a[2], live, nums, a[3:])
+
+    def encode(self) -> bytes:
+        n = len(self.times)
+        return b"".join((_HEAD.pack(n, len(self.nums), len(self.dist)), self.times.tobytes(), self.offsets.tobytes(),
+                         self.ids.tobytes(), self.dist.tobytes(), self.nums.tobytes(), self.live.tobytes()))
+
+    def newest(self) -> int | None:
+        """The newest event time among the entries that count for features (None: none)."""
+        if not self.live.any():
+            return None
+        return int(self.times[self.live].max())
+
+    def insert(self, t: int, offset: int, ident: int, live: bool, nums: np.ndarray, dist: np.ndarray) -> None:
+        """Add one entry after every entry of the same or earlier time (it arrived after them)."""
+        at = int(np.searchsorted(self.times, t, side="right"))
+        self.times = np.insert(self.times, at, t)
+        self.offsets = np.insert(self.offsets, at, offset)
+        self.ids = np.insert(self.ids, at, ident)
+        self.live = np.insert(self.live, at, live)
+        self.nums = np.insert(self.nums, at, nums, axis=1)
+        self.dist = np.insert(self.dist, at, dist, axis=1)
+
+    def trim(self, keep_ms: int) -> None:
+        """Drop the entries older than keep_ms behind the newest entry (features' or late)."""
+        if not len(self.times):
+            return
+        newest = self.newest()
+        ref = newest if newest is not None else int(self.times.max())
+        cut = int(np.searchsorted(self.times, ref - keep_ms, side="left"))
+        if cut:
+            self.times, self.offsets, self.ids = self.times[cut:], self.offsets[cut:], self.ids[cut:]
+            self.live, self.nums, self.dist = self.live[cut:], self.nums[:, cut:], self.dist[:, cut:]
+
+
+class Plan:
+    """A spec turned into index arrays: which column of the output each aggregate writes."""
+
+    def __init__(self, spec: StateSpec) -> None:
+        self.spec = spec
+        self.names = spec.feature_names()
+        self.windows = np.array(spec.windows_ms, dtype=np.int64)
+        self.nums, self.dists = spec.numeric_fields, spec.distinct_fields
+        self.keep_ms = max(spec.longest_ms + spec.lateness_ms, spec.dedup_ms)
+        per_window = [a for a in spec.parsed if a.fn != "seconds_since_last"]
+        self.per_window = [(a.fn, self.nums.index(a.field) if a.fn in ("sum", "mean", "max")
+                            else self.dists.index(a.field) if a.fn == "distinct" else -1) for a in per_window]
+        self.since = any(a.fn == "seconds_since_last" for a in spec.parsed)
+
+    def features(self, e: Entity, t: int, out: np.ndarray) -> None:
+        """Fill `out` (one row, len(names)) with the features of an event at time t, from `e` as it stands."""
+        live = e.live
+        times = e.times
+        n_w, n_a = len(self.windows), len(self.per_window)
+        if not len(times):
+            for w in range(n_w):
+                for j, (fn, _) in enumerate(self.per_window):
+                    out[w * n_a + j] = 0.0 if fn in ("count", "sum", "distinct") else NAN
+            if self.since:
+                out[-1] = NAN
+            return
+        upto = int(np.searchsorted(times, t, side="right"))  # entries at or before t: all arrived earlier
+        for w in range(n_w):
+            lo = int(np.searchsorted(times, t - int(self.windows[w]), side="left"))
+            sel = live[lo:upto]
+            cnt = int(sel.sum())
+            for j, (fn, col) in enumerate(self.per_window):
+                if fn == "count":
+                    v = float(cnt)
+                elif fn == "distinct":
+                    v = float(len(np.unique(e.dist[col, lo:upto][sel]))) if cnt else 0.0
+                else:
+                    vals = e.nums[col, lo:upto][sel]
+                    vals = vals[~np.isnan(vals)]
+                    if fn == "sum":
+                        v = float(vals.sum()) if len(vals) else 0.0
+                    elif not len(vals):
+                        v = NAN
+                    else:
+                        v = float(vals.mean()) if fn == "mean" else float(vals.max())
+                out[w * n_a + j] = v
+        if self.since:
+            lo = int(np.searchsorted(times, t - self.spec.longest_ms, side="left"))
+            hit = np.flatnonzero(live[lo:upto])
+            out[-1] = (t - int(times[lo + hit[-1]])) / 1000.0 if len(hit) else NAN
+
+
+def step(plan: Plan, e: Entity, t: int, offset: int, ident: int, nums: np.ndarray, dist: np.ndarray,
+         out: np.ndarray) -> tuple[str, int]:
+    """One event of the entity, in arrival order: ("dup", first offset) for a duplicate (nothing written to
+    `out` or the entity), else ("late" | "ok", -1) with its features in `out` and the entity updated."""
+    if len(e.ids):
+        same = np.flatnonzero(e.ids == ident)
+        if len(same):
+            same = same[np.abs(t - e.times[same]) < plan.spec.dedup_ms]
+            if len(same):
+                return "dup", int(e.offsets[same].min())
+    newest = e.newest()
+    late = newest is not None and t < newest - plan.spec.lateness_ms
+    plan.features(e, t, out)
+    e.insert(t, offset, ident, not late, nums, dist)
+    return ("late" if late else "ok"), -1
