@@ -1,7 +1,9 @@
 """The input event contract: what an event must be to be scored, and the reason it is dead-lettered if not.
 
 Every path that reads input events goes through this module, so they score exactly the same events: the
-live scorer and replays (both through BatchScorer) and the backtest. The contract has four steps:
+live scorer and replays (both through BatchScorer, which runs steps 1-3 over a whole batch as columns:
+columns.py, with the compiled scanner of native.py for the plain events where it is built) and the backtest.
+The contract has four steps:
 
 1. ``parse_event``, per event: size, JSON, shape, field types and ranges, every feature a number or null
    (null is a missing value, NaN);

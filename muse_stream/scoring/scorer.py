@@ -8,6 +8,8 @@ _decisions_py). Routing, scoring, the value limits, the transform and the bands 
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,12 +23,15 @@ from muse_stream.scoring.deadletter import Reason
 from muse_stream.scoring.reasons import ReasonCodes
 from muse_stream.tenants import TenantRegistry
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(slots=True)
 class DeadLetter:
     msg: object  # confluent_kafka.Message
     reason: Reason
     detail: str
+    headers: list | None = None  # more dead-letter headers (a duplicate's first occurrence)
 
 
 @dataclass(slots=True)
@@ -71,7 +76,8 @@ class BatchScorer:
     """Turns a batch of input messages into decisions, given the tenant and model registries."""
 
     def __init__(self, tenants: TenantRegistry, models: ModelRegistry, *, max_abs_feature: float,
-                 max_event_bytes: int, output_topic=None, intents: tuple = (), native: bool | None = None) -> None:
+                 max_event_bytes: int, output_topic=None, intents: tuple = (), native: bool | None = None,
+                 state=None) -> None:
         self.tenants = tenants
         self.models = models
         self.max_abs = max_abs_feature
@@ -85,6 +91,10 @@ class BatchScorer:
         # process's choice, False: pure Python, True: compiled, for the tests that compare the two).
         self.native = _native.module(native)
         self._write = self.native.decisions if self.native is not None else _decisions_py
+        # Entity state (state/engine.StateEngine), or None: features computed after routing, before any matrix.
+        self.state = state if state is not None and state.enabled else None
+        if native is None:
+            _say_path(_native.active_path())
 
     def process(self, msgs: list, decided_at: int) -> BatchOutput:
         """Score a batch: each event through the contract to its version's group, then each group at once."""
@@ -93,8 +103,13 @@ class BatchScorer:
         cols, groups, refused = admit_columns(msgs, Router(self.tenants.tenants, self.models), self.max_bytes,
                                               self.native)
         out.dead.extend(DeadLetter(msgs[i], r.reason, r.detail) for i, r in refused)
+        if self.state is not None:
+            groups, refused = self.state.compute(cols, groups)
+            out.dead.extend(DeadLetter(msgs[i], Reason(r), d, h) for i, r, d, h in refused)
         for model, rows in groups:
             self._score_group(model, cols, rows, out, decided_at)
+        if self.state is not None:
+            self.state.decorate(out.decisions)
         return out
 
     def _score_group(self, model: LoadedModel, cols: Columns, rows: np.ndarray, out: BatchOutput,
@@ -104,6 +119,8 @@ class BatchScorer:
         rows = _refuse(out, cols, rows, kept, rejected)
         if rows is None:
             return
+        if self.state is not None:
+            self.state.fill(model, x32, rows)
         # The booster's raw scores; rows it cannot score (it raised, or a score is not a probability) become
         # model_error dead letters, so the transform below sees only probabilities.
         raw, kept, failed = model_outputs(model, x32)
@@ -157,6 +174,12 @@ class BatchScorer:
             out.groups.append(ScoredGroup(tid, intent, model_name, scores[sel], assigned, bands.names, times[sel]))
             band_json[sel] = np.array([_json(b) for b in bands.names], dtype=object)[assigned]
         return band_json.tolist()
+
+
+@functools.cache
+def _say_path(path: str) -> None:
+    """Once per process (a worker's first scorer): which path scores, so a slow worker's log says why."""
+    logger.info("scoring path: %s", path)
 
 
 def _rows_by_tenant(tids: list[str]) -> list[tuple[str, np.ndarray]]:
