@@ -12,7 +12,7 @@ from muse_stream.errors import MuseError
 
 # Each module defines add(subparsers), whose parsers set `func` (args -> exit code).
 COMMAND_MODULES = ["kafka", "topics", "run", "publish", "models", "demo", "bench", "backtest", "replay", "status",
-                   "tail", "tenants", "validate"]
+                   "tail", "tenants", "validate", "deploy"]
 
 
 def build_parser() -> argparse.ArgumentParser:

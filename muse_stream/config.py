@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from muse_stream.bandspec import BandPeriod, BandSet
+from muse_stream.deployspec import DeploySettings
 from muse_stream.errors import ConfigError
 from muse_stream.featurespec import StateSpec
 
@@ -46,13 +47,14 @@ class TopicSettings(_Frozen):
     models: str = "muse.models"
     tenants: str = "muse.tenants"
     deadletter: str = "muse.deadletter"
+    labels: str = "muse.labels"  # {event_id, label, label_time}: read by `deploy`'s recall guard when it exists
     decisions_prefix: str = "muse.decisions."
     shadow_prefix: str = "muse.shadow."
     decisions_partitions: int = Field(4, ge=1, le=10_000)
     # None: chosen from the cluster when topics are created (min(3, brokers); kafka/topics.py).
     replication_factor: int | None = Field(None, ge=1, le=16)
 
-    @field_validator("events", "models", "tenants", "deadletter")
+    @field_validator("events", "models", "tenants", "deadletter", "labels")
     @classmethod
     def _topic(cls, v: str) -> str:
         return _check_topic(v)
@@ -256,6 +258,7 @@ class Settings(_Frozen):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     intents: tuple[IntentConfig, ...] = ()
     tenants: tuple[TenantConfig, ...] = ()
+    deploy: DeploySettings = Field(default_factory=DeploySettings)
 
     @model_validator(mode="after")
     def _unique(self) -> Settings:
@@ -285,7 +288,7 @@ class Settings(_Frozen):
         claim("topics.events", t.events)
         for i, topic in enumerate(t.extra_inputs):
             claim(f"topics.extra_inputs[{i}]", topic)
-        for name in ("models", "tenants", "deadletter"):
+        for name in ("models", "tenants", "deadletter", "labels"):
             claim(f"topics.{name}", getattr(t, name))
         for i, tenant in enumerate(self.tenants):
             field = (f"tenants[{i}].output_topic" if tenant.output_topic
@@ -363,7 +366,7 @@ def dump_toml(settings: Settings) -> str:
     """The settings as a TOML file that load_settings reads back to equal settings (to hand to workers)."""
     data = settings.model_dump(exclude_none=True)
     lines = []
-    for section in ("kafka", "topics", "batch", "runtime", "telemetry"):
+    for section in ("kafka", "topics", "batch", "runtime", "telemetry", "deploy"):
         lines.append(f"[{section}]")
         for k, v in data[section].items():
             if not (isinstance(v, dict) and not v):

@@ -12,6 +12,11 @@ import numpy as np
 from muse_stream.config import Settings, TenantConfig
 from muse_stream.errors import DataError, ModelError, TransformError
 from muse_stream.models.bands import band_table
+from muse_stream.models.calibration_size import (
+    MIN_CALIBRATION_EVENTS,
+    calibration_need,
+    check_calibration_size,
+)
 from muse_stream.models.feature_contract import FeatureContract
 from muse_stream.models.probe import check_probabilities, predict
 from muse_stream.models.quantile import ReferenceDistribution
@@ -22,7 +27,7 @@ from muse_stream.models.tabular import read_table
 from muse_stream.models.transform import fit_score_transform
 
 logger = logging.getLogger(__name__)
-MIN_CALIBRATION_EVENTS = 1000
+__all__ = ["MIN_CALIBRATION_EVENTS", "publish_from_files", "publish_from_shadow"]
 
 
 def load_booster(path: str | Path):
@@ -98,13 +103,16 @@ def publish_from_files(settings: Settings, *, intent: str, booster_path: str | P
                        negative_sampling_rate: float | None = None, train_prevalence: float | None = None,
                        prod_prevalence: float | None = None, align: bool = True, activate: bool = False,
                        activate_at: int | None = None, min_tenant_events: int = 2000,
-                       tenants: list[TenantConfig] | None = None, shadow: bool = False) -> PublishReport:
+                       tenants: list[TenantConfig] | None = None, shadow: bool = False,
+                       also=None) -> PublishReport:
+    """Publish a booster file's next version, its transform fitted on a calibration file (aligned to the incumbent
+    when there is one). `also`: records written with the version (store.publish)."""
     booster, features = load_booster(booster_path)
     table = read_table(calibration_path)
     if label_column is not None and label_column not in table:
         raise DataError(f"{calibration_path}: label column {label_column!r} not found")
     x = feature_matrix(table, features, str(calibration_path))
-    if len(x) < MIN_CALIBRATION_EVENTS:
+    if len(x) < MIN_CALIBRATION_EVENTS:  # before reading Kafka: the floor needs no reference
         raise DataError(f"{calibration_path}: {len(x)} calibration events; at least {MIN_CALIBRATION_EVENTS} needed")
     tenant_ids = None
     if tenant_column is not None:
@@ -119,6 +127,7 @@ def publish_from_files(settings: Settings, *, intent: str, booster_path: str | P
     reg = read_models(settings)
     ref_rec = reg.references.get(intent)
     reference = ReferenceDistribution.from_dict(ref_rec.reference) if ref_rec else None
+    check_calibration_size(len(x), calibration_need(tenants, intent, reference), str(calibration_path))
     incumbent = None
     act = reg.activations.get(intent)
     if act is not None:
@@ -148,7 +157,7 @@ def publish_from_files(settings: Settings, *, intent: str, booster_path: str | P
                   transform=st.to_dict(), reference=reference.to_dict(),
                   reference_source=f"{intent} first version calibration", metadata=metadata,
                   activate=activate, activate_at=activate_at, shadow=shadow,
-                  feature_contract=FeatureContract.from_matrix(features, x).to_dict())
+                  feature_contract=FeatureContract.from_matrix(features, x).to_dict(), also=also)
     inc_scores = served_scores(incumbent, feature_matrix(table, list(incumbent.features), "calibration"),
                                tenant_ids) if incumbent is not None and _has(table, incumbent.features) else None
     rows = []
@@ -193,8 +202,9 @@ def publish_from_shadow(settings: Settings, *, intent: str, version: int, window
     if ref_rec is None:
         raise ModelError(f"intent {intent!r} has no reference distribution")
     win = read_shadow_window(settings, intent, version, window_ms)
-    if win["shadow_raw"].size < MIN_CALIBRATION_EVENTS:
-        raise DataError(f"{win['shadow_raw'].size} shadow events in the window; at least {MIN_CALIBRATION_EVENTS} needed")
+    reference = ReferenceDistribution.from_dict(ref_rec.reference)
+    check_calibration_size(win["shadow_raw"].size, calibration_need(tenants, intent, reference),
+                           f"the shadow window of {rec.name}")
     # The shadow's raw scores are its calibration outputs; with no feature matrix here, the probe's ranges
     # come from the booster's split thresholds.
     check_probabilities(load_version(rec).booster, what=rec.name, n_features=len(rec.features),
@@ -202,7 +212,6 @@ def publish_from_shadow(settings: Settings, *, intent: str, version: int, window
     # Refit with the same posterior correction the version was published with.
     prior = {k: rec.transform.get("correction", {}).get(k)
              for k in ("negative_sampling_rate", "train_prevalence", "prod_prevalence")}
-    reference = ReferenceDistribution.from_dict(ref_rec.reference)
     st, _ = fit_score_transform(
         win["shadow_raw"], reference=reference,
         incumbent_ref_scores=win["incumbent"], tenant_ids=win["tenants"], min_tenant_events=min_tenant_events,

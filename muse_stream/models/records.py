@@ -72,6 +72,11 @@ def shadow_key(intent: str) -> bytes:
     return f"shadow/{intent}".encode()
 
 
+def deployment_key(intent: str, deployment: int) -> bytes:
+    """One key per deployment, so compaction keeps every deployment's last state: the audit trail."""
+    return f"deployment/{intent}/{deployment}".encode()
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -184,8 +189,56 @@ class ShadowRecord(_Rec):
     set_at: int
 
 
-ModelsRecord = VersionRecord | ActivationRecord | ReferenceRecord | ShadowRecord
-_KINDS = {"version": VersionRecord, "activation": ActivationRecord, "reference": ReferenceRecord, "shadow": ShadowRecord}
+DEPLOYMENT_STATES = ("registered", "shadow", "fitted", "judged", "activated", "watched", "done", "refused",
+                     "rolled back")
+FINAL_STATES = frozenset({"done", "refused", "rolled back"})
+
+
+class DeploymentStep(_Rec):
+    """One step of a deployment: its state, when it was reached (wall clock, ms), its figures and why."""
+
+    state: Literal[DEPLOYMENT_STATES]  # type: ignore[valid-type]
+    at: int
+    detail: str = ""
+    figures: dict = Field(default_factory=dict)
+
+
+class DeploymentRecord(_Rec):
+    """A deployment (muse_stream/deploy): a model file taken to live through shadow, fit, guards and watch.
+    Every step rewrites the record with one more step, in the same transaction as the models-topic change it
+    makes, so a restarted deploy resumes from here."""
+
+    kind: Literal["deployment"] = "deployment"
+    intent: str
+    deployment: int = Field(ge=1)
+    model: str  # the model file's name
+    booster_sha256: str
+    incumbent: int | None = None  # the version serving when the deployment began
+    candidate: int | None = None  # the version registered for shadow scoring
+    serving: int | None = None  # the fitted (or refreshed) version that scores live once activated
+    refreshes: tuple[int, ...] = ()
+    steps: tuple[DeploymentStep, ...] = Field(min_length=1)
+
+    @property
+    def state(self) -> str:
+        return self.steps[-1].state
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def name(self) -> str:
+        return f"{self.intent}#{self.deployment}"
+
+    def step(self, state: str) -> DeploymentStep | None:
+        """The latest step in `state`, if any."""
+        return next((s for s in reversed(self.steps) if s.state == state), None)
+
+
+ModelsRecord = VersionRecord | ActivationRecord | ReferenceRecord | ShadowRecord | DeploymentRecord
+_KINDS = {"version": VersionRecord, "activation": ActivationRecord, "reference": ReferenceRecord, "shadow": ShadowRecord,
+          "deployment": DeploymentRecord}
 
 
 def parse_models_record(value: bytes) -> ModelsRecord:

@@ -19,6 +19,7 @@ from muse_stream.errors import ModelError, MuseError
 from muse_stream.models.feature_contract import FeatureContract, UnknownFeatures
 from muse_stream.models.records import (
     ActivationRecord,
+    DeploymentRecord,
     ReferenceRecord,
     ShadowRecord,
     VersionRecord,
@@ -123,6 +124,7 @@ class ModelRegistry:
         self.activations: dict[str, ActivationRecord] = {}
         self.references: dict[str, ReferenceRecord] = {}
         self.shadows: dict[str, ShadowRecord] = {}
+        self.deployments: dict[tuple[str, int], DeploymentRecord] = {}  # (intent, deployment): muse_stream/deploy
         self.loaded: dict[tuple[str, int], LoadedModel] = {}
         self.refused: dict[tuple[str, int], str] = {}
         self._pending: dict[str, ActivationRecord] = {}
@@ -160,6 +162,8 @@ class ModelRegistry:
                                                      "version": rec.version, "reason": str(e), "shadow": True}})
             self.generation += 1
             self.unload_unused()
+        elif isinstance(rec, DeploymentRecord):
+            self.deployments[(rec.intent, rec.deployment)] = rec
 
     def _tombstone(self, key: str) -> None:
         parts = key.split("/")
@@ -251,6 +255,10 @@ class ModelRegistry:
     def active_version(self, intent: str) -> int | None:
         a = self.activations.get(intent)
         return a.version if a else None
+
+    def latest_deployment(self, intent: str) -> DeploymentRecord | None:
+        return max((d for (i, _), d in self.deployments.items() if i == intent), key=lambda d: d.deployment,
+                   default=None)
 
     def versions_of(self, intent: str) -> list[VersionRecord]:
         return sorted((r for (i, _), r in self.versions.items() if i == intent), key=lambda r: r.version)

@@ -63,6 +63,12 @@ def _fenced_write(settings: Settings, intent: str,
                         lambda rows: step(_registry(rows)), what=f"model {intent}")
 
 
+def write_models(settings: Settings, intent: str,
+                 step: Callable[[ModelRegistry], tuple[list[tuple[bytes, bytes]], T]]) -> T:
+    """Several models-topic records of one intent written as one fenced step (the deploy's state changes)."""
+    return _fenced_write(settings, intent, step)
+
+
 def build_version(*, intent: str, version: int, booster_bytes: bytes, features: list[str], transform: dict,
                   metadata: dict | None = None, feature_contract: dict | None = None) -> VersionRecord:
     rec = VersionRecord(intent=intent, version=version, features=tuple(features),
@@ -71,6 +77,15 @@ def build_version(*, intent: str, version: int, booster_bytes: bytes, features: 
                         feature_contract=feature_contract)
     load_version(rec)  # refuse here what every worker would refuse
     return rec
+
+
+def activation_record(reg: ModelRegistry, intent: str, version: int, from_time: int) -> ActivationRecord:
+    """The activation of intent@version from event time `from_time` (see _from_time), after checking it loads."""
+    rec = reg.versions.get((intent, version))
+    if rec is None:
+        raise ModelError(f"{intent}@{version} is not on the models topic")
+    load_version(rec)
+    return _activation(reg, intent, version, None, from_time)
 
 
 def _activation(reg: ModelRegistry, intent: str, version: int, activate_at: int | None,
@@ -103,8 +118,11 @@ def _from_time(settings: Settings, activate_at: int | None) -> int:
 def publish(settings: Settings, *, intent: str, booster_bytes: bytes, features: list[str], transform: dict,
             reference: dict | None = None, reference_source: str = "", metadata: dict | None = None,
             activate: bool = False, activate_at: int | None = None, shadow: bool = False,
-            feature_contract: dict | None = None) -> VersionRecord:
-    """Publish the next version of `intent`; its reference too when the intent has none yet.
+            feature_contract: dict | None = None,
+            also: Callable[[ModelRegistry, VersionRecord, ActivationRecord | None], list[tuple[bytes, bytes]]]
+            | None = None) -> VersionRecord:
+    """Publish the next version of `intent`; its reference too when the intent has none yet. `also` adds records
+    derived from the new version (and its activation, if any) to the same transaction (a deployment's step).
 
     Concurrent publishes of one intent never share a version number (see _fenced_write). With `activate`
     and no `activate_at`, the version is active for events with event_time >= the input watermark now."""
@@ -126,10 +144,13 @@ def publish(settings: Settings, *, intent: str, booster_bytes: bytes, features: 
                 raise ModelError(f"intent {intent!r} has no reference distribution yet and none was given")
             records.append((reference_key(intent), dump(ReferenceRecord(
                 intent=intent, reference=reference, source=reference_source or rec.name, created_at=now_ms()))))
-        if activating:
-            records.append((active_key(intent), dump(_activation(reg, intent, version, activate_at, from_time))))
+        act = _activation(reg, intent, version, activate_at, from_time) if activating else None
+        if act is not None:
+            records.append((active_key(intent), dump(act)))
         if shadow:
             records.append((shadow_key(intent), dump(ShadowRecord(intent=intent, version=version, set_at=now_ms()))))
+        if also is not None:
+            records += also(reg, rec, act)
         return records, rec
 
     return _fenced_write(settings, intent, step)

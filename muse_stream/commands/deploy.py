@@ -1,0 +1,94 @@
+"""`muse-stream deploy MODEL --intent X [--calibration FILE]` and `muse-stream deploy --watch DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from muse_stream.cli import add_config_args
+from muse_stream.errors import ConfigError
+
+MODEL_SUFFIXES = (".ubj", ".json")
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("deploy", help="take a model file to live: shadow, fit, guards, activate, watch, roll back")
+    add_config_args(p)
+    p.add_argument("model", nargs="?", help="an XGBoost booster file (UBJSON or JSON)")
+    p.add_argument("--intent", default=None, help="the intent the model serves (with --watch: files at DIR's top)")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="a calibration file (CSV/Parquet) for the shadow version's contract and first map")
+    p.add_argument("--watch", default=None, metavar="DIR",
+                   help="keep running: deploy each new model file dropped in DIR (or DIR/<intent>/), one at a time")
+    p.set_defaults(func=run)
+
+
+def _intent_of(path: Path, root: Path, default: str | None) -> str | None:
+    return path.parent.name if path.parent != root else default
+
+
+def run(args: argparse.Namespace) -> int:
+    from muse_stream.config import load_settings
+
+    settings = load_settings(args.config, bootstrap=args.bootstrap)
+    known = {i.name for i in settings.intents}
+    if args.watch is None:
+        if not args.model or not args.intent:
+            raise ConfigError("deploy needs MODEL and --intent INTENT (or --watch DIR)")
+        if known and args.intent not in known:
+            raise ConfigError(f"intent {args.intent!r} is not in the configuration (intents: {sorted(known)})")
+        return _deploy_one(settings, args.intent, Path(args.model), args.calibration)
+    return watch_dir(settings, Path(args.watch), args.intent)
+
+
+def _deploy_one(settings, intent: str, model: Path, calibration) -> int:
+    from muse_stream.deploy.controller import Deployer
+
+    rec = Deployer(settings, intent).deploy(model, calibration=calibration)
+    print(f"deployment {rec.name}: {rec.state}" + (f" ({rec.steps[-1].detail})" if rec.state != "done" else ""))
+    return 0 if rec.state == "done" else 1
+
+
+def watch_dir(settings, root: Path, intent: str | None, *, stop=None, poll_s: float = 2.0) -> int:
+    """Deploy each model file that appears in `root` (intent from --intent) or `root/<intent>/`, oldest first,
+    one at a time; a file whose booster an earlier deployment of its intent already took is skipped."""
+    import threading
+
+    from muse_stream.deploy.controller import Deployer
+    from muse_stream.errors import MuseError
+    from muse_stream.models.lifecycle import load_booster
+    from muse_stream.models.records import sha256_hex
+    from muse_stream.models.store import read_models
+
+    if not root.is_dir():
+        raise ConfigError(f"{root}: not a folder")
+    stop = stop or threading.Event()
+    print(f"watching {root} for model files ({', '.join(MODEL_SUFFIXES)}); Ctrl-C to stop")
+    tried: set[tuple[str, float]] = set()
+    while not stop.is_set():
+        files = sorted((p for p in root.rglob("*") if p.suffix in MODEL_SUFFIXES and p.is_file()),
+                       key=lambda p: p.stat().st_mtime)
+        for path in files:
+            key = (str(path), path.stat().st_mtime)
+            target = _intent_of(path, root, intent)
+            if key in tried or target is None:
+                continue
+            tried.add(key)
+            if time.time() - path.stat().st_mtime < 1.0:
+                tried.discard(key)  # still being written: next round
+                continue
+            try:
+                booster, _ = load_booster(path)
+                sha = sha256_hex(bytes(booster.save_raw("ubj")))
+                done = {d.booster_sha256 for (i, _), d in read_models(settings).deployments.items()
+                        if i == target and d.final}
+                if sha in done:
+                    continue
+                print(f"new model file {path} for {target}")
+                rec = Deployer(settings, target, stop=stop).deploy(path)
+                print(f"deployment {rec.name}: {rec.state}")
+            except MuseError as e:
+                print(f"{path}: {e}")
+        stop.wait(poll_s)
+    return 0

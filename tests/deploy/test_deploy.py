@@ -1,0 +1,301 @@
+"""`deploy` on the real broker, one worker shared by every scenario (each scenario its own intent and tenant):
+a deployment that passes and refreshes its map in the watch; one refused by its guards; a deploy process
+stopped mid-shadow and resumed from the models topic; a rollback by event time during the watch; a tied
+threshold that keeps its alert rate."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import orjson
+import pytest
+import xgboost as xgb
+
+from muse_stream.config import Settings, load_settings
+from muse_stream.deploy.controller import Deployer, Interrupted
+from muse_stream.deploy.feed import ShadowFeed
+from muse_stream.errors import ModelError
+from muse_stream.kafka.clients import producer_config
+from muse_stream.kafka.producer import OutputProducer
+from muse_stream.kafka.topics import TopicSpec, create_topics, ensure_all
+from muse_stream.models.bands import resolve_bands
+from muse_stream.models.registry import load_version
+from muse_stream.models.store import publish, read_models
+from muse_stream.models.transform import fit_score_transform
+from muse_stream.tenants import seed_tenants
+from tests.fixtures.helpers import FEATURES, TopicReader, publish_model
+
+pytestmark = pytest.mark.kafka
+INTENTS = ["d_pass", "d_refuse", "d_recall", "d_restart", "d_rollback", "d_tie"]
+BANDS = {"review": {"rate": 0.10}, "decline": {"rate": 0.04}}
+
+
+@pytest.fixture(scope="module")
+def deploy_stack(bootstrap: str):
+    u = uuid.uuid4().hex[:8]
+    base = load_settings(Path(__file__).parents[1] / "data" / "test.toml", bootstrap=bootstrap)
+    data = base.model_dump()
+    data["topics"].update(events=f"t{u}.events", models=f"t{u}.models", tenants=f"t{u}.tenants",
+                          deadletter=f"t{u}.deadletter", decisions_prefix=f"t{u}.decisions.",
+                          shadow_prefix=f"t{u}.shadow.", labels=f"t{u}.labels")
+    # A change made now takes effect 6 s of event time past the watermark: about 1 s of the traffic below, enough
+    # for the worker to read it before the first event it governs.
+    data["runtime"].update(group_id=f"g{u}", transactional_id_prefix=f"tx{u}", change_lead_ms=6000)
+    data["intents"] = [{"name": i} for i in INTENTS]
+    data["tenants"] = [{"tenant_id": f"t_{i}", "intents": [i], "bands": BANDS} for i in INTENTS]
+    data["deploy"] = {"shadow_events": 4000, "watch_events": 0, "shadow_timeout_s": 60, "watch_timeout_s": 60,
+                      "min_alerts": 15, "poll_s": 0.2, "min_tenant_events": 1000,
+                      "intents": {"d_pass": {"watch_events": 4000}, "d_rollback": {"watch_events": 8000}}}
+    s = Settings.model_validate(data)
+    ensure_all(s)
+    create_topics(s, [TopicSpec(s.topics.labels, 1)])
+    seed_tenants(s)
+    from tests.fixtures.workers import ThreadWorker
+
+    w = ThreadWorker(s)
+    yield s
+    w.close()
+
+
+class Traffic:
+    """Live events for one tenant at about `rate` events/s, event times increasing across every scenario;
+    `shift` adds to feature f3 from when it is set. With `labels`, each event's label (fraud driven by f0 and
+    f1, the incumbent's signal) goes to the labels topic too."""
+
+    clock: ClassVar[list[int]] = [1_700_000_000_000]
+
+    def __init__(self, settings: Settings, tenant: str, rate: int = 6000, labels: bool = False,
+                 shift_after: int | None = None) -> None:
+        self.s, self.tenant, self.rate, self.labels = settings, tenant, rate, labels
+        self.shift, self.shift_after = 0.0, shift_after
+        self.sent: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.rng = np.random.default_rng(len(tenant))
+        self.p = OutputProducer(producer_config(settings, **{"linger.ms": 5}), name="traffic")
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            x = self.rng.normal(size=(600, len(FEATURES)))
+            if self.shift_after is not None and len(self.sent) >= self.shift_after:
+                self.shift = 2.5
+            x[:, 3] += self.shift
+            t0 = Traffic.clock[0]
+            Traffic.clock[0] += 600
+            evs = [{"event_id": f"{self.tenant}-{t0 + j}", "tenant_id": self.tenant, "event_time": t0 + j,
+                    "features": dict(zip(FEATURES, row.tolist()))} for j, row in enumerate(x)]
+            for e in evs:
+                self.p.produce(self.s.topics.events, orjson.dumps(e), e["event_id"].encode())
+            if self.labels:
+                y = self.rng.random(len(x)) < 1 / (1 + np.exp(-(2.0 * x[:, 0] - 1.5 * x[:, 1] - 3.0)))
+                for e, v in zip(evs, y.tolist()):
+                    self.p.produce(self.s.topics.labels, orjson.dumps(
+                        {"event_id": e["event_id"], "label": int(v), "label_time": e["event_time"]}), None)
+            self.p.flush(30)
+            self.sent += [e["event_id"] for e in evs]
+            self.stop.wait(600 / self.rate)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+def booster_file(tmp_path: Path, name: str, weights: tuple[float, ...], seed: int, depth: int = 3,
+                 rounds: int = 20) -> Path:
+    """A booster on synthetic rows whose fraud logit weighs f0..f4 by `weights`."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(5000, len(FEATURES))).astype(np.float32)
+    logit = x @ np.asarray(weights, dtype=np.float32) - 3.0
+    y = (rng.random(5000) < 1 / (1 + np.exp(-logit))).astype(np.int8)
+    b = xgb.train({"max_depth": depth, "eta": 0.3, "objective": "binary:logistic", "nthread": 1},
+                  xgb.DMatrix(x, label=y, feature_names=FEATURES), rounds)
+    path = tmp_path / f"{name}.ubj"
+    b.save_model(path)
+    return path
+
+
+def deploy(settings: Settings, intent: str, model: Path, traffic: Traffic, lines: list[str], **kw):
+    try:
+        return Deployer(settings, intent, out=lines.append, **kw).deploy(model)
+    finally:
+        traffic.close()
+
+
+def test_a_deployment_passes_its_guards_and_refreshes_its_map_in_the_watch(deploy_stack, tmp_path):
+    s, intent = deploy_stack, "d_pass"
+    publish_model(s, intent, seed=1)
+    model = booster_file(tmp_path, "retrained", (2.0, -1.5, 0.5, 0.0, 0.0), seed=11)
+    lines: list[str] = []
+    traffic = Traffic(s, f"t_{intent}")
+    rec = deploy(s, intent, model, traffic, lines)
+    assert [st.state for st in rec.steps][:7] == ["registered", "shadow", "fitted", "judged", "activated",
+                                                  "watched", "watched"]
+    assert rec.state == "done", lines
+    judged = rec.step("judged").figures
+    assert judged["passed"] and {r["guard"] for r in judged["rows"]} == {"alert rate", "rank", "psi"}
+    assert any(r["ok"] is True for r in judged["rows"] if r["guard"] == "alert rate")
+    reg = read_models(s)
+    # The refresh is a new version of the same booster, active; the replaced version scores in shadow no more.
+    assert len(rec.refreshes) == 1 and reg.active_version(intent) == rec.serving == rec.refreshes[0]
+    fitted = reg.versions[(intent, rec.step("activated").figures["version"])]
+    refreshed = reg.versions[(intent, rec.serving)]
+    assert refreshed.booster_sha256 == fitted.booster_sha256 == rec.booster_sha256
+    assert refreshed.metadata["reuses_booster_of"] == f"{intent}@{rec.candidate}"
+    assert reg.shadows[intent].version is None
+    assert any("first live decision" in line for line in lines) and any("FAIL" not in ln for ln in lines)
+    # Every event decided exactly once, each decision naming the version that scored it.
+    reader = TopicReader(s, [s.topics.decisions_topic(f"t_{intent}")])
+    recs = [orjson.loads(m.value()) for m in reader.until(lambda r: len(r) >= len(traffic.sent))]
+    reader.poll_for(0.5)
+    reader.close()
+    recs = [orjson.loads(m.value()) for m in reader.records]
+    assert sorted(r["event_id"] for r in recs) == sorted(traffic.sent)
+    assert {r["model_version"] for r in recs} >= {f"{intent}@1", f"{intent}@{rec.serving}"}
+
+
+@pytest.mark.parametrize(("intent", "shift_after", "failing"), [
+    # f3 moves in the held-out tail: the candidate's alert rates leave the tolerance and its mapped scores move.
+    ("d_refuse", 2900, {"alert rate", "psi", "rank"}),
+    # No move: aligned, its alert rates and scores match the incumbent's, but it misses the labelled frauds.
+    ("d_recall", None, {"recall", "rank"}),
+])
+def test_a_shifted_model_is_refused_by_its_guards_and_the_incumbent_keeps_serving(deploy_stack, tmp_path, intent,
+                                                                                  shift_after, failing):
+    s = deploy_stack
+    publish_model(s, intent, seed=2)
+    # The candidate reads only f3, which the incumbent ignores, so it ranks events unlike the incumbent and
+    # misses the frauds the labels (driven by f0 and f1, the incumbent's signal) name.
+    model = booster_file(tmp_path, "shifted", (0.0, 0.0, 0.0, 3.0, 0.0), seed=12)
+    lines: list[str] = []
+    result = []
+    t = threading.Thread(target=lambda: result.append(Deployer(s, intent, out=lines.append).deploy(model)))
+    t.start()
+    # Traffic from when the candidate shadows; with shift_after, f3 moves after the first 2,900 events, so the
+    # held-out tail (the window's last 1,200 events by event time) is all moved and the fit saw none of it.
+    _wait_state(s, intent, "shadow")
+    traffic = Traffic(s, f"t_{intent}", labels=True, shift_after=shift_after)
+    t.join(60)
+    traffic.close()
+    rec = result[0]
+    assert rec.state == "refused", lines
+    rows = rec.step("judged").figures["rows"]
+    assert {r["guard"] for r in rows if r["ok"] is False} == failing, rows
+    assert all(f"{g} " in rec.steps[-1].detail for g in failing)
+    reg = read_models(s)
+    assert reg.active_version(intent) == 1 and reg.shadows[intent].version is None
+    assert any("FAIL" in line for line in lines)
+
+
+def _wait_state(s: Settings, intent: str, state: str, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        d = read_models(s).latest_deployment(intent)
+        if d is not None and d.state == state:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{intent} never reached {state}")
+
+
+def test_a_deploy_stopped_mid_shadow_resumes_from_the_models_topic(deploy_stack, tmp_path):
+    s, intent = deploy_stack, "d_restart"
+    publish_model(s, intent, seed=3)
+    model = booster_file(tmp_path, "retrained", (2.0, -1.5, 0.5, 0.0, 0.0), seed=13)
+    stop, first_lines, stopped = threading.Event(), [], []
+
+    def first_process():
+        try:
+            Deployer(s, intent, out=first_lines.append, stop=stop).deploy(model)
+        except Interrupted as e:
+            stopped.append(str(e))
+
+    t = threading.Thread(target=first_process)
+    t.start()
+    _wait_state(s, intent, "shadow")  # no traffic yet: it waits for its shadow window
+    stop.set()
+    t.join(30)
+    assert stopped == [f"deploy stopped; deployment {intent}#1 stays shadow"]
+    # Another model cannot start while this deployment is open.
+    other = booster_file(tmp_path, "other", (1.0, -1.0, 0.0, 0.0, 0.0), seed=14)
+    with pytest.raises(ModelError, match="one deployment at a time per intent"):
+        Deployer(s, intent, out=first_lines.append).deploy(other)
+    lines: list[str] = []
+    rec = deploy(s, intent, model, Traffic(s, f"t_{intent}"), lines)
+    assert lines[0] == f"resuming deployment {intent}#1 of retrained.ubj at shadow"
+    assert rec.deployment == 1 and rec.state == "done", lines
+    assert [st.state for st in rec.steps] == ["registered", "shadow", "fitted", "judged", "activated", "done"]
+    reg = read_models(s)
+    assert [v.version for v in reg.versions_of(intent)] == [1, 2, 3]  # registered once, fitted once
+    assert reg.active_version(intent) == 3 and len([k for k in reg.deployments if k[0] == intent]) == 1
+
+
+def test_a_guard_broken_in_the_watch_rolls_back_by_event_time(deploy_stack, tmp_path):
+    s, intent = deploy_stack, "d_rollback"
+    publish_model(s, intent, seed=4)
+    # It reads f3 as well; once the watch has begun, f3 moves and the new version alerts far more often.
+    model = booster_file(tmp_path, "retrained", (2.0, -1.5, 0.5, 1.0, 0.0), seed=15)
+    traffic = Traffic(s, f"t_{intent}")
+
+    def shift_in_watch():
+        _wait_state(s, intent, "watched", 60)
+        traffic.shift = 3.0
+
+    threading.Thread(target=shift_in_watch, daemon=True).start()
+    lines: list[str] = []
+    rec = Deployer(s, intent, out=lines.append).deploy(model)
+    back_from = rec.steps[-1].figures.get("from_event_time", 0)
+    while Traffic.clock[0] < back_from + 3000:  # events on both sides of the rollback
+        time.sleep(0.1)
+    traffic.close()
+    assert rec.state == "rolled back", lines
+    assert "broke a guard: alert rate t_d_rollback/" in rec.steps[-1].detail
+    reg = read_models(s)
+    act = reg.activations[intent]
+    assert act.version == 1 and act.timeline[-1].from_time == back_from and reg.shadows[intent].version is None
+    reader = TopicReader(s, [s.topics.decisions_topic(f"t_{intent}")])
+    reader.until(lambda r: len(r) >= len(traffic.sent))
+    reader.close()
+    recs = [orjson.loads(m.value()) for m in reader.records]
+    assert sorted(r["event_id"] for r in recs) == sorted(traffic.sent)
+    after = {r["model_version"] for r in recs if r["event_time"] >= back_from}
+    assert after == {f"{intent}@1"}
+    assert f"{intent}@{rec.serving}" in {r["model_version"] for r in recs if r["event_time"] < back_from}
+
+
+def test_a_tied_threshold_keeps_its_alert_rate_through_a_deployment(deploy_stack, tmp_path):
+    s, intent = deploy_stack, "d_tie"
+    # An incumbent of two stumps: four distinct scores, so its bands sit on tied groups of events.
+    stumps = booster_file(tmp_path, "stumps", (2.0, -1.5, 0.0, 0.0, 0.0), seed=16, depth=1, rounds=2)
+    b = xgb.Booster()
+    b.load_model(stumps)
+    rng = np.random.default_rng(6)
+    raw = b.inplace_predict(rng.normal(size=(4000, len(FEATURES))).astype(np.float32))
+    st, ref = fit_score_transform(raw)
+    publish(s, intent=intent, booster_bytes=bytes(b.save_raw("ubj")), features=FEATURES, transform=st.to_dict(),
+            reference=ref.to_dict(), activate=True)
+    model = booster_file(tmp_path, "continuous", (2.0, -1.5, 0.5, 0.0, 0.0), seed=17)
+    lines: list[str] = []
+    rec = deploy(s, intent, model, Traffic(s, f"t_{intent}"), lines)
+    assert rec.state == "done", lines
+    reg = read_models(s)
+    fitted = load_version(reg.versions[(intent, rec.serving)]).transform
+    feed = ShadowFeed(s, intent, f"{intent}@{rec.candidate}", {f"{intent}@1"}, rec.step("shadow").at - 1000)
+    try:
+        while len(feed) < s.deploy.shadow_events:
+            assert feed.poll(1.0) or len(feed) >= s.deploy.shadow_events
+        fit, _ = feed.window(0, s.deploy.shadow_events).split(s.deploy.holdout_share)
+    finally:
+        feed.close()
+    new = fitted.apply(fit.shadow_raw, fit.tenant)
+    thresholds = resolve_bands(next(t for t in s.tenants if t.tenant_id == f"t_{intent}").bands, ref)
+    tied = 0
+    for thr in thresholds.values():
+        old_rate = float(np.mean(fit.incumbent >= thr))
+        tied += int(np.sum(fit.incumbent == thr) > 0.05 * len(fit))
+        assert float(np.mean(new >= thr)) == pytest.approx(old_rate, rel=0.01)
+    assert tied >= 1  # at least one band sits on a tied group of the incumbent's scores
