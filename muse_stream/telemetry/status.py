@@ -122,6 +122,13 @@ def active_models(reg) -> dict:
         if sh.version is not None:
             entry = intents.setdefault(i, {**_blank_intent(), "versions": [r.version for r in reg.versions_of(i)]})
             entry["shadow"] = sh.version
+    for i in sorted({i for i, _ in reg.deployments}):
+        d = reg.latest_deployment(i)
+        last = d.steps[-1]
+        intents.setdefault(i, _blank_intent())["deployment"] = {
+            "id": d.name, "model": d.model, "state": d.state, "since": last.at, "detail": last.detail,
+            "candidate": d.candidate, "serving": d.serving, "steps": [{"state": st.state, "at": st.at}
+                                                                      for st in d.steps]}
     return {"intents": intents}
 
 

@@ -154,6 +154,12 @@ def render(report: dict, console) -> None:
     if models.get("error"):
         console.print(f"[red]models: {escape(models['error'])}[/red]")
     console.print(t)
+    for intent, m in models.get("intents", {}).items():
+        d = m.get("deployment")
+        if d is not None:  # the intent's latest deployment (muse-stream deploy): its state and last step
+            colour = {"refused": "red", "rolled back": "red", "done": "green"}.get(d["state"], "yellow")
+            console.print(f"  deployment {escape(d['id'])} of {escape(d['model'])}: [{colour}]{d['state']}[/{colour}]"
+                          f" {_age(report['generated_at'] - d['since'] / 1000)} ago; {escape(d['detail'])}")
 
     bands = report.get("bands", {})
     t = Table(title="Tenant bands (thresholds on each intent's reference scale)", box=box.SIMPLE_HEAD,

@@ -27,6 +27,7 @@ from muse_stream.models.bands import resolve_bands
 from muse_stream.models.registry import load_version
 from muse_stream.models.store import publish, read_models
 from muse_stream.models.transform import fit_score_transform
+from muse_stream.telemetry.status import active_models
 from muse_stream.tenants import seed_tenants
 from tests.fixtures.helpers import FEATURES, TopicReader, publish_model
 
@@ -220,6 +221,9 @@ def test_a_deploy_stopped_mid_shadow_resumes_from_the_models_topic(deploy_stack,
     stop.set()
     t.join(30)
     assert stopped == [f"deploy stopped; deployment {intent}#1 stays shadow"]
+    shown = active_models(read_models(s))["intents"][intent]["deployment"]  # what `status` and its JSON show
+    assert (shown["id"], shown["state"], [st["state"] for st in shown["steps"]]) == (
+        f"{intent}#1", "shadow", ["registered", "shadow"])
     # Another model cannot start while this deployment is open.
     other = booster_file(tmp_path, "other", (1.0, -1.0, 0.0, 0.0, 0.0), seed=14)
     with pytest.raises(ModelError, match="one deployment at a time per intent"):
