@@ -24,6 +24,10 @@ class Reason(str, Enum):
     # The version that scores the event failed on it: its booster raised, or gave a raw score that is not a
     # probability (NaN, or outside [0, 1]). Dead-lettered so that a misbehaving model never stops the worker.
     MODEL_ERROR = "model_error"
+    # Entity state (state/engine.py): the event's Kafka key is not its entity value, so its entity's state may be
+    # on another partition; an event id seen before (headers muse.first.partition / muse.first.offset).
+    WRONG_PARTITION_KEY = "wrong_partition_key"
+    DUPLICATE_EVENT = "duplicate_event"
 
 
 def headers(reason: Reason, detail: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
@@ -45,7 +49,8 @@ def write_dead_letters(producer, topic: str, dead: list) -> None:
         m = d.msg
         try:
             producer.produce(topic, m.value(), m.key(),
-                             headers=headers(d.reason, d.detail, m.topic(), m.partition(), m.offset()))
+                             headers=headers(d.reason, d.detail, m.topic(), m.partition(), m.offset())
+                             + (getattr(d, "headers", None) or []))
         except RecordTooLarge:
             size = len(m.value() or b"")
             detail = f"{d.detail}; value ({size} bytes) too large to copy, dropped"

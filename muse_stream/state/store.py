@@ -113,7 +113,7 @@ def restore(store: PartitionStore, consumer, changelog: str, *, heartbeat=lambda
     n, end = 0, start
     try:
         while True:
-            msgs = consumer.consume(5000, 1.0)
+            msgs = consumer.consume(5000, 0.1)
             heartbeat()
             if time.monotonic() - t0 > 3600:
                 raise KafkaOpError(f"restoring {changelog}[{store.partition}] took over an hour")

@@ -26,6 +26,7 @@ from muse_stream.models.registry import ModelRegistry
 from muse_stream.scoring.deadletter import write_dead_letters
 from muse_stream.scoring.scorer import BatchOutput, BatchScorer
 from muse_stream.scoring.shadow import ShadowScorer
+from muse_stream.state.engine import StateEngine
 from muse_stream.telemetry import NoTelemetry, Telemetry
 from muse_stream.tenants import TenantRegistry
 
@@ -72,13 +73,17 @@ class _Hooks(LoopHooks):
         self.w.stats.telemetry_ns += time.perf_counter_ns() - t
 
     def on_commit(self, t_start_ns: int) -> None:
+        self.w.state.committed()  # the transaction's state writes reach RocksDB only now
         self.w.telemetry.on_commit(t_start_ns)
 
     def on_abort(self) -> None:
+        self.w.state.aborted()
         self.w.telemetry.on_abort()
 
     def on_rebalance(self, kind: str, partitions) -> None:
         w = self.w
+        if w.state.enabled:  # assigned: restore each store before its partition is scored
+            (w.state.assign if kind == "assigned" else w.state.release)(partitions)
         w.telemetry.on_rebalance(kind, partitions)
         names = [f"{p.topic}[{p.partition}]" for p in partitions]
         (logger.warning if kind == "lost" else logger.info)(
@@ -98,8 +103,10 @@ class Worker:
         self.tenants = TenantRegistry(settings, references=ReferenceCache(lambda: self.models.references))
         self.models = ModelRegistry(pins=self.tenants.pinned_versions)  # pinned versions stay loaded
         self.shadow = ShadowScorer(settings, self.models)
+        self.state = StateEngine(settings, slot=slot, heartbeat=lambda: self._heartbeat())
         self.scorer = BatchScorer(self.tenants, self.models, max_abs_feature=settings.runtime.max_abs_feature,
-                                  max_event_bytes=settings.runtime.max_event_bytes, intents=settings.intents)
+                                  max_event_bytes=settings.runtime.max_event_bytes, intents=settings.intents,
+                                  state=self.state)
         self.loop: StreamLoop | None = None
         self.ready = False
         self._heartbeat = heartbeat or (lambda: None)
@@ -135,6 +142,8 @@ class Worker:
                 self.tenants.apply(k, v)
             self._heartbeat()
             self._ensure_output_topics()
+            if self.state.enabled:
+                self.state.ensure_topics()
             self.loop = StreamLoop(
                 LoopSettings(tuple(s.topics.inputs), eos, s.batch.max_events, s.batch.max_wait_ms / 1000.0,
                              s.runtime.commit_interval_ms / 1000.0),
@@ -148,6 +157,7 @@ class Worker:
             self.ready = False
             for t in tables:
                 t.close()
+            self.state.close()
             self.telemetry.close()
 
     def between_batches(self) -> None:
@@ -179,6 +189,7 @@ class Worker:
         t_scored = time.perf_counter_ns()
         self.producer.produce_all(out.decisions)
         self.producer.produce_all(shadow)
+        self.state.produce(self.producer)  # the batch's state writes, in the same transaction
         write_dead_letters(self.producer, self.settings.topics.deadletter, out.dead)
         t_produced = time.perf_counter_ns()
         st = self.stats
