@@ -25,7 +25,10 @@
 static locale_t c_locale;  /* strtod_l with "C": a decimal point whatever LC_NUMERIC the process set */
 #endif
 
-#define MAX_COLUMNS 1024          /* beyond: the row goes the Python way (a batch of junk keys stays small) */
+/* The batch's feature names are capped, so the dense matrix stays small whatever keys events carry (a row
+ * that would pass the cap goes the Python way): at most MAX_COLUMNS, and at most MAX_CELLS cells in all. */
+#define MAX_COLUMNS 1024
+#define MAX_CELLS (4 * 1024 * 1024)
 #define MAX_EVENT_TIME (1LL << 62)
 
 /* ---- a batch's feature names: an open-addressing table of byte strings -> column index ---------------- */
@@ -87,6 +90,18 @@ static Py_ssize_t table_index(Table *t, const char *s, Py_ssize_t n, Py_ssize_t 
     return t->count++;
 }
 
+/* Forget the names added since the table held `keep`: the newest ones, so no name left was placed after them
+ * in a probe sequence and clearing their slots breaks no chain. */
+static void table_truncate(Table *t, Py_ssize_t keep) {
+    for (Py_ssize_t k = t->count - 1; k >= keep; k--) {
+        Py_ssize_t j = t->names[k].h & (t->nslots - 1);
+        while (t->slots[j] != k) j = (j + 1) & (t->nslots - 1);
+        t->slots[j] = -1;
+        PyMem_Free(t->names[k].s);
+    }
+    if (keep < t->count) t->count = keep;
+}
+
 /* ---- the plain-JSON reader ------------------------------------------------------------------------------ */
 
 typedef struct { const char *p, *end; } Cur;
@@ -125,6 +140,49 @@ static int literal(Cur *c, const char *word, Py_ssize_t n) {
 
 #define DIGIT(ch) ((unsigned char)((ch) - '0') <= 9)
 
+static const uint64_t POW10_U64[] = {1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL, 1000000ULL, 10000000ULL,
+    100000000ULL, 1000000000ULL, 10000000000ULL, 100000000000ULL, 1000000000000ULL, 10000000000000ULL,
+    100000000000000ULL, 1000000000000000ULL, 10000000000000000ULL, 100000000000000000ULL,
+    1000000000000000000ULL, 10000000000000000000ULL};
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* Eight digits at a time (most numbers carry 16-17): a byte is a digit when its high nibble is 3 and adding 6
+ * does not carry out of its low nibble. */
+static inline uint64_t load8(const char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline int eight_digits(uint64_t v) {
+    return (v & 0xF0F0F0F0F0F0F0F0ULL) == 0x3030303030303030ULL
+        && ((v + 0x0606060606060606ULL) & 0xF0F0F0F0F0F0F0F0ULL) == 0x3030303030303030ULL;
+}
+/* The value of eight digit bytes (the first byte the most significant digit): pairs, then fours, then eight. */
+static inline uint64_t eight_value(uint64_t v) {
+    v -= 0x3030303030303030ULL;
+    v = (v * 10 + (v >> 8)) & 0x00FF00FF00FF00FFULL;
+    v = (v * 100 + (v >> 16)) & 0x0000FFFF0000FFFFULL;
+    return (v * 10000 + (v >> 32)) & 0xFFFFFFFFULL;
+}
+#define SWAR 1
+#else
+#define SWAR 0
+#endif
+
+static inline const char *skip_digits(const char *p, const char *end) {
+#if SWAR
+    while (end - p >= 8 && eight_digits(load8(p))) p += 8;
+#endif
+    while (p < end && DIGIT(*p)) p++;
+    return p;
+}
+
+/* The value of n <= 19 digits. */
+static inline uint64_t digits_value(const char *s, int n) {
+    uint64_t m = 0;
+#if SWAR
+    for (; n >= 8; s += 8, n -= 8) m = m * 100000000ULL + eight_value(load8(s));
+#endif
+    for (; n > 0; n--) m = m * 10 + (uint64_t)(*s++ - '0');
+    return m;
+}
+
 static const double POW10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
                                1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
@@ -135,8 +193,9 @@ static const double POW10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9,
  * lie within one unit of the half-way pattern (0x400): only there can the first rounding have crossed a
  * midpoint between two doubles. Those few, and every other platform, take strtod. */
 static int extended(uint64_t m, int e10, double *out) {
-    static long double p10[28];
-    if (p10[0] == 0) { long double t = 1; for (int i = 0; i < 28; i++) { p10[i] = t; t *= 10; } }
+    static const long double p10[28] = {1e0L, 1e1L, 1e2L, 1e3L, 1e4L, 1e5L, 1e6L, 1e7L, 1e8L, 1e9L, 1e10L,
+        1e11L, 1e12L, 1e13L, 1e14L, 1e15L, 1e16L, 1e17L, 1e18L, 1e19L, 1e20L, 1e21L, 1e22L, 1e23L, 1e24L, 1e25L,
+        1e26L, 1e27L};  /* each exact: 5^27 < 2^64 */
     long double r = e10 >= 0 ? (long double)m * p10[e10] : (long double)m / p10[-e10];
     uint64_t mant;
     memcpy(&mant, &r, sizeof mant);  /* x87 layout: the explicit 64-bit mantissa comes first */
@@ -160,7 +219,7 @@ static int number(Cur *c, long long *iv, double *dv, int *int_digits) {
     int neg = 0;
     if (p < end && *p == '-') { neg = 1; p++; }
     const char *ip = p;
-    while (p < end && DIGIT(*p)) p++;
+    p = skip_digits(p, end);
     int ilen = (int)(p - ip);
     if (ilen == 0 || (ilen > 1 && *ip == '0')) return NUM_NO;  /* no digit, or a leading zero */
     const char *fp = p;
@@ -168,7 +227,7 @@ static int number(Cur *c, long long *iv, double *dv, int *int_digits) {
     if (p < end && *p == '.') {
         is_int = 0;
         fp = ++p;
-        while (p < end && DIGIT(*p)) p++;
+        p = skip_digits(p, end);
         flen = (int)(p - fp);
         if (flen == 0) return NUM_NO;
     }
@@ -184,8 +243,7 @@ static int number(Cur *c, long long *iv, double *dv, int *int_digits) {
     }
     if (is_int) {
         if (ilen > 19) return NUM_NO;
-        uint64_t m = 0;  /* 19 digits fit: < 10^19 < 2^64 */
-        for (int i = 0; i < ilen; i++) m = m * 10 + (uint64_t)(ip[i] - '0');
+        uint64_t m = digits_value(ip, ilen);  /* 19 digits fit: < 10^19 < 2^64 */
         if (m > (uint64_t)LLONG_MAX) return NUM_NO;
         *iv = neg ? -(long long)m : (long long)m;  /* "-0" is the integer 0, as orjson reads it */
         *int_digits = ilen;
@@ -200,10 +258,7 @@ static int number(Cur *c, long long *iv, double *dv, int *int_digits) {
     if (n_int == 0) while (fl && *fs == '0') { fs++; fl--; }
     int sig = n_int + fl;
     uint64_t m = 0;
-    if (sig <= 19) {
-        for (int i = 0; i < n_int; i++) m = m * 10 + (uint64_t)(ip[i] - '0');
-        for (int i = 0; i < fl; i++) m = m * 10 + (uint64_t)(fs[i] - '0');
-    }
+    if (sig <= 19) m = digits_value(ip, n_int) * POW10_U64[fl] + digits_value(fs, fl);
     int nonzero = sig > 0;  /* the first significant digit is never a zero */
     double v;
     int e10 = exp - flen;
@@ -239,6 +294,8 @@ typedef struct {
     Py_ssize_t *row_start;                                 /* per row: where its features start in fcol */
     int32_t *col_row;                                      /* per column: the last row that set it */
     Py_ssize_t col_row_cap;
+    int32_t at[64];  /* the column of the key at each position in the previous row: events repeat their shape */
+    Py_ssize_t max_columns;
 } Scan;
 
 static int push_feature(Scan *s, int32_t col, double v) {
@@ -259,12 +316,16 @@ static int push_feature(Scan *s, int32_t col, double v) {
 static int scan_features(Scan *s, Cur *c, Py_ssize_t row) {
     if (!expect(c, '{')) return 0;
     if (expect(c, '}')) return 1;
-    for (;;) {
+    for (int pos = 0;; pos++) {
         const char *k; Py_ssize_t kn;
         if (!plain_string(c, &k, &kn) || !expect(c, ':')) return 0;
-        Py_ssize_t col = table_index(&s->columns, k, kn, MAX_COLUMNS);
-        if (col == -2) return -1;
-        if (col < 0) return 0;
+        Py_ssize_t col = pos < 64 ? s->at[pos] : -1;
+        if (col < 0 || s->columns.names[col].n != kn || memcmp(s->columns.names[col].s, k, kn) != 0) {
+            col = table_index(&s->columns, k, kn, s->max_columns);
+            if (col == -2) return -1;
+            if (col < 0) return 0;
+            if (pos < 64) s->at[pos] = (int32_t)col;
+        }
         if (col >= s->col_row_cap) {
             Py_ssize_t cap = MAX_COLUMNS;
             int32_t *cr = PyMem_Realloc(s->col_row, cap * sizeof *cr);
@@ -367,6 +428,10 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!n", &PyList_Type, &values, &max_bytes)) return NULL;
     Py_ssize_t n = PyList_GET_SIZE(values);
     Scan s; memset(&s, 0, sizeof s);
+    for (int i = 0; i < 64; i++) s.at[i] = -1;
+    s.max_columns = n ? MAX_CELLS / n : MAX_COLUMNS;
+    if (s.max_columns > MAX_COLUMNS) s.max_columns = MAX_COLUMNS;
+    if (s.max_columns < 64) s.max_columns = 64;
     PyObject *eids = PyList_New(n), *pairs = PyList_New(0), *columns = NULL, *result = NULL;
     PyObject *codes_b = PyByteArray_FromStringAndSize(NULL, n * sizeof(int32_t));
     PyObject *times_b = PyByteArray_FromStringAndSize(NULL, n * sizeof(int64_t));
@@ -381,6 +446,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         Head h;
         int ok = 0;
         s.row_start[i] = s.fcount;
+        Py_ssize_t ncols = s.columns.count;
         if (PyBytes_Check(v) && PyBytes_GET_SIZE(v) > 0 && PyBytes_GET_SIZE(v) <= max_bytes) {
             ok = scan_event(&s, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), i, &h);
             if (ok < 0) goto nomem;
@@ -401,7 +467,14 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             if (!(eid = ascii_str(h.eid, h.eid_n))) goto fail;
             codes[i] = (int32_t)code; times[i] = h.time;
         } else {
-            s.fcount = s.row_start[i];  /* drop what a not-sure row pushed */
+            /* Drop what a not-sure row added: its values, and the names only it carried (so a row of junk
+             * keys cannot use up the batch's names and send the rows after it the Python way). */
+            s.fcount = s.row_start[i];
+            if (s.columns.count > ncols) {
+                for (Py_ssize_t j = ncols; j < s.columns.count; j++) s.col_row[j] = -1;
+                for (int p = 0; p < 64; p++) if (s.at[p] >= ncols) s.at[p] = -1;
+                table_truncate(&s.columns, ncols);
+            }
             Py_INCREF(eid);
         }
         PyList_SET_ITEM(eids, i, eid);
@@ -467,9 +540,37 @@ static int put_ll(Buf *b, PyObject *o) {
     return put(b, t, snprintf(t, sizeof t, "%lld", v));
 }
 
-static PyObject *call0(PyObject *o, PyObject *name) { return PyObject_CallMethodNoArgs(o, name); }
-
 static PyObject *s_topic, *s_partition, *s_offset, *s_timestamp;
+
+/* A message's four accessors. Messages of a type without instance dicts (confluent_kafka.Message) have their
+ * methods looked up once per call of decisions() and called directly; any other type by name, per message. */
+typedef struct { PyTypeObject *type; PyObject *meth[4]; } Accessors;
+
+static void accessors_init(Accessors *a, PyObject *m) {
+    PyObject *names[4] = {s_topic, s_partition, s_offset, s_timestamp};
+    a->type = NULL;
+    if (Py_TYPE(m)->tp_dictoffset != 0) return;
+    for (int k = 0; k < 4; k++) {
+        a->meth[k] = PyObject_GetAttr((PyObject *)Py_TYPE(m), names[k]);
+        if (!a->meth[k]) {
+            PyErr_Clear();
+            for (int j = 0; j < k; j++) Py_DECREF(a->meth[j]);
+            return;
+        }
+    }
+    a->type = Py_TYPE(m);
+}
+
+static void accessors_clear(Accessors *a) {
+    if (a->type) for (int k = 0; k < 4; k++) Py_DECREF(a->meth[k]);
+    a->type = NULL;
+}
+
+static PyObject *call0(Accessors *a, PyObject *m, int k) {
+    static PyObject **names[4] = {&s_topic, &s_partition, &s_offset, &s_timestamp};
+    if (Py_TYPE(m) == a->type) return PyObject_Vectorcall(a->meth[k], &m, 1, NULL);
+    return PyObject_CallMethodNoArgs(m, *names[k]);
+}
 
 /* An event id's JSON: quoted as is when no character needs an escape (orjson escapes only '"', '\\' and
  * controls), else whatever `dumps` gives. */
@@ -503,6 +604,8 @@ static PyObject *decisions(PyObject *self, PyObject *args) {
         return NULL;
     }
     Buf b = {NULL, 0, 0};
+    Accessors acc = {NULL, {NULL}};
+    if (n && PyList_GET_SIZE(msgs)) accessors_init(&acc, PyList_GET_ITEM(msgs, 0));
     for (Py_ssize_t j = 0; j < n; j++) {
         Py_ssize_t i = PyLong_AsSsize_t(PyList_GET_ITEM(rows, j));
         if (i == -1 && PyErr_Occurred()) goto fail;
@@ -510,10 +613,12 @@ static PyObject *decisions(PyObject *self, PyObject *args) {
             PyErr_SetString(PyExc_IndexError, "row out of range");
             goto fail;
         }
-        PyObject *m = PyList_GET_ITEM(msgs, i), *eid = PyList_GET_ITEM(eids, i);
+        /* Owned for the row: the message's methods are Python code in a stand-in and could change the lists. */
+        PyObject *m = Py_NewRef(PyList_GET_ITEM(msgs, i)), *eid = Py_NewRef(PyList_GET_ITEM(eids, i));
+        PyObject *when = Py_NewRef(PyList_GET_ITEM(times, i));
         PyObject *mt = NULL, *part = NULL, *off = NULL, *ts = NULL, *key = NULL, *value = NULL, *item = NULL;
         b.n = 0;
-        if (!(mt = call0(m, s_topic))) goto row_fail;
+        if (!(mt = call0(&acc, m, 0))) goto row_fail;
         PyObject *tj = PyDict_GetItemWithError(topics, mt);  /* borrowed */
         if (!tj) {
             if (PyErr_Occurred() || !(tj = PyObject_CallOneArg(dumps, mt))) goto row_fail;
@@ -525,9 +630,9 @@ static PyObject *decisions(PyObject *self, PyObject *args) {
             || put_bytes(&b, PyList_GET_ITEM(s_json, j)) || LIT(&b, ",\"raw_score\":")
             || put_bytes(&b, PyList_GET_ITEM(r_json, j)) || LIT(&b, ",\"band\":")
             || put_bytes(&b, PyList_GET_ITEM(band_json, j)) || put_bytes(&b, mid) || LIT(&b, ",\"event_time\":")
-            || put_ll(&b, PyList_GET_ITEM(times, i)) || put_bytes(&b, decided) || put_bytes(&b, tj))
+            || put_ll(&b, when) || put_bytes(&b, decided) || put_bytes(&b, tj))
             goto row_fail;
-        if (!(part = call0(m, s_partition)) || !(off = call0(m, s_offset)) || !(ts = call0(m, s_timestamp)))
+        if (!(part = call0(&acc, m, 1)) || !(off = call0(&acc, m, 2)) || !(ts = call0(&acc, m, 3)))
             goto row_fail;
         if (!PyTuple_Check(ts) || PyTuple_GET_SIZE(ts) < 2) {
             PyErr_SetString(PyExc_TypeError, "timestamp() is not a (type, value) tuple");
@@ -541,16 +646,20 @@ static PyObject *decisions(PyObject *self, PyObject *args) {
             goto row_fail;
         Py_DECREF(mt); Py_DECREF(part); Py_DECREF(off); Py_DECREF(ts);
         Py_DECREF(key); Py_DECREF(value); Py_DECREF(item);
+        Py_DECREF(m); Py_DECREF(eid); Py_DECREF(when);
         continue;
     row_fail:
         Py_XDECREF(mt); Py_XDECREF(part); Py_XDECREF(off); Py_XDECREF(ts);
         Py_XDECREF(key); Py_XDECREF(value); Py_XDECREF(item);
+        Py_DECREF(m); Py_DECREF(eid); Py_DECREF(when);
         goto fail;
     }
     PyMem_Free(b.b);
+    accessors_clear(&acc);
     Py_RETURN_NONE;
 fail:
     PyMem_Free(b.b);
+    accessors_clear(&acc);
     return NULL;
 }
 

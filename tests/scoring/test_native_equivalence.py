@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from confluent_kafka import Message
 
 from muse_stream.config import Settings, TenantConfig
 from muse_stream.scoring import native
@@ -25,7 +26,7 @@ from tests.fixtures.scoring_fakes import Msg, registry
 from tests.scoring.test_contract import CASES
 
 _native = native.module(True)  # this machine builds the extension: an ImportError here is a broken build
-MAX_BYTES = 4_000
+MAX_BYTES = 20_000
 
 TENANTS = {
     "acme": TenantConfig(tenant_id="acme", intents=("card",), bands={"review": 0.5, "decline": 0.9}),
@@ -133,6 +134,8 @@ def _values(n: int = 2500, seed: int = 7) -> list[tuple[bytes | None, bool]]:
     floats = _floats(rng, 400)
     out = [(raw, False) for raw, _ in CASES]
     out += [(v, False) for v in (b"", None, b"   ", b"[]", b"{}", b"x" * (MAX_BYTES + 1), b'{"event_id":"e"}')]
+    many = ",".join(f'"u{k}":{k}' for k in range(1100))  # more names than the scanner keeps in a batch
+    out += [(b'{"event_id":"m","tenant_id":"acme","event_time":5,"features":{"f0":1.5,%s}}' % many.encode(), False)]
     out += [_event(rng, floats) for _ in range(n)]
     return out
 
@@ -231,7 +234,11 @@ def _run(reg, use_native: bool, batches: list[list]) -> tuple[list, dict]:
 def test_both_paths_give_the_same_decisions_dead_letters_and_matrices(reg):
     values = _values(seed=11)
     random.Random(3).shuffle(values)
-    msgs = [Msg(v, i, partition=i % 3, topic=("in", "in.é")[i % 2]) for i, (v, _) in enumerate(values)]
+    # Mostly real confluent_kafka Messages (the writer calls their methods directly), some stand-ins (called
+    # by name), mixed within batches.
+    msgs = [Msg(v, i, partition=i % 3, topic=("in", "in.é")[i % 2]) if i % 5 == 3 else
+            Message(topic=("in", "in.é")[i % 2], partition=i % 3, offset=i, key=None, value=v,
+                    timestamp=(1, 1_700_000_000_000 + i)) for i, (v, _) in enumerate(values)]
     batches, at = [], 0
     for size in (1, 2, 7, 64, 500, 1000, len(msgs)):
         batches.append(msgs[at:at + size])
