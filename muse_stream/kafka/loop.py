@@ -236,8 +236,8 @@ class StreamLoop:
                     early = now < pacer.last + pacer.interval
                     # At-least-once and caught up, offsets wait for in-flight outputs without blocking the loop
                     # (until twice the interval: then the flush waits, as it does for full batches).
-                    wait = s.exactly_once or not caught_up or now >= pacer.last + 2 * pacer.interval
-                    if cp.commit(wait=wait):
+                    block = s.exactly_once or not caught_up or now >= pacer.last + 2 * pacer.interval
+                    if cp.commit(wait=block):
                         stats.commits += 1
                         stats.early_commits += early
                         hooks.on_commit(t2)
