@@ -101,7 +101,7 @@ class Worker:
         self.stats = WorkerStats()
         # Rate bands resolve through each intent's reference, read from the models topic.
         self.tenants = TenantRegistry(settings, references=ReferenceCache(lambda: self.models.references))
-        self.models = ModelRegistry(pins=self.tenants.pinned_versions)  # pinned versions stay loaded
+        self.models = ModelRegistry(pins=self.tenants.pinned_versions, intents=settings.intents)  # pins stay loaded
         self.shadow = ShadowScorer(settings, self.models)
         self.state = StateEngine(settings, slot=slot, heartbeat=lambda: self._heartbeat())
         self.scorer = BatchScorer(self.tenants, self.models, max_abs_feature=settings.runtime.max_abs_feature,
