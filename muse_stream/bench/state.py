@@ -1,0 +1,85 @@
+"""The entity-state benchmark: the state engine's own cost per event, with 3 windows x 3 aggregates on one
+entity field over many distinct entities, a real RocksDB store on disk, and the process's peak RSS.
+
+    python -m muse_stream.bench.state --events 300000 --entities 1000000 [--folder DIR]
+
+It drives StateEngine.compute over batches of real confluent_kafka Messages (as a worker's batches), applies
+each batch's writes as a commit does, and reports µs per event and events/s of the state step alone. The
+changelog restore rate needs a broker and is measured by the worker's own log line (`state ...: restored N
+records in S s`), which docs/results.md quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import orjson
+from confluent_kafka import Message
+
+from muse_stream.config import Settings
+from muse_stream.state.engine import StateEngine
+from muse_stream.state.store import PartitionStore
+
+T0 = 1_700_000_000_000
+
+
+def _settings(folder: str) -> Settings:
+    return Settings.model_validate({
+        "intents": [{"name": "card_fraud", "state": {"entity": ["card_id"], "windows": ["10m", "1h", "24h"],
+                                                     "aggregates": ["count", "sum:amount", "max:amount"]}}],
+        "tenants": [{"tenant_id": "acme", "intents": ["card_fraud"], "bands": {"review": 0.9}}],
+        "runtime": {"state_dir": folder}})
+
+
+def run(events: int, entities: int, batch: int, folder: str) -> dict:
+    engine = StateEngine(_settings(folder), slot=0)
+    engine.stores[("bench", 0)] = PartitionStore(engine.folder / "bench-0", "bench", 0)
+    engine._synced = float("inf")  # no broker here: no sync offsets are read
+    rng = np.random.default_rng(1)
+    model = SimpleNamespace(intent="card_fraud")
+    spent = 0
+    for start in range(0, events, batch):
+        n = min(batch, events - start)
+        cards = rng.integers(0, entities, n)
+        amounts = rng.integers(1, 1000, n)
+        msgs, eids, times = [], [], np.empty(n, dtype=np.int64)
+        for j in range(n):
+            i = start + j
+            t = T0 + i * 10
+            ev = {"event_id": f"e{i}", "tenant_id": "acme", "event_time": t, "card_id": f"c{cards[j]}",
+                  "features": {"amount": int(amounts[j])}}
+            msgs.append(Message(topic="bench", partition=0, offset=i, key=ev["card_id"].encode(),
+                                value=orjson.dumps(ev)))
+            eids.append(ev["event_id"])
+            times[j] = t
+        cols = SimpleNamespace(msgs=np.array(msgs, dtype=object), eids=np.array(eids, dtype=object),
+                               tids=np.array(["acme"] * n, dtype=object), times=times)
+        t1 = time.perf_counter_ns()
+        engine.compute(cols, [(model, np.arange(n))])
+        engine._batch = []  # no broker here: the changelog records are what a worker would produce
+        engine.committed()
+        spent += time.perf_counter_ns() - t1
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    engine.close()
+    return {"events": events, "entities": entities, "us_per_event": spent / 1e3 / events,
+            "events_per_s": events / (spent / 1e9), "peak_rss_mb": round(peak_mb, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--entities", type=int, default=1_000_000)
+    ap.add_argument("--batch", type=int, default=2000)
+    ap.add_argument("--folder", default=None)
+    a = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="muse-state-bench-") as tmp:
+        print(orjson.dumps(run(a.events, a.entities, a.batch, a.folder or tmp)).decode())
+
+
+if __name__ == "__main__":
+    main()
