@@ -29,6 +29,7 @@ from muse_stream.scoring.shadow import ShadowScorer
 from muse_stream.state.engine import StateEngine
 from muse_stream.telemetry import NoTelemetry, Telemetry
 from muse_stream.tenants import TenantRegistry
+from muse_stream.worker.exits import FATAL_KAFKA_EXIT, FENCED_EXIT
 
 logger = logging.getLogger(__name__)
 _FENCED = {"_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH", "FENCED_INSTANCE_ID"}
@@ -225,7 +226,7 @@ def run_worker(settings: Settings, slot: int, heartbeat=None) -> int:
         hint = f" (another worker holds slot {slot}: run each slot once)" if fenced else ""
         logger.error("worker %d: fatal Kafka error, exiting: %s%s", slot, e, hint,
                      extra=_fatal_fields(settings, slot, e))
-        return 3
+        return FENCED_EXIT if fenced else FATAL_KAFKA_EXIT
     except KafkaOpError as e:
         logger.error("worker %d: %s", slot, e, extra=_fatal_fields(settings, slot, e))
         return 2

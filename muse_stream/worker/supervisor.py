@@ -30,6 +30,7 @@ from muse_stream.kafka.clients import (
     make_client,
     worker_producer_config,
 )
+from muse_stream.worker.exits import FENCED_EXIT
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ class _Slot:
     failures: deque = field(default_factory=deque)  # monotonic times of failures within the last minute
     restarts: int = 0
     stalled_for: float | None = None  # set when the supervisor killed it for not beating
-    done: bool = False  # exited cleanly: not restarted
+    done: bool = False  # exited cleanly, or fenced by another holder of the slot: not restarted
+    fenced: bool = False
     warned_no_beat: bool = False
 
     @property
@@ -152,6 +154,12 @@ class Supervisor:
             s.done = True
             logger.info("worker slot %d exited cleanly; not restarting it", s.slot)
             return None
+        if code == FENCED_EXIT and s.stalled_for is None:
+            s.done = s.fenced = True
+            logger.error("worker slot %d was fenced: another worker holds slot %d (another `muse-stream run` with "
+                         "group %r and the same slots?); this run no longer runs it", s.slot, s.slot,
+                         self.rt.group_id, extra={"fields": {"event": "worker_fenced", "worker": s.slot}})
+            return None
         how = describe_exit(code)
         if s.stalled_for is not None:
             how += f" after a stall (no heartbeat for {s.stalled_for:.0f}s)"
@@ -202,7 +210,7 @@ class Supervisor:
             while self._stop_signal is None and give_up is None:
                 live = [s.proc.sentinel for s in self.slots if s.proc is not None]
                 if not live and all(s.done for s in self.slots):
-                    return 0
+                    return FENCED_EXIT if any(s.fenced for s in self.slots) else 0
                 wait_for_exits(live, timeout=TICK_S)
                 now = time.monotonic()
                 for s in self.slots:

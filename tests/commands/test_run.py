@@ -12,6 +12,7 @@ from confluent_kafka import Producer
 from muse_stream.cli import main
 from muse_stream.kafka.clients import producer_config
 from muse_stream.worker import supervisor
+from muse_stream.worker.exits import FENCED_EXIT
 from muse_stream.worker.runtime import run_worker, transactional_id
 from tests.fixtures.helpers import TopicReader, event, produce, publish_model, write_config
 
@@ -49,7 +50,7 @@ def test_a_worker_fenced_by_another_holder_of_its_slot_says_so(stack, caplog):
     t = threading.Thread(target=second_holder, daemon=True)
     t.start()
     try:
-        assert run_worker(s, 0) == 3
+        assert run_worker(s, 0) == FENCED_EXIT
     finally:
         stopped.set()
         t.join(30)

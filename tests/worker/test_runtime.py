@@ -9,6 +9,7 @@ from collections import Counter
 import orjson
 import pytest
 
+from muse_stream.worker.exits import FENCED_EXIT
 from muse_stream.worker.supervisor import _child
 from tests.fixtures.helpers import TopicReader, decision_topics, event, produce, publish_model, source_of
 from tests.fixtures.workers import ThreadWorker, assert_exactly_once
@@ -181,7 +182,7 @@ def test_same_slot_twice_fences_the_older_worker(stack):
         # Its producer's init fences the first's transactions, and its join with the same group.instance.id
         # fences the first's membership: whichever the first meets next is fatal, and it exits non-zero.
         first.join(90)
-        assert first.exitcode == 3
+        assert first.exitcode == FENCED_EXIT
         _wait_for_members(s, 1)
         produce(s, [event(i, "acme") for i in range(2000, 4000)])
         recs = reader.until(lambda r: len(r) >= 4000, timeout=120)

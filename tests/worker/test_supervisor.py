@@ -232,3 +232,31 @@ def test_run_with_no_cluster_at_the_address_stops_with_one_line(tmp_path):
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("muse-stream: error: cannot reach Kafka at 127.0.0.1:"), out.stderr[-2000:]
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.kafka
+def test_a_second_run_of_the_same_slot_ends_the_first_without_a_restart_war(stack, tmp_path):
+    """The newer run's worker fences the older one's; the older run names the reason, does not restart that slot
+    (a restart would fence the newer one in turn), and exits with FENCED_EXIT; the newer run keeps scoring."""
+    from muse_stream.worker.exits import FENCED_EXIT
+
+    s = _scoring_stack(stack)
+    produce(s, _events(0, 300))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = RunCommand(s, tmp_path / "a", workers=1)
+    second = None
+    try:
+        first.wait_assigned([0])
+        second = RunCommand(s, tmp_path / "b", workers=1)
+        code = first.proc.wait(120)
+        log = first.log()
+        assert code == FENCED_EXIT, log[-4000:]
+        assert "worker slot 0 was fenced: another worker holds slot 0" in log
+        assert len(first.pids()[0]) == 1, "the fenced slot was restarted"
+        assert second.proc.poll() is None, second.log()[-4000:]
+        second.wait_assigned([0])
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
