@@ -4,10 +4,10 @@
  * dense float64 feature matrix over the batch's feature names, with a presence matrix. It accepts only the
  * plain, common shape of an event and answers "not sure" (pair code -1) for anything else, which then goes
  * through the Python contract (contract.parse_event) on its own. Plain means: an object of ASCII keys and
- * string values without escapes or control characters; event_time an integer in
- * [0, 2^62]; intent a plain string or null; features an object of distinct plain keys whose values are null,
- * integers of at most 15 digits (exact in a double) or decimal numbers read with a correctly rounded
- * conversion; other top-level keys with a plain scalar value. Whatever orjson would read differently, or
+ * string values without escapes or control characters; event_time an integer in [0, 2^62]; intent a plain
+ * string or null; features an object of distinct plain keys whose values are null, integers of at most 15
+ * digits (exact in a double) or decimal numbers read with a correctly rounded conversion; other top-level
+ * keys with a plain scalar value. Whatever orjson would read differently, or
  * refuse, is never in that set, so both paths agree by construction on what the scanner accepts.
  *
  * decisions(): the decision bytes of a tenant's rows from the template pieces the scorer prepares, the same
