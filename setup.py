@@ -12,6 +12,12 @@ setup(
             "muse_stream.scoring._native",
             sources=["muse_stream/scoring/_native.c"],
             optional=True,
-        )
+        ),
+        # Reason codes' exact TreeSHAP from leaf tables (scoring/treeshap.py); without it, XGBoost's pred_contribs.
+        Extension(
+            "muse_stream.scoring._treeshap",
+            sources=["muse_stream/scoring/_treeshap.c"],
+            optional=True,
+        ),
     ]
 )

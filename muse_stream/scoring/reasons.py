@@ -1,10 +1,12 @@
 """Reason codes: the features that pushed a flagged decision's score up the most.
 
-Contributions are XGBoost's exact tree contributions (path-dependent TreeSHAP, `pred_contribs=True`), in the
-booster's margin space (log-odds for binary:logistic): per row they sum, with the bias column XGBoost adds
-last, to the row's margin. They are computed only for the rows a batch flags (band other than approve), with
-one booster call per (intent, version) group, because exact TreeSHAP costs per row about trees x leaves x
-depth^2 steps: tens to hundreds of times a prediction (docs/results.md has the figures).
+Contributions are XGBoost's exact tree contributions (path-dependent TreeSHAP, the values of
+`pred_contribs=True`), in the booster's margin space (log-odds for binary:logistic): per row they sum, with the
+bias column XGBoost adds last, to the row's margin. They are computed only for the rows a batch flags (band
+other than approve), in one call per (intent, version) group. The call is scoring/treeshap.py's leaf tables
+in C where the extension is built and the booster within their reach (the same values to float32 rounding,
+about a tenth of the cost), else XGBoost's own pred_contribs, whose exact TreeSHAP costs per row about
+trees x leaves x depth^2 steps (docs/results.md has both paths' figures).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Iterable
 
 import numpy as np
 import orjson
+
+from muse_stream.scoring import treeshap
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +58,12 @@ def reasons_json(features: Iterable[str], order: np.ndarray, values: np.ndarray)
 class ReasonCodes:
     """How many reasons each intent's flagged decisions carry, and the step that adds them to a group."""
 
-    def __init__(self, counts: dict[str, int], default: int) -> None:
+    def __init__(self, counts: dict[str, int], default: int, native: bool | None = None) -> None:
         self.counts = counts
         self.default = default
+        self.native = native  # the TreeSHAP tables in C: None as the process chose, False never (A/B)
         self._failed: set[str] = set()  # model names already warned about
+        self._told: set[str] = set()  # model names whose path was logged
 
     @classmethod
     def from_intents(cls, intents: Iterable) -> ReasonCodes:
@@ -80,7 +86,7 @@ class ReasonCodes:
         if not flagged.size:
             return
         try:
-            contribs = contributions(model.booster, x[flagged])
+            contribs = self.contributions(model, x[flagged])
         except MemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - the decision stands without its reasons
@@ -92,3 +98,17 @@ class ReasonCodes:
         order, values = top_features(contribs, n)
         band_json[flagged] = [b + r for b, r in zip(band_json[flagged].tolist(), reasons_json(model.features, order,
                                                                                               values))]
+
+    def contributions(self, model, x: np.ndarray) -> np.ndarray:
+        """The rows' contributions by the fast tables when this process and the booster allow, else XGBoost's;
+        which one a model uses is logged once per model, with the tables' size and build time."""
+        ext = treeshap.module(self.native)
+        ex = treeshap.explainer(model.booster, x.shape[1]) if ext is not None else None
+        if model.name not in self._told:
+            self._told.add(model.name)
+            how = ex.describe() if ex is not None else treeshap.active_path() if self.native is None else \
+                "pred_contribs (switched off)"
+            logger.info("%s: reason codes by %s", model.name, how)
+        if ex is not None and ex.tables is not None:
+            return treeshap.contributions(ex.tables, x, ext)
+        return contributions(model.booster, x)
