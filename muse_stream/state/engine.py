@@ -33,8 +33,9 @@ from muse_stream.errors import AbortRequired
 from muse_stream.featurespec import entity_key
 from muse_stream.kafka.clients import make_consumer, reader_config
 from muse_stream.kafka.topics import COMPACTED, TopicSpec, create_topics
+from muse_stream.state import batch
 from muse_stream.state.store import PartitionStore, restore
-from muse_stream.state.windows import Entity, Plan, id_hash, step
+from muse_stream.state.windows import Plan, hash_many
 
 logger = logging.getLogger(__name__)
 _NAN = math.nan
@@ -169,56 +170,41 @@ class StateEngine:
 
     def _intent(self, intent: str, plan: Plan, cols, rows: np.ndarray, drop: set) -> list:
         spec, refused = plan.spec, []
-        n_num, n_dist = len(plan.nums), len(plan.dists)
         feats = np.full((len(rows), len(plan.names)), _NAN)
-        by_entity: dict[tuple[str, int, bytes], list] = {}
-        for pos, i in enumerate(rows.tolist()):
-            m = cols.msgs[i]
-            ev = orjson.loads(m.value())
-            f = ev.get("features") or {}
-            ent = [ev.get(name) for name in spec.entity]
-            if any(type(v) not in (str, int) for v in ent):
-                why = f"entity field(s) {'+'.join(spec.entity)} missing or not a string or integer"
-                refused.append((i, "missing_field", why, None))
+        kept, code, ents, offs, nums, dists, wrong = self._read(intent, plan, cols, rows, refused, drop)
+        self.stats["wrong_partition_key"] += wrong
+        if kept:
+            # Each store's entities (codes in order of first appearance) read with one multi-get.
+            raws: list = [None] * len(ents)
+            by_store: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
+            for c, (topic, partition, skey) in enumerate(ents):
+                by_store.setdefault((topic, partition), []).append((c, skey))
+            for (topic, partition), its in by_store.items():
+                store = self.stores.get((topic, partition))
+                if store is None:  # the partition went in a rebalance inside this batch's consume: read it again
+                    raise AbortRequired(f"state: {topic}[{partition}] is not assigned to this worker")
+                for (c, _), raw in zip(its, store.get_many([k for _, k in its])):
+                    raws[c] = raw
+            kept_rows = rows[kept]
+            out = np.full((len(kept), len(plan.names)), _NAN)
+            kind, first, values = batch.run(plan, raws, code, cols.times[kept_rows].astype(np.int64), offs,
+                                            hash_many([str(e) for e in cols.eids[kept_rows].tolist()]),
+                                            np.array(nums, dtype=np.float64).reshape(len(kept), len(plan.nums)).T,
+                                            _hash_values(dists, len(kept), len(plan.dists)), out)
+            feats[kept] = out
+            self.stats["late"] += int((kind == batch.LATE).sum())
+            for j in np.flatnonzero(kind == batch.DUP).tolist():
+                i = int(kept_rows[j])
+                m = cols.msgs[i]
+                self.stats["duplicates"] += 1
+                why = f"event id {cols.eids[i]!r} first seen at {m.topic()}[{m.partition()}]@{first[j]}"
+                refused.append((i, "duplicate_event", why, [("muse.first.partition", str(m.partition()).encode()),
+                                                            ("muse.first.offset", str(first[j]).encode())]))
                 drop.add(i)
-                continue
-            ekey = entity_key(ent)
-            if m.key() != ekey.encode():
-                self.stats["wrong_partition_key"] += 1
-                if spec.wrong_key == "dead_letter":
-                    why = (f"key {m.key()!r} is not the entity {ekey!r} ({'+'.join(spec.entity)}): its state "
-                           "would be on another partition")
-                    refused.append((i, "wrong_partition_key", why, None))
-                    drop.add(i)
-                    continue
-            nums = np.array([_num(ev.get(k, f.get(k))) for k in plan.nums], dtype=np.float64)
-            dist = np.array([id_hash(str(v)) if (v := ev.get(k, f.get(k))) is not None else 0 for k in plan.dists],
-                            dtype=np.int64)
-            skey = b"%s\0%s\0%s" % (intent.encode(), str(cols.tids[i]).encode(), ekey.encode())
-            by_entity.setdefault((m.topic(), m.partition(), skey), []).append(
-                (pos, i, int(cols.times[i]), m.offset(), id_hash(str(cols.eids[i])), nums, dist))
-        for (topic, partition), items in _by_partition(by_entity).items():
-            store = self.stores.get((topic, partition))
-            if store is None:  # the partition went in a rebalance inside this batch's consume: read it again
-                raise AbortRequired(f"state: {topic}[{partition}] is not assigned to this worker")
-            keys = [k for k, _ in items]
-            changelog = changelog_topic(self.settings, topic)
-            for (skey, events), raw in zip(items, store.get_many(keys)):
-                e = Entity.decode(raw, n_num, n_dist)
-                for pos, i, t, off, ident, nums, dist in events:
-                    kind, first = step(plan, e, t, off, ident, nums, dist, feats[pos])
-                    if kind == "dup":
-                        self.stats["duplicates"] += 1
-                        why = f"event id {cols.eids[i]!r} first seen at {topic}[{partition}]@{first}"
-                        refused.append((i, "duplicate_event", why, [("muse.first.partition", str(partition).encode()),
-                                                                    ("muse.first.offset", str(first).encode())]))
-                        drop.add(i)
-                    elif kind == "late":
-                        self.stats["late"] += 1
-                e.trim(plan.keep_ms)
-                value = e.encode()
-                store.stage(skey, value)
-                self._batch.append((changelog, partition, skey, value))
+            for (topic, partition), its in by_store.items():
+                store, changelog = self.stores[(topic, partition)], changelog_topic(self.settings, topic)
+                store.pending.update((k, values[c]) for c, k in its)
+                self._batch.extend((changelog, partition, k, values[c]) for c, k in its)
         pos_of = np.full(len(cols.msgs), -1, dtype=np.intp)
         pos_of[rows] = np.arange(len(rows))
         self._cols[intent] = (pos_of, feats)
@@ -229,6 +215,57 @@ class StateEngine:
                         dict(zip(plan.names, [None if math.isnan(v) else v for v in feats[pos].tolist()])))
         refused.sort(key=lambda r: r[0])
         return refused
+
+    def _read(self, intent: str, plan: Plan, cols, rows: np.ndarray, refused: list, drop: set) -> tuple:
+        """The per-event part, kept to dict look-ups: each row's entity, partition key check, store key, numeric
+        values and distinct values. Returns (positions kept, their entity codes, each code's (topic, partition,
+        store key), their offsets, numeric values flat, distinct values flat (None: missing), wrong keys)."""
+        spec = plan.spec
+        fields, num_f, dist_f = spec.entity, plan.nums, plan.dists
+        single = fields[0] if len(fields) == 1 else None
+        msgs, tids = cols.msgs, cols.tids
+        head = intent.encode() + b"\0"
+        kept, codes, offs, nums, dists = [], [], [], [], []
+        ents: dict[tuple, int] = {}
+        wrong, loads = 0, orjson.loads
+        for pos, i in enumerate(rows.tolist()):
+            m = msgs[i]
+            ev = loads(m.value())
+            if single is not None:
+                v = ev.get(single)
+                ok = type(v) is str or type(v) is int
+                ekey = str(v) if ok else ""
+            else:
+                ent = [ev.get(name) for name in fields]
+                ok = all(type(v) in (str, int) for v in ent)
+                ekey = entity_key(ent) if ok else ""
+            if not ok:
+                why = f"entity field(s) {'+'.join(fields)} missing or not a string or integer"
+                refused.append((i, "missing_field", why, None))
+                drop.add(i)
+                continue
+            bkey = ekey.encode()
+            if m.key() != bkey:
+                wrong += 1
+                if spec.wrong_key == "dead_letter":
+                    why = (f"key {m.key()!r} is not the entity {ekey!r} ({'+'.join(fields)}): its state "
+                           "would be on another partition")
+                    refused.append((i, "wrong_partition_key", why, None))
+                    drop.add(i)
+                    continue
+            f = ev.get("features") or {}
+            for k in num_f:
+                x = ev[k] if k in ev else f.get(k)
+                nums.append(float(x) if type(x) is int or type(x) is float else _NAN)
+            for k in dist_f:
+                x = ev[k] if k in ev else f.get(k)
+                dists.append(None if x is None else str(x))
+            kept.append(pos)
+            offs.append(m.offset())
+            codes.append(ents.setdefault((m.topic(), m.partition(), head + str(tids[i]).encode() + b"\0" + bkey),
+                                         len(ents)))
+        return (kept, np.array(codes, dtype=np.int64), list(ents), np.array(offs, dtype=np.int64), nums, dists,
+                wrong)
 
     def fill(self, model, x32: np.ndarray, rows: np.ndarray) -> None:
         """The version's state columns, for its kept rows (batch positions `rows`, x32's rows in order)."""
@@ -255,16 +292,14 @@ class StateEngine:
                 decisions[n] = (topic, key, value[:-1] + b',"state":' + s + b"}")
 
 
-def _num(v) -> float:
-    return float(v) if type(v) in (int, float) else _NAN
-
-
 def _tp(topic: str, partition: int) -> TopicPartition:
     return TopicPartition(topic, partition)
 
 
-def _by_partition(by_entity: dict) -> dict:
-    out: dict[tuple[str, int], list] = {}
-    for (topic, partition, skey), events in by_entity.items():
-        out.setdefault((topic, partition), []).append((skey, events))
-    return out
+def _hash_values(values: list, n: int, d: int) -> np.ndarray:
+    """(d, n) hashes of the distinct fields' values (flat, row by row), a missing value as 0."""
+    flat = np.zeros(n * d, dtype=np.int64)
+    there = [j for j, v in enumerate(values) if v is not None]
+    if there:
+        flat[there] = hash_many([values[j] for j in there])
+    return flat.reshape(n, d).T

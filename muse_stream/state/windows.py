@@ -5,7 +5,9 @@ input offset, a 64-bit hash of its event id (de-duplication), whether it counts 
 event, kept only so that its duplicates are caught), one float64 per numeric field and one 64-bit hash per
 distinct field. Entries older than the retention behind the entity's newest event are dropped on each write:
 max(longest window + lateness, dedup window), so the state is bounded and every non-late event still sees
-all of its windows.
+all of its windows. The bytes are an 8-byte head (b"MSE1", numeric and distinct field counts) and then the
+entries as fixed-width rows (`entry_dtype`), so a batch's records decode with one join and one frombuffer
+(state/batch.py) and encode as slices of one buffer.
 
 The rule (docs/models.md): an event at time t sees, for a window w, the entries that arrived before it (lower
 offset on its partition, already processed), count for features, and have t - w <= time <= t. The event
@@ -15,7 +17,6 @@ are scored with the state as it is and never inserted as features; duplicates ar
 
 from __future__ import annotations
 
-import hashlib
 import math
 import struct
 
@@ -23,13 +24,47 @@ import numpy as np
 
 from muse_stream.featurespec import StateSpec
 
-_HEAD = struct.Struct("<IHH")  # entries, numeric fields, distinct fields
+_HEAD = struct.Struct("<4sHH")  # magic, numeric fields, distinct fields
+MAGIC = b"MSE1"
 NAN = math.nan
+_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+
+
+def entry_dtype(n_num: int, n_dist: int) -> np.dtype:
+    """One entry of a record, as stored (little-endian, packed)."""
+    return np.dtype([("t", "<i8"), ("off", "<i8"), ("id", "<i8"), ("live", "u1"), ("num", "<f8", (n_num,)),
+                     ("dist", "<i8", (n_dist,))])
+
+
+def head(n_num: int, n_dist: int) -> bytes:
+    return _HEAD.pack(MAGIC, n_num, n_dist)
+
+
+def hash_many(texts: list[str]) -> np.ndarray:
+    """Stable 64-bit hashes (FNV-1a over the UTF-8 bytes, then the length) of many strings at once, as int64:
+    one numpy pass per byte column rather than a hash call per string (Python's own hash is salted per
+    process, and the state outlives processes)."""
+    raw = [t.encode() for t in texts]
+    n = len(raw)
+    h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
+    if not n:
+        return h.view(np.int64)
+    lens = np.fromiter(map(len, raw), dtype=np.int64, count=n)
+    width = int(lens.max())
+    if width:
+        cols = np.array(raw, dtype=f"S{width}").view(np.uint8).reshape(n, width)
+        with np.errstate(over="ignore"):
+            for j in range(width):
+                mixed = (h ^ cols[:, j]) * _FNV_PRIME
+                h = np.where(lens > j, mixed, h) if j >= int(lens.min()) else mixed
+    with np.errstate(over="ignore"):
+        h = (h ^ lens.astype(np.uint64)) * _FNV_PRIME
+    return h.view(np.int64)
 
 
 def id_hash(text: str) -> int:
-    """A stable 64-bit hash (Python's own is salted per process; the state outlives processes)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+    """One string's hash_many."""
+    return int(hash_many([text])[0])
 
 
 class Entity:
@@ -47,21 +82,16 @@ class Entity:
 
     @classmethod
     def decode(cls, raw: bytes | None, n_num: int, n_dist: int) -> Entity:
-        if not raw:
+        if not raw or raw[:_HEAD.size] != head(n_num, n_dist):  # none, or the spec changed: start afresh
             return cls.empty(n_num, n_dist)
-        n, k, d = _HEAD.unpack_from(raw)
-        if (k, d) != (n_num, n_dist):  # the spec changed under the store: start this entity afresh
-            return cls.empty(n_num, n_dist)
-        a = np.frombuffer(raw, np.int64, count=3 * n + d * n, offset=_HEAD.size).reshape(3 + d, n)
-        at = _HEAD.size + 8 * n * (3 + d)
-        nums = np.frombuffer(raw, np.float64, count=k * n, offset=at).reshape(k, n)
-        live = np.frombuffer(raw, np.bool_, count=n, offset=at + 8 * k * n)
-        return cls(a[0], a[1], a[2], live, nums, a[3:])
+        r = np.frombuffer(raw, entry_dtype(n_num, n_dist), offset=_HEAD.size)
+        return cls(r["t"], r["off"], r["id"], r["live"].astype(np.bool_), r["num"].T, r["dist"].T)
 
     def encode(self) -> bytes:
-        n = len(self.times)
-        return b"".join((_HEAD.pack(n, len(self.nums), len(self.dist)), self.times.tobytes(), self.offsets.tobytes(),
-                         self.ids.tobytes(), self.dist.tobytes(), self.nums.tobytes(), self.live.tobytes()))
+        r = np.empty(len(self.times), entry_dtype(len(self.nums), len(self.dist)))
+        r["t"], r["off"], r["id"], r["live"], r["num"], r["dist"] = (self.times, self.offsets, self.ids, self.live,
+                                                                     self.nums.T, self.dist.T)
+        return head(len(self.nums), len(self.dist)) + r.tobytes()
 
     def newest(self) -> int | None:
         """The newest event time among the entries that count for features (None: none)."""

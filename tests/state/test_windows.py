@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from muse_stream.featurespec import StateSpec
-from muse_stream.state.windows import Entity, Plan, id_hash, step
+from muse_stream.state import batch
+from muse_stream.state.windows import Entity, Plan, hash_many, id_hash, step
 from tests.fixtures.state_brute import brute_features, same
 
 SPEC = StateSpec(entity=("card_id",), windows=("1m", "10m", "1h"),
@@ -18,19 +19,85 @@ SPEC = StateSpec(entity=("card_id",), windows=("1m", "10m", "1h"),
                              "seconds_since_last"), lateness="5m", dedup_window="24h")
 
 
-def _events(seed: int, n: int = 600) -> list[dict]:
+# Two numeric and two distinct fields, windows from 1 minute to 30 days: the batch path's column bookkeeping.
+WIDE = StateSpec(entity=("card_id",), windows=("1m", "1h", "30d"),
+                 aggregates=("count", "sum:amount", "max:fee", "mean:fee", "distinct:merchant", "distinct:device",
+                             "seconds_since_last"), lateness="10m", dedup_window="1h")
+
+
+def _events(seed: int, n: int = 600, entities: int = 8, disorder: float = 0.5, dups: float = 0.05) -> list[dict]:
     rng = random.Random(seed)
     out, t = [], 1_700_000_000_000
     for off in range(n):
         t += rng.choice([0, 0, 500, 3_000, 40_000, 200_000])
-        jitter = rng.choice([0, 0, 0, -30_000, -400_000, -3_000_000])  # out of order, some late
+        jitter = rng.choice([-30_000, -400_000, -3_000_000]) if rng.random() < disorder else 0  # some late
         amount = None if rng.random() < 0.1 else rng.randint(1, 500)
-        ev = {"offset": off, "eid": f"e{off}", "entity": f"c{rng.randint(0, 7)}", "t": t + jitter,
-              "nums": {"amount": amount}, "dist": {"merchant": f"m{rng.randint(0, 5)}"}}
-        if off > 10 and rng.random() < 0.05:  # a producer's retry: the same event again, maybe retimed
+        ev = {"offset": off, "eid": f"e{off}", "entity": f"c{rng.randint(0, entities - 1)}", "t": t + jitter,
+              "nums": {"amount": amount, "fee": None if rng.random() < 0.3 else rng.randint(-50, 50)},
+              "dist": {"merchant": f"m{rng.randint(0, 5)}", "device": f"d{rng.randint(0, 2)}"}}
+        if off > 10 and rng.random() < dups:  # a producer's retry: the same event again, maybe retimed
             ev = {**out[rng.randint(off - 10, off - 1)], "offset": off}
         out.append(ev)
     return out
+
+
+def _columns(spec: StateSpec, evs: list[dict]):
+    nums = np.array([[math.nan if ev["nums"][f] is None else float(ev["nums"][f]) for ev in evs]
+                     for f in spec.numeric_fields]).reshape(len(spec.numeric_fields), len(evs))
+    dist = np.array([hash_many([str(ev["dist"][f]) for ev in evs]) for f in spec.distinct_fields],
+                    dtype=np.int64).reshape(len(spec.distinct_fields), len(evs))
+    return nums, dist
+
+
+@pytest.mark.parametrize(("spec", "seed", "kw"), [
+    (SPEC, 1, {}), (SPEC, 2, {"disorder": 0.0, "dups": 0.0, "entities": 40}),
+    (SPEC, 3, {"disorder": 0.02, "entities": 60}), (WIDE, 4, {"disorder": 0.05, "entities": 30}),
+    (WIDE, 5, {"disorder": 0.0, "dups": 0.0, "entities": 3})])
+def test_batch_path_matches_brute_force(spec, seed, kw, monkeypatch):
+    """The vectorised batch (state/batch.py), fast and exact paths mixed, against brute force across batches
+    of varying size (each entity's record through bytes in between)."""
+    exact = []
+    real = batch._exact
+    monkeypatch.setattr(batch, "_exact", lambda plan, raw, evs, *a: exact.append(len(evs)) or real(plan, raw, evs, *a))
+    events = _events(seed, n=900, **kw)
+    want = brute_features(events, spec)
+    plan, stored, rng = Plan(spec), {}, random.Random(seed)
+    kinds = {batch.OK: 0, batch.LATE: 0, batch.DUP: 0}
+    b = 0
+    while b < len(events):
+        evs = events[b:b + rng.choice([1, 7, 50, 200])]
+        b += len(evs)
+        names = list(dict.fromkeys(ev["entity"] for ev in evs))
+        code = np.array([names.index(ev["entity"]) for ev in evs])
+        nums, dist = _columns(spec, evs)
+        out = np.full((len(evs), len(plan.names)), np.nan)
+        kind, first, values = batch.run(plan, [stored.get(n) for n in names], code,
+                                        np.array([ev["t"] for ev in evs], dtype=np.int64),
+                                        np.array([ev["offset"] for ev in evs], dtype=np.int64),
+                                        hash_many([ev["eid"] for ev in evs]), nums, dist, out)
+        stored.update(zip(names, values))
+        for ev, k, f, row in zip(evs, kind.tolist(), first.tolist(), out):
+            kinds[k] += 1
+            if want[ev["offset"]] == "dup":
+                assert k == batch.DUP and events[f]["eid"] == ev["eid"] and f < ev["offset"], ev
+                continue
+            assert k != batch.DUP, ev
+            got = dict(zip(plan.names, row.tolist()))
+            bad = {n: (got[n], v) for n, v in want[ev["offset"]].items() if not same(got[n], v)}
+            assert not bad, (ev, bad)
+    if kw.get("dups", 0.05):
+        assert kinds[batch.DUP] > 5 and kinds[batch.LATE] > 0, kinds  # the data exercised the exact path
+        assert 0 < sum(exact) < len(events), sum(exact)  # and both paths
+    else:
+        assert not exact  # in order, no retries: every event took the vectorised path
+
+
+def test_hash_many_is_stable_and_matches_one_at_a_time():
+    texts = ["", "a", "e-1", "é€", "x" * 70, "a\x00", "a"]
+    h = hash_many(texts)
+    assert h.dtype == np.int64 and [id_hash(x) for x in texts] == h.tolist()
+    assert len(set(h.tolist())) == 6 and h[1] == h[6]
+    assert id_hash("e-1") == -5640279826667192637  # fixed across processes: stored state depends on it
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
