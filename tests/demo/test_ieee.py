@@ -108,3 +108,25 @@ def _message(text) -> str:
     with pytest.raises(DataError) as err:
         read_transactions(text, expected_rows=None)
     return str(err.value)
+
+
+def test_replayed_events_are_keyed_by_card_and_carry_the_amount_as_written():
+    from types import SimpleNamespace
+
+    import orjson
+
+    from muse_stream.demo import ieee_models as im
+    from muse_stream.demo.ieee_stream import events
+
+    rows = [_good_row(0, 86_400), _good_row(1, 86_460)]
+    rows[1][COLUMNS.index("TransactionAmt")] = "12.35"  # not a float32: 12.350000381...
+    rows[1][COLUMNS.index("addr1")] = "315"
+    rows[1][COLUMNS.index("R_emaildomain")] = "gmail.com"
+    data = read_transactions(_csv(rows), expected_rows=2)
+    pair = SimpleNamespace(base_features=im.RAW_FEATURES)
+    (k0, p0), (_, s0), (k1, p1), (_, s1) = [(k, orjson.loads(v)) for k, v in events(data, np.arange(2), pair)]
+    assert (k0, k1) == (b"1234----", b"1234----315")
+    assert s1["card_id"] == "1234----315" and s1["email"] == "gmail.com" and s1["device"] == "MacOS"
+    assert "email" not in s0 and "card_id" not in p0 and p0["intent"] == p1["intent"] == "ieee_plain"
+    assert s1["features"]["TransactionAmt"] == 12.35 and s1["event_time"] == im.BASE_MS + 86_460_000
+    assert "card2" not in s1["features"] and s1["features"]["card1"] == 1234
