@@ -21,8 +21,10 @@ key an event must carry is its entity value, several fields joined with "|" (`en
 Feature names (`feature_names`): `<entity>.<agg>_<window>`, with the entity's fields joined with "+", e.g.
 `card_id.count_10m`, `card_id.sum_amount_1h`, `card_id.distinct_merchant_id_24h`, and
 `card_id.seconds_since_last` (no window: the time since the entity's previous event within the longest
-window, NaN when there is none). A model version records the spec it was trained with (`to_record`, on the
-VersionRecord's metadata under "state_spec"); `mismatch` says how it differs from the intent's config.
+window, NaN when there is none). A model version records the spec it was trained with (`to_record`, as
+VersionRecord.state_spec: `publish(..., state_spec=spec.to_record())`, or metadata["state_spec"] as before);
+`mismatch` says how it differs from the intent's config, and publish and the workers' model registry refuse
+such a version with that reason.
 """
 
 from __future__ import annotations
@@ -184,9 +186,10 @@ def entity_key(values: list) -> str:
 def mismatch(model_features: tuple[str, ...], recorded: dict | None, spec: StateSpec | None) -> str | None:
     """Why a model version cannot be served the intent's state features as configured, or None.
 
-    Refused (the worker logs it as an error and the version's state columns are missing values): the version
-    reads a state feature the config does not compute, or it recorded definitions that differ from the
-    config (same names, other meaning: a changed lateness, say)."""
+    Refused (by publish, and by the registry when a worker loads it, so its events are dead-lettered rather
+    than scored with missing or different features): the version reads a state feature the config does not
+    compute, or it recorded definitions that differ from the config (same names, other meaning: a changed
+    lateness, say)."""
     produced = set(spec.feature_names()) if spec is not None else set()
     wanted = {f for f in model_features if "." in f and f.split(".", 1)[0].replace("+", "").replace("_", "")
               .replace("-", "").isalnum() and f not in produced and _looks_stateful(f)}

@@ -96,6 +96,10 @@ class VersionRecord(_Rec):
     # FeatureContract.to_dict(): each feature's range and missing rate on the calibration data. None on records
     # written before contracts existed, or by hand: such a version scores as before, with no drift check.
     feature_contract: dict | None = None
+    # featurespec.StateSpec.to_record() of the entity features the version was trained with; None: it reads
+    # none (or was written before state existed). Publish and the registry refuse a version whose recorded
+    # definitions differ from its intent's config (featurespec.mismatch).
+    state_spec: dict | None = None
 
     @property
     def name(self) -> str:

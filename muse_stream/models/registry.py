@@ -16,6 +16,7 @@ import numpy as np
 
 from muse_stream.config import IntentConfig
 from muse_stream.errors import ModelError, MuseError
+from muse_stream.featurespec import mismatch as state_mismatch
 from muse_stream.models.feature_contract import FeatureContract, UnknownFeatures
 from muse_stream.models.records import (
     ActivationRecord,
@@ -116,8 +117,12 @@ class ModelRegistry:
         # Per intent, its unknown_features policy (config.IntentConfig; an intent not configured: reject), one
         # object per intent handed to each loaded version of it; `ignored_features` is their shared tally.
         self.ignored_features: dict[tuple[str, str], int] = {}
+        intents = tuple(intents)
         self._unknown = {i.name: UnknownFeatures(i.name, i.unknown_features == "reject", self.ignored_features)
                          for i in intents}
+        # Per configured intent, its entity features (None: stateless): a version recorded with other
+        # definitions, or reading state features the config does not compute, is refused when loaded.
+        self._state = {i.name: i.state for i in intents}
         # The (intent, version) pairs tenants pin (tenants.TenantRegistry.pinned_versions): kept loaded.
         self._pins = pins or (lambda: ())
         self.versions: dict[tuple[str, int], VersionRecord] = {}
@@ -238,6 +243,11 @@ class ModelRegistry:
             raise ModelError(f"{intent}@{version} is not on the models topic")
         try:
             m = load_version(rec, nthread=self._nthread)
+            if intent in self._state:
+                why = state_mismatch(rec.features, rec.state_spec if rec.state_spec is not None
+                                     else rec.metadata.get("state_spec"), self._state[intent])
+                if why is not None:
+                    raise ModelError(f"{rec.name}: {why}")
         except ModelError as e:
             self.refused[ident] = str(e)
             raise

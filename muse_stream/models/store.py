@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from muse_stream.config import Settings
 from muse_stream.errors import ModelError
+from muse_stream.featurespec import mismatch as state_mismatch
 from muse_stream.kafka.table import fenced_write, read_table
 from muse_stream.kafka.watermark import effective_time, input_watermark
 from muse_stream.models.records import (
@@ -70,12 +71,22 @@ def write_models(settings: Settings, intent: str,
 
 
 def build_version(*, intent: str, version: int, booster_bytes: bytes, features: list[str], transform: dict,
-                  metadata: dict | None = None, feature_contract: dict | None = None) -> VersionRecord:
+                  metadata: dict | None = None, feature_contract: dict | None = None,
+                  state_spec: dict | None = None, settings: Settings | None = None) -> VersionRecord:
+    """The version record, refused (ModelError) where every worker would refuse it: a booster that does not
+    load, or (given the settings) state features the intent's config does not compute as recorded."""
+    if state_spec is None and metadata and isinstance(metadata.get("state_spec"), dict):
+        state_spec = metadata["state_spec"]  # where it was recorded before VersionRecord had its own field
     rec = VersionRecord(intent=intent, version=version, features=tuple(features),
                         booster_b64=base64.b64encode(booster_bytes).decode(), booster_sha256=sha256_hex(booster_bytes),
                         transform=transform, metadata=metadata or {}, created_at=now_ms(),
-                        feature_contract=feature_contract)
-    load_version(rec)  # refuse here what every worker would refuse
+                        feature_contract=feature_contract, state_spec=state_spec)
+    load_version(rec)
+    if settings is not None:
+        conf = next((i for i in settings.intents if i.name == intent), None)
+        why = state_mismatch(rec.features, rec.state_spec, conf.state if conf is not None else None)
+        if why is not None:
+            raise ModelError(f"{rec.name}: {why}")
     return rec
 
 
@@ -118,7 +129,7 @@ def _from_time(settings: Settings, activate_at: int | None) -> int:
 def publish(settings: Settings, *, intent: str, booster_bytes: bytes, features: list[str], transform: dict,
             reference: dict | None = None, reference_source: str = "", metadata: dict | None = None,
             activate: bool = False, activate_at: int | None = None, shadow: bool = False,
-            feature_contract: dict | None = None,
+            feature_contract: dict | None = None, state_spec: dict | None = None,
             also: Callable[[ModelRegistry, VersionRecord, ActivationRecord | None], list[tuple[bytes, bytes]]]
             | None = None) -> VersionRecord:
     """Publish the next version of `intent`; its reference too when the intent has none yet. `also` adds records
@@ -136,7 +147,8 @@ def publish(settings: Settings, *, intent: str, booster_bytes: bytes, features: 
             rec = checked[0].model_copy(update={"version": version, "created_at": now_ms()})
         else:
             rec = build_version(intent=intent, version=version, booster_bytes=booster_bytes, features=features,
-                                transform=transform, metadata=metadata, feature_contract=feature_contract)
+                                transform=transform, metadata=metadata, feature_contract=feature_contract,
+                                state_spec=state_spec, settings=settings)
             checked.append(rec)
         records = [(version_key(intent, version), dump(rec))]
         if intent not in reg.references:

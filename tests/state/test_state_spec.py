@@ -1,0 +1,72 @@
+"""A model version records the entity-feature definitions it was trained with; publish and the workers' model
+registry refuse a version whose definitions differ from the intent's config, with one reason. No broker."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+import xgboost as xgb
+
+from muse_stream.config import Settings
+from muse_stream.errors import ModelError
+from muse_stream.featurespec import StateSpec
+from muse_stream.models.records import VersionRecord, dump, parse_models_record, version_key
+from muse_stream.models.registry import ModelRegistry
+from muse_stream.models.store import build_version
+from muse_stream.models.transform import fit_score_transform
+
+SPEC = {"entity": ["card_id"], "windows": ["10m", "1h"], "aggregates": ["count", "sum:amount"], "lateness": "5m"}
+NAMES = ["f0", "card_id.count_10m", "card_id.sum_amount_1h"]
+
+
+def _settings() -> Settings:
+    return Settings.model_validate({
+        "intents": [{"name": "card_fraud", "state": SPEC}],
+        "tenants": [{"tenant_id": "acme", "intents": ["card_fraud"], "bands": {"review": 0.9}}]})
+
+
+def _version(names: list[str], state_spec: dict | None, settings=None, version: int = 1, **kw) -> VersionRecord:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, len(names)))
+    booster = xgb.train({"max_depth": 2, "objective": "binary:logistic", "nthread": 1},
+                        xgb.DMatrix(x, label=(x[:, 0] > 0).astype(float), feature_names=names), 3)
+    st, _ = fit_score_transform(booster.inplace_predict(x))
+    return build_version(intent="card_fraud", version=version, booster_bytes=bytes(booster.save_raw("ubj")),
+                         features=names, transform=st.to_dict(), state_spec=state_spec, settings=settings, **kw)
+
+
+def test_publish_records_the_spec_and_refuses_another():
+    s = _settings()
+    ours = StateSpec.model_validate(SPEC).to_record()
+    rec = _version(NAMES, ours, s)
+    assert rec.state_spec == ours
+    moved = _version(NAMES, None, s, metadata={"state_spec": ours})  # recorded the earlier way: taken over
+    assert moved.state_spec == ours
+    with pytest.raises(ModelError, match="trained with state definitions") as err:
+        _version(NAMES, {**ours, "lateness": "1h"}, s)
+    assert "\n" not in str(err.value) and "card_fraud@1" in str(err.value)
+    with pytest.raises(ModelError, match="does not compute: card_id.count_5m"):
+        _version(["f0", "card_id.count_5m"], None, s)
+
+
+def test_registry_refuses_a_differing_version_and_loads_old_records():
+    s = _settings()
+    ours = StateSpec.model_validate(SPEC).to_record()
+    good = _version(NAMES, ours)
+    bad = _version(NAMES, {**ours, "windows": ["10m", "2h"]}, version=2)  # no settings: not checked at build
+    old = orjson.loads(dump(_version(["f0"], None, version=3)))
+    del old["state_spec"]  # a record written before the field existed still parses
+    assert parse_models_record(orjson.dumps(old)).state_spec is None
+    reg = ModelRegistry(intents=s.intents)
+    for rec in (good, bad):
+        reg.apply(version_key(rec.intent, rec.version), dump(rec))
+    reg.apply(version_key("card_fraud", 3), orjson.dumps(old))
+    assert reg.get("card_fraud", 1).features == tuple(NAMES)
+    assert reg.get("card_fraud", 3).features == ("f0",)
+    with pytest.raises(ModelError, match="trained with state definitions"):
+        reg.get("card_fraud", 2)
+    assert "card_fraud@2" in reg.refused[("card_fraud", 2)]
+    plain = ModelRegistry()  # a registry without the intents' configs (tools) does not check
+    plain.apply(version_key("card_fraud", 2), dump(bad))
+    assert plain.get("card_fraud", 2).name == "card_fraud@2"
