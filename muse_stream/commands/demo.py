@@ -7,11 +7,12 @@ from pathlib import Path
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="replay real card transactions through a live model swap, and report")
+    p = sub.add_parser("demo", help="replay real card transactions; deploy a retrained model on the live stream")
     p.add_argument("--events", type=int, default=None,
                    help="held-out transactions replayed per day (default: all 68,567; each goes to 3 tenants)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    p.add_argument("--rate", type=int, default=20_000, help="offered events/s (default 20000; 0 = unpaced)")
+    p.add_argument("--rate", type=int, default=10_000,
+                   help="offered events/s, kept through the deployment (default 10000; 0 = unpaced)")
     p.add_argument("--out", default="out", help="output folder (default ./out)")
     p.add_argument("--bootstrap", default=None,
                    help="an existing Kafka cluster (default: MUSE_BOOTSTRAP, else a local broker started and stopped)")
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--workers must be >= 1, --events >= 10 and --rate >= 0")
     import logging
     import sys
+    import time
 
     # The demo speaks through its own lines; library INFO logs would bury them (the workers log to a file).
     logging.getLogger("muse_stream").setLevel(logging.WARNING)
@@ -39,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     opts = DemoOptions(events=args.events, workers=args.workers, rate=args.rate, out_dir=Path(args.out),
                        bootstrap=args.bootstrap, config=args.config, keep_topics=args.keep_topics,
                        progress=not args.no_progress)
+    began = time.monotonic()
     res = run_demo(opts, console)
     res["workers"] = args.workers
     res["rate"] = args.rate
@@ -52,9 +55,14 @@ def run(args: argparse.Namespace) -> int:
     judged = [b for r in rows for b in r.band_rates if b.within is not None]
     console.print(f"{sum(b.within for b in judged)} of {len(judged)} rate bands alerted within ±20% of their "
                   "configured rate before the swap.")
-    console.print(f"picture: {png}\nworker log: {res['out_dir'] / 'workers.log'}")
+    console.print(f"picture: {png}\nworker log: {res['out_dir'] / 'workers.log'}\n"
+                  f"the demo took {time.monotonic() - began:.0f} s")
     if not exact:
         console.print("[red]exactly-once check failed: see the counts above[/]")
+        return 1
+    dep = res["deployment"]
+    if dep is None or dep.state != "done":
+        console.print(f"[red]the deployment did not end done: {dep.steps[-1].detail if dep else res['deploy_error']}[/]")
         return 1
     if res["workers_exit"] != 0:
         console.print(f"[red]the workers exited with code {res['workers_exit']}[/]")

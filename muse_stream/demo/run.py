@@ -1,4 +1,5 @@
-"""Orchestrating the demo: broker, topics, models, tenants, workers, a paced replay, the swap, the read-back."""
+"""Orchestrating the demo: broker, topics, models, tenants, workers, a paced replay, the deployment of the
+retrained model on it (live_deploy.py), the read-back."""
 
 from __future__ import annotations
 
@@ -17,15 +18,17 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from muse_stream.config import Settings, dump_toml, load_settings
+from muse_stream.config import Settings, TenantConfig, dump_toml, load_settings
 from muse_stream.demo import scenario
+from muse_stream.demo.live_deploy import LiveDeploy, change_lead_ms, deploy_settings
 from muse_stream.errors import MuseError
 from muse_stream.kafka.clients import admin_config, consumer_config, producer_config
 from muse_stream.kafka.local import LocalBroker, answers_metadata
 from muse_stream.kafka.producer import OutputProducer
 from muse_stream.kafka.topics import ensure_all
 from muse_stream.models.bands import format_bands
-from muse_stream.models.store import publish
+from muse_stream.models.registry import load_version
+from muse_stream.models.store import publish, read_models
 from muse_stream.tenants import put_tenants
 
 logger = logging.getLogger(__name__)
@@ -35,12 +38,14 @@ logger = logging.getLogger(__name__)
 class DemoOptions:
     events: int | None = None  # held-out transactions per replayed day (None: all of them)
     workers: int = 2
-    rate: int = 20_000  # offered events/s; 0: as fast as possible
+    rate: int = 10_000  # offered events/s; 0: as fast as possible
     out_dir: Path = Path("out")
     bootstrap: str | None = None
     config: str | None = None
     keep_topics: bool = False
     progress: bool = True
+    tenants: list[TenantConfig] | None = None  # None: scenario.tenants() (a test's small slice needs wider bands)
+    deploy: dict = field(default_factory=dict)  # overrides of the demo's [deploy] settings
 
 
 @dataclass
@@ -100,7 +105,8 @@ def demo_settings(opts: DemoOptions, run_id: str) -> Settings:
     ns = f"demo.{run_id}."
     return base.with_overrides(
         topics={"events": ns + "events", "models": ns + "models", "tenants": ns + "tenants",
-                "deadletter": ns + "deadletter", "decisions_prefix": ns + "decisions.", "shadow_prefix": ns + "shadow."},
+                "deadletter": ns + "deadletter", "decisions_prefix": ns + "decisions.", "shadow_prefix": ns + "shadow.",
+                "labels": ns + "labels"},
         runtime={"group_id": f"muse-demo-{run_id}", "transactional_id_prefix": f"muse-demo-{run_id}",
                  "workers": opts.workers},
     )
@@ -151,6 +157,30 @@ def _produce_day(producer: OutputProducer, topic: str, events, rate: int, advanc
     return n
 
 
+def _models_and_settings(opts: DemoOptions, settings: Settings, ulb, out_dir: Path, console):
+    """Train the three models (the retrained one to a file, for `deploy`), choose the tenants and the replayed
+    rows, and complete the settings: intents, tenants, the activation lead and the demo's [deploy] section."""
+    from muse_stream.demo.ulb_models import DEFAULT_NEGATIVE_SAMPLING_RATE, train_retrained
+
+    console.print("training the incumbent card_fraud model, the cnp_fraud model and the retrained card_fraud model ...")
+    card = scenario.train_card_incumbent(ulb)
+    cnp = scenario.train_cnp(ulb)
+    model_file = out_dir / "card_fraud-retrained.ubj"
+    train_retrained(ulb, negative_sampling_rate=DEFAULT_NEGATIVE_SAMPLING_RATE).save_model(model_file)
+    tenants = opts.tenants or scenario.tenants()
+    rows = scenario.replay_rows(ulb, opts.events)
+    per_day = scenario.day_size(len(rows), len(tenants))
+    span_ms = int((ulb.time[rows].max() - ulb.time[rows].min()) * 1000) + 1
+    data = settings.model_dump()
+    settings = Settings.model_validate({
+        **data, "tenants": [t.model_dump() for t in tenants],
+        # CNP events carry the card row; the CNP model reads a subset of it
+        "intents": [{"name": scenario.CARD}, {"name": scenario.CNP, "unknown_features": "ignore"}],
+        "runtime": {**data["runtime"], "change_lead_ms": change_lead_ms(opts.rate, per_day, span_ms)},
+        "deploy": deploy_settings(tenants, scenario.CARD, card.reference, opts.deploy)})
+    return settings, card, cnp, model_file, tenants, rows, per_day
+
+
 def run_demo(opts: DemoOptions, console) -> dict:
     """Run the whole demo; return the figures the report prints (and the test checks)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -168,18 +198,12 @@ def run_demo(opts: DemoOptions, console) -> dict:
         console.print(f"starting a local Kafka broker on 127.0.0.1:{port} ...")
         broker = LocalBroker(port)
         broker.start()
-    workers = reader = None
+    workers = reader = dep = None
     try:
         console.print("loading the ULB card transactions (fetched once into the cache) ...")
         ulb = load_ulb()
-        console.print("training the incumbent card_fraud model and the cnp_fraud model ...")
-        card = scenario.train_card_incumbent(ulb)
-        cnp = scenario.train_cnp(ulb)
-        tenants = scenario.tenants()
-        settings = Settings.model_validate({**settings.model_dump(), "tenants": [t.model_dump() for t in tenants],
-                                            # CNP events carry the card row; the CNP model reads a subset of it
-                                            "intents": [{"name": scenario.CARD},
-                                                        {"name": scenario.CNP, "unknown_features": "ignore"}]})
+        settings, card, cnp, model_file, tenants, rows, per_day = _models_and_settings(opts, settings, ulb, out_dir,
+                                                                                        console)
         ensure_all(settings)
         put_tenants(settings, tenants)
         for intent, m in ((scenario.CARD, card), (scenario.CNP, cnp)):
@@ -192,17 +216,16 @@ def run_demo(opts: DemoOptions, console) -> dict:
         workers = Workers(settings, opts.workers, out_dir)
         reader = Reader(settings, [settings.output_topic(t) for t in tenants] + [settings.topics.deadletter])
         reader.start()
-        rows = scenario.replay_rows(ulb, opts.events)
         tids = [t.tenant_id for t in tenants]
-        per_day = scenario.day_size(len(rows), len(tids))
         producer = OutputProducer(producer_config(settings, **{"linger.ms": 10}), name="demo producer")
-        swap: dict = {}
+        produced: list[tuple[int, int]] = []  # (wall ms, events produced so far): the stream's rate
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, disable=not opts.progress, transient=False) as bar:
             sent = bar.add_task("events replayed ", total=2 * per_day)
             got = bar.add_task("decisions read  ", total=2 * per_day)
 
             def advance(k: int) -> None:
+                produced.append((int(time.time() * 1000), (produced[-1][1] if produced else 0) + k))
                 bar.advance(sent, k)
                 bar.update(got, completed=reader.data.count)
 
@@ -210,22 +233,16 @@ def run_demo(opts: DemoOptions, console) -> dict:
             _produce_day(producer, settings.topics.events, scenario.day_events(ulb, rows, 0, tids), opts.rate,
                          advance)
             workers.check()
-            # Midway, with day 0 still being scored: train the retrained model and activate it from day 1.
-            bar.console.print("day 0 replayed; training the retrained model and publishing it ...")
-            booster, st, beta = scenario.train_card_retrained(ulb, card)
-            activate_at = scenario.BASE_MS + scenario.DAY_MS
-            rec = publish(settings, intent=scenario.CARD, booster_bytes=bytes(booster.save_raw("ubj")),
-                          features=card.features, transform=st.to_dict(), activate_at=activate_at,
-                          metadata={"demo": run_id, "negative_sampling_rate": beta, "aligned_to": "card_fraud@1"})
-            swap["published_ms"] = int(time.time() * 1000)
-            bar.console.print(f"published {rec.name}, active from event time {activate_at} (day 1)")
-            # An activation by event time is published ahead of the events it governs, so that every worker
-            # has read it before the first of them arrives; the demo gives it two seconds.
-            time.sleep(2.0)
-            swap["day1_start_ms"] = int(time.time() * 1000)
+            # Day 1 follows at once, at the same pace; the retrained model is deployed on it as it flows.
+            dep = LiveDeploy(settings, scenario.CARD, model_file,
+                             lambda line: bar.console.print(line, markup=False, highlight=False, soft_wrap=True))
+            bar.console.print(f"day 0 replayed (card_fraud@1); day 1 is replayed now, and on it:\n$ {dep.command}")
+            dep.start()
             _produce_day(producer, settings.topics.events, scenario.day_events(ulb, rows, 1, tids), opts.rate,
                          advance)
             t_sent = time.time()
+            g = settings.deploy.for_intent(scenario.CARD)
+            dep.finish(g.shadow_timeout_s + g.watch_timeout_s + 60)
             deadline = time.monotonic() + 180
             while reader.data.count < 2 * per_day and time.monotonic() < deadline:
                 workers.check()
@@ -237,11 +254,19 @@ def run_demo(opts: DemoOptions, console) -> dict:
         reader.join(10)
         code = workers.stop()
         workers = None
+        reg = read_models(settings)  # the deployment's versions, before the demo's topics go
+        rec = dep.record or reg.latest_deployment(scenario.CARD)
+        fitted = None
+        if rec is not None and rec.step("activated") is not None:
+            fitted = load_version(reg.versions[(scenario.CARD, rec.step("activated").figures["version"])]).transform
         return {"settings": settings, "tenants": tenants, "readback": reader.data, "expected": 2 * per_day,
-                "swap": swap, "run_id": run_id, "out_dir": out_dir, "workers_exit": code,
-                "replay_seconds": t_sent - t_start, "activate_at": activate_at, "rows": len(rows),
-                "card": card, "retrained": (booster, st)}
+                "run_id": run_id, "out_dir": out_dir, "workers_exit": code, "replay_seconds": t_sent - t_start,
+                "day1_at": scenario.BASE_MS + scenario.DAY_MS, "rows": len(rows), "card": card,
+                "deployment": rec, "deploy_lines": dep.lines, "deploy_error": dep.error, "deploy_started_ms":
+                dep.started_ms, "fitted_transform": fitted, "produced": produced, "model_file": model_file}
     finally:
+        if dep is not None and dep.is_alive():
+            dep.finish(0)
         if workers is not None:
             workers.stop()
         if reader is not None and reader.is_alive():

@@ -1,8 +1,8 @@
-"""The watch after the swap: the replaced version keeps scoring in shadow; every window of
-deploy.shadow_events live events is judged (the new version as served against the old as it would have
-served); a window that breaks a guard rolls the deployment back by event time, and a window that passes
-refreshes the new version's map on itself (judged on its own held-out tail first), published as a new version
-of the same booster, so every decision names exactly the map that scored it.
+"""The watch after the swap: the replaced version keeps scoring in shadow; every window of live events as large as
+the shadow window (deploy.shadow_events, or more when the top band needs it) is judged (the new version as served
+against the old as it would have served); a window that breaks a guard rolls the deployment back by event time,
+and a window that passes refreshes the new version's map on itself (judged on its own held-out tail first),
+published as a new version of the same booster, so every decision names exactly the map that scored it.
 """
 
 from __future__ import annotations
@@ -116,10 +116,11 @@ def _refresh(d, rec: DeploymentRecord, reg, ref, bands, win: Window, old_served,
 
 def watch_windows(d, rec: DeploymentRecord) -> DeploymentRecord:
     """Judge each watch window in turn until deploy.watch_events are watched; done, or rolled back."""
-    reg, ref, _, bands = d.context()
+    reg, ref, tenants, bands = d.context()
     old = load_version(reg.versions[(d.intent, rec.incumbent)])
     first = next(s for s in rec.steps if s.state == "watched")
-    n = d.g.shadow_events
+    # A window as large as the shadow window: a refresh is fitted on it and needs the same calibration size.
+    n, _ = d.window_target(tenants, ref)
     k = sum(1 for s in rec.steps if s.state == "watched" and "window" in s.figures)
     feed = ShadowFeed(d.s, d.intent, old.name, _serving_names(d, rec), rec.step("activated").at - 1000)
     try:
