@@ -19,6 +19,7 @@ the intent), so a partition restores with one read, and the topic count does not
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -35,10 +36,12 @@ from muse_stream.kafka.clients import make_consumer, reader_config
 from muse_stream.kafka.topics import COMPACTED, TopicSpec, create_topics
 from muse_stream.state import batch
 from muse_stream.state.store import PartitionStore, restore
-from muse_stream.state.windows import Plan, hash_many
+from muse_stream.state.windows import _HEAD, Plan, entry_dtype, hash_many, head
 
 logger = logging.getLogger(__name__)
 _NAN = math.nan
+SWEEP_PER_BATCH = 500  # keys examined per store and batch: a pass over 1M entities in 2,000 batches
+MAX_RECORD_BYTES = 512 * 1024
 
 
 def changelog_topic(settings: Settings, input_topic: str) -> str:
@@ -62,7 +65,9 @@ class StateEngine:
         self._debug: dict[bytes, bytes] = {}
         self._synced = 0.0
         self.stats = {"late": 0, "duplicates": 0, "wrong_partition_key": 0, "restored_records": 0,
-                      "restore_seconds": 0.0, "state_ns": 0}
+                      "restore_seconds": 0.0, "state_ns": 0, "swept": 0, "capped": 0}
+        self.sweep_per_batch = SWEEP_PER_BATCH
+        self.max_record_bytes = MAX_RECORD_BYTES
 
     @property
     def enabled(self) -> bool:
@@ -165,8 +170,28 @@ class StateEngine:
         if drop:
             groups = [(m, r[~np.isin(r, list(drop))]) for m, r in groups]
             groups = [(m, r) for m, r in groups if r.size]
+        self._sweep()
         self.stats["state_ns"] += time.perf_counter_ns() - t0
         return groups, refused
+
+    def _sweep(self) -> None:
+        """Delete, a bounded number of keys per store and batch, the entities idle for longer than their
+        retention plus lateness behind the partition's event-time front (capped by the wall clock, so one
+        event from the far future cannot expire everything): their deletes are changelog tombstones in this
+        transaction. Exact for every later event no older than the front minus lateness (docs/models.md)."""
+        wall = time.time_ns() // 1_000_000
+        for (topic, partition), store in self.stores.items():
+            if store.front is None:
+                continue
+            now = min(store.front, wall)
+            horizon = {i.encode(): (now - p.keep_ms - p.spec.lateness_ms, head(len(p.nums), len(p.dists)),
+                                    entry_dtype(len(p.nums), len(p.dists)).itemsize) for i, p in self.plans.items()}
+            gone = store.sweep(self.sweep_per_batch, functools.partial(_expired, horizon=horizon))
+            if gone:
+                changelog = changelog_topic(self.settings, topic)
+                store.pending.update((k, None) for k in gone)
+                self._batch.extend((changelog, partition, k, None) for k in gone)
+                self.stats["swept"] += len(gone)
 
     def _intent(self, intent: str, plan: Plan, cols, rows: np.ndarray, drop: set) -> list:
         spec, refused = plan.spec, []
@@ -179,6 +204,9 @@ class StateEngine:
             by_store: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
             for c, (topic, partition, skey) in enumerate(ents):
                 by_store.setdefault((topic, partition), []).append((c, skey))
+            stores_of = np.empty(len(ents), dtype=np.int64)
+            for s, its in enumerate(by_store.values()):
+                stores_of[[c for c, _ in its]] = s
             for (topic, partition), its in by_store.items():
                 store = self.stores.get((topic, partition))
                 if store is None:  # the partition went in a rebalance inside this batch's consume: read it again
@@ -186,12 +214,18 @@ class StateEngine:
                 for (c, _), raw in zip(its, store.get_many([k for _, k in its])):
                     raws[c] = raw
             kept_rows = rows[kept]
+            times = cols.times[kept_rows].astype(np.int64)
+            for s, (topic, partition) in enumerate(by_store):  # each partition's event-time front, for the sweep
+                store = self.stores[(topic, partition)]
+                t_max = int(times.max() if len(by_store) == 1 else times[stores_of[code] == s].max())
+                store.front = t_max if store.front is None else max(store.front, t_max)
             out = np.full((len(kept), len(plan.names)), _NAN)
-            kind, first, values = batch.run(plan, raws, code, cols.times[kept_rows].astype(np.int64), offs,
+            kind, first, values = batch.run(plan, raws, code, times, offs,
                                             hash_many([str(e) for e in cols.eids[kept_rows].tolist()]),
                                             np.array(nums, dtype=np.float64).reshape(len(kept), len(plan.nums)).T,
                                             _hash_values(dists, len(kept), len(plan.dists)), out)
             feats[kept] = out
+            self._cap(plan, values)
             self.stats["late"] += int((kind == batch.LATE).sum())
             for j in np.flatnonzero(kind == batch.DUP).tolist():
                 i = int(kept_rows[j])
@@ -215,6 +249,18 @@ class StateEngine:
                         dict(zip(plan.names, [None if math.isnan(v) else v for v in feats[pos].tolist()])))
         refused.sort(key=lambda r: r[0])
         return refused
+
+    def _cap(self, plan: Plan, values: list) -> None:
+        """An entity record over max_record_bytes keeps its newest entries only (a changelog record must stay
+        under the broker's message.max.bytes, 1 MB by default): its long windows then miss the oldest events,
+        and their duplicates go unseen. Counted ("capped"), never a failed batch."""
+        limit = self.max_record_bytes
+        size = entry_dtype(len(plan.nums), len(plan.dists)).itemsize
+        keep = (limit - _HEAD.size) // size * size
+        for c, v in enumerate(values):
+            if len(v) > limit:
+                values[c] = v[:_HEAD.size] + v[len(v) - keep:]
+                self.stats["capped"] += 1
 
     def _read(self, intent: str, plan: Plan, cols, rows: np.ndarray, refused: list, drop: set) -> tuple:
         """The per-event part, kept to dict look-ups: each row's entity, partition key check, store key, numeric
@@ -294,6 +340,19 @@ class StateEngine:
 
 def _tp(topic: str, partition: int) -> TopicPartition:
     return TopicPartition(topic, partition)
+
+
+def _expired(key: bytes, value: bytes, horizon: dict) -> bool:
+    """Whether an entity's record is past its intent's horizon (its newest entry, the last row, older), or
+    written under another spec; keys of intents no longer stateful are left alone."""
+    h = horizon.get(key[:key.find(b"\0")])
+    if h is None:
+        return False
+    cut, hd, size = h
+    if value[:_HEAD.size] != hd or len(value) <= _HEAD.size:
+        return True
+    last = len(value) - size  # rows are in time order: the last one's time (its first field) is the newest
+    return int.from_bytes(value[last:last + 8], "little", signed=True) < cut
 
 
 def _hash_values(values: list, n: int, d: int) -> np.ndarray:

@@ -67,6 +67,8 @@ class PartitionStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = _open(path)
         self.pending: dict[bytes, bytes | None] = {}
+        self.cursor = b""  # where the next sweep resumes (key order, wrapping at the end)
+        self.front: int | None = None  # the newest event time this worker scored on the partition
 
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
         """Values as the open transaction sees them: its own writes first, then RocksDB (one multi-get)."""
@@ -95,6 +97,29 @@ class PartitionStore:
     def drop(self) -> None:
         self.pending = {}
 
+    def sweep(self, budget: int, expired) -> list[bytes]:
+        """Up to `budget` committed keys from the cursor on: those `expired(key, value)` says to delete (keys
+        the open transaction wrote are skipped: their new values are not in RocksDB yet). One pass over the
+        store takes (entities / budget) calls; the cursor survives only in memory, a restart starts over."""
+        it = self.db.iter()
+        it.seek(self.cursor)
+        out, seen, wrapped = {}, 0, not self.cursor
+        while seen < budget:
+            if not it.valid():
+                self.cursor = b""
+                if wrapped:
+                    break
+                wrapped = True
+                it.seek_to_first()
+                continue
+            k = it.key()
+            seen += 1
+            if k != SYNC_KEY and k not in self.pending and expired(k, it.value()):
+                out[k] = None
+            self.cursor = k + b"\0"
+            it.next()
+        return list(out)
+
     @property
     def sync_offset(self) -> int:
         raw = self.db.get(SYNC_KEY)
@@ -113,8 +138,15 @@ class PartitionStore:
         self.pending = {}
         self.db.close()
 
-    def keys(self) -> list[bytes]:
-        return [k for k in self.db if k != SYNC_KEY]
+    def entity_keys(self) -> list[bytes]:
+        """Every committed state key (tests and tools; a full scan)."""
+        it, out = self.db.iter(), []
+        it.seek_to_first()
+        while it.valid():
+            if it.key() != SYNC_KEY:
+                out.append(it.key())
+            it.next()
+        return out
 
 
 def restore(store: PartitionStore, consumer, changelog: str, *, heartbeat=lambda: None,
