@@ -26,6 +26,7 @@ from muse_stream.telemetry.lag import read_lag
 from muse_stream.telemetry.metrics import MetricsHub
 from muse_stream.telemetry.server import TelemetryServer, endpoint_port
 from muse_stream.telemetry.snapshots import Snapshots
+from muse_stream.telemetry.state import register_state_metrics, state_status
 from muse_stream.telemetry.tracing import BatchTracer
 from muse_stream.telemetry.windows import SlidingCounts
 
@@ -95,6 +96,9 @@ class Telemetry:
         self._rate_points: deque[tuple[float, int]] = deque()
         self.snap = Snapshots()
         register_gauges(self.hub, self.snap, ready=lambda: self.readiness()[0], drift=self.drift)
+        self._state = getattr(worker, "state", None)  # entity state (state/engine.py), when an intent has it
+        if self._state is not None and self._state.enabled:
+            register_state_metrics(self.hub, self._state.stats)
 
     # ---- lifecycle ----------------------------------------------------------------------------------
 
@@ -375,4 +379,4 @@ class Telemetry:
             started_at=self._started_at,
             health=(self.liveness(), self.readiness()),
             drift_verdicts=self.drift.verdicts.values() if self.drift else (),
-        ), "features": self.features.status()}
+        ), "features": self.features.status(), **state_status(self._state)}

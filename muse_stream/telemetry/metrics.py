@@ -225,6 +225,13 @@ class MetricsHub:
 
         self._meter.create_observable_gauge(name, callbacks=[callback], unit=unit, description=description)
 
+    def observed_counter(self, name: str, *, unit: str, description: str, values: GaugeFn) -> None:
+        """A monotonic counter read at collection time (a total the worker keeps itself, e.g. state's stats)."""
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(v, a) for v, a in values()]
+
+        self._meter.create_observable_counter(name, callbacks=[callback], unit=unit, description=description)
+
     def _extras(self) -> list[Metric]:
         m = self.latency.metric()
         return [m] if m is not None else []

@@ -10,11 +10,14 @@ from types import SimpleNamespace
 import numpy as np
 import orjson
 from confluent_kafka import Message
+from prometheus_client import generate_latest
 
 from muse_stream.config import Settings
 from muse_stream.state.engine import StateEngine
 from muse_stream.state.store import PartitionStore
 from muse_stream.state.windows import entry_dtype
+from muse_stream.telemetry.metrics import MetricsHub
+from muse_stream.telemetry.state import register_state_metrics, state_status
 
 T0 = 1_700_000_000_000
 MIN = 60_000
@@ -82,6 +85,13 @@ def test_idle_entities_are_swept_a_few_keys_per_batch(tmp_path):
     for n in range(5):
         feed.batch([("x", T0 + 32 * MIN + n)])
     assert _cards(e) == {"x", "c0"}
+    # The totals as metrics (read at collection) and in /status.
+    hub = MetricsHub({"service.name": "test"})
+    register_state_metrics(hub, e.stats)
+    e.stats["late"] += 2
+    text = generate_latest(hub.registry).decode()
+    assert "muse_state_swept_entities_total 10.0" in text and "muse_state_late_events_total 2.0" in text
+    assert state_status(e)["state"]["swept"] == 10 and state_status(None) == {}
     e.close()
 
 
