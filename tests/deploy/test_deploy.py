@@ -1,10 +1,12 @@
 """`deploy` on the real broker, one worker shared by every scenario (each scenario its own intent and tenant):
 a deployment that passes and refreshes its map in the watch; one refused by its guards; a deploy process
 stopped mid-shadow and resumed from the models topic; a rollback by event time during the watch; a tied
-threshold that keeps its alert rate."""
+threshold that keeps its alert rate; the command itself; `deploy --watch DIR`."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import time
 import uuid
@@ -16,7 +18,9 @@ import orjson
 import pytest
 import xgboost as xgb
 
-from muse_stream.config import Settings, load_settings
+from muse_stream.cli import main
+from muse_stream.commands.deploy import watch_dir
+from muse_stream.config import Settings, dump_toml, load_settings
 from muse_stream.deploy.controller import Deployer, Interrupted
 from muse_stream.deploy.feed import ShadowFeed
 from muse_stream.errors import ModelError
@@ -32,7 +36,7 @@ from muse_stream.tenants import seed_tenants
 from tests.fixtures.helpers import FEATURES, TopicReader, publish_model
 
 pytestmark = pytest.mark.kafka
-INTENTS = ["d_pass", "d_refuse", "d_recall", "d_restart", "d_rollback", "d_tie"]
+INTENTS = ["d_pass", "d_refuse", "d_recall", "d_restart", "d_rollback", "d_tie", "d_cli", "d_dir"]
 BANDS = {"review": {"rate": 0.10}, "decline": {"rate": 0.04}}
 
 
@@ -308,3 +312,61 @@ def test_a_tied_threshold_keeps_its_alert_rate_through_a_deployment(deploy_stack
         tied += int(np.sum(fit.incumbent == thr) > 0.05 * len(fit))
         assert float(np.mean(new >= thr)) == pytest.approx(old_rate, rel=0.01)
     assert tied >= 1  # at least one band sits on a tied group of the incumbent's scores
+
+
+def test_the_deploy_command_takes_a_model_file_live_and_prints_each_step(deploy_stack, tmp_path, capsys):
+    s, intent = deploy_stack, "d_cli"
+    publish_model(s, intent, seed=5)
+    model = booster_file(tmp_path, "retrained", (2.0, -1.5, 0.5, 0.0, 0.0), seed=18)
+    cfg = tmp_path / "muse.toml"
+    cfg.write_text(dump_toml(s))
+    assert main(["deploy", str(model), "--config", str(cfg)]) == 2
+    assert "deploy needs MODEL and --intent" in capsys.readouterr().err
+    traffic = Traffic(s, f"t_{intent}")
+    try:
+        code = main(["deploy", str(model), "--intent", intent, "--config", str(cfg)])
+    finally:
+        traffic.close()
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0, out
+    states = [ln.split()[2] for ln in out if ln.startswith(tuple("0123456789")) and f"{intent}#1" in ln]
+    assert states == ["registered", "shadow", "fitted", "judged", "activated", "done"], out
+    assert any(ln.split()[:2] == ["guard", "tenant"] for ln in out) and out[-1] == f"deployment {intent}#1: done"
+    reg = read_models(s)
+    rec = reg.latest_deployment(intent)
+    assert rec.state == "done" and reg.active_version(intent) == rec.serving == 3
+
+
+def test_deploy_watch_deploys_a_model_file_dropped_in_its_folder_once(deploy_stack, tmp_path, capsys):
+    s, intent = deploy_stack, "d_dir"
+    publish_model(s, intent, seed=6)
+    drop = tmp_path / "models"
+    (drop / intent).mkdir(parents=True)  # DIR/<intent>/: the folder names the intent
+    stop, result = threading.Event(), []
+    watcher = threading.Thread(target=lambda: result.append(watch_dir(s, drop, None, stop=stop, poll_s=0.2)))
+    watcher.start()
+    traffic = Traffic(s, f"t_{intent}")
+    try:
+        # Written elsewhere and moved in whole, its time a few seconds back: a file finished writing (the watch
+        # leaves a file modified in the last second for the next round).
+        model = booster_file(tmp_path, "retrained", (2.0, -1.5, 0.5, 0.0, 0.0), seed=19)
+        dropped = drop / intent / "retrained.ubj"
+        shutil.move(model, dropped)
+        os.utime(dropped, (time.time() - 5, time.time() - 5))
+        _wait_state(s, intent, "done", 60)
+        # The same booster under another name: its intent has deployed it, so nothing starts.
+        again = drop / intent / "again.ubj"
+        shutil.copy(dropped, again)
+        os.utime(again, (time.time() - 5, time.time() - 5))
+        time.sleep(1.0)  # five rounds of the watch
+    finally:
+        stop.set()
+        watcher.join(30)
+        traffic.close()
+    assert result == [0]
+    out = capsys.readouterr().out
+    assert f"new model file {dropped} for {intent}" in out and f"deployment {intent}#1: done" in out
+    assert "again.ubj" not in out
+    reg = read_models(s)
+    assert [k for k in reg.deployments if k[0] == intent] == [(intent, 1)]
+    assert reg.active_version(intent) == reg.latest_deployment(intent).serving

@@ -66,7 +66,7 @@ _PATTERN = {"prefixed": ResourcePatternType.PREFIXED, "literal": ResourcePattern
 def _acls(s: Settings) -> set[tuple[str, str, str, frozenset]]:
     """What the workers and the commands need, as the table in docs/operations.md says, for these settings."""
     t, rt = s.topics, s.runtime
-    names = [*t.inputs, t.models, t.tenants, t.deadletter, t.decisions_prefix, t.shadow_prefix]
+    names = [*t.inputs, t.models, t.tenants, t.deadletter, t.labels, t.decisions_prefix, t.shadow_prefix]
     common = os.path.commonprefix(names)
     topic_prefix = common[: common.rfind(".") + 1]  # "muse.": every topic of the configuration
     txn = frozenset({"Write", "Describe"})
@@ -95,7 +95,7 @@ def _settings(broker: LocalBroker, unique: str, **client) -> Settings:
         kafka={"client": {**_doc_example(), "sasl.password": SECRET, **client}},
         topics={"events": f"s{unique}.events", "models": f"s{unique}.models", "tenants": f"s{unique}.tenants",
                 "deadletter": f"s{unique}.deadletter", "decisions_prefix": f"s{unique}.decisions.",
-                "shadow_prefix": f"s{unique}.shadow."},
+                "shadow_prefix": f"s{unique}.shadow.", "labels": f"s{unique}.labels"},
         runtime={"group_id": f"g{unique}", "transactional_id_prefix": f"tx{unique}"})
 
 
