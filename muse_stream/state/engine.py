@@ -81,21 +81,26 @@ class StateEngine:
                                       for i in t.inputs], replication_factor=t.replication_factor)
 
     def assign(self, partitions) -> None:
-        """Open and restore the store of each partition (before any of its events is scored)."""
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
-            if key in self.stores:
-                continue
-            store = PartitionStore(self.folder / f"{tp.topic}-{tp.partition}", tp.topic, tp.partition)
-            n, secs = restore(store, self.reader(), changelog_topic(self.settings, tp.topic),
-                              heartbeat=self.heartbeat)
-            self.stores[key] = store
-            self.stats["restored_records"] += n
-            self.stats["restore_seconds"] += secs
-            logger.info("state %s[%d]: restored %d records in %.2f s (%.0f records/s)", tp.topic, tp.partition, n,
-                        secs, n / secs if secs > 0 else 0.0,
-                        extra={"fields": {"event": "state_restore", "topic": tp.topic, "partition": tp.partition,
-                                          "records": n, "seconds": round(secs, 3)}})
+        """Open and restore the store of each partition (before any of its events is scored), all together."""
+        new = [PartitionStore(self.folder / f"{tp.topic}-{tp.partition}", tp.topic, tp.partition)
+               for tp in partitions if (tp.topic, tp.partition) not in self.stores]
+        if not new:
+            return
+        try:
+            counts, secs = restore(new, self.reader(), lambda topic: changelog_topic(self.settings, topic),
+                                   heartbeat=self.heartbeat)
+        except BaseException:
+            for s in new:
+                s.close()
+            raise
+        n = sum(counts.values())
+        self.stores.update(((s.topic, s.partition), s) for s in new)
+        self.stats["restored_records"] += n
+        self.stats["restore_seconds"] += secs
+        logger.info("state: restored %d records into %d store(s) in %.2f s (%.0f records/s)", n, len(new), secs,
+                    n / secs if secs > 0 else 0.0,
+                    extra={"fields": {"event": "state_restore", "partitions": [[s.topic, s.partition] for s in new],
+                                      "records": n, "seconds": round(secs, 3)}})
 
     def release(self, partitions) -> None:
         """Revoked or lost: close the stores. Writes not yet applied are dropped; they are in the changelog if

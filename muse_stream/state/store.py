@@ -149,54 +149,68 @@ class PartitionStore:
         return out
 
 
-def restore(store: PartitionStore, consumer, changelog: str, *, heartbeat=lambda: None,
-            timeout: float = 30.0) -> tuple[int, float]:
-    """Bring `store` up to the end of its changelog partition (read_committed); returns (records, seconds).
+def restore(stores: list[PartitionStore], consumer, changelog_of, *, heartbeat=lambda: None,
+            timeout: float = 30.0) -> tuple[dict[tuple[str, int], int], float]:
+    """Bring each store up to the end of its changelog partition (read_committed), all through one assignment
+    so the partitions' fetches overlap; returns (records per (topic, partition), seconds).
 
-    `consumer`: a read_committed consumer with enable.partition.eof, assigned by hand (no group)."""
+    `consumer`: a read_committed consumer with enable.partition.eof, assigned by hand (no group);
+    `changelog_of(input topic)`: the changelog topic's name."""
     t0 = time.monotonic()
-    tp = TopicPartition(changelog, store.partition)
+    todo: dict[tuple[str, int], PartitionStore] = {}
+    assign, counts = [], {(s.topic, s.partition): 0 for s in stores}
+    for store in stores:
+        changelog = changelog_of(store.topic)
+        tp = TopicPartition(changelog, store.partition)
+        try:
+            lo, hi = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+        except Exception as e:  # noqa: BLE001 - KafkaException: say which changelog
+            raise KafkaOpError(f"reading the end of {changelog}[{store.partition}]: {e}") from None
+        start = store.sync_offset
+        if start > hi:
+            logger.warning("state %s[%d]: the store is past the changelog's end (%d > %d): the topic was "
+                           "recreated; restoring from scratch", store.topic, store.partition, start, hi)
+            store.wipe()
+            start = 0
+        if start < hi:
+            todo[(changelog, store.partition)] = store
+            assign.append(TopicPartition(changelog, store.partition, max(start, lo)))
+    if not todo:
+        return counts, time.monotonic() - t0
+    consumer.assign(assign)
+    ends: dict[tuple[str, int], int] = {}
     try:
-        lo, hi = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
-    except Exception as e:  # noqa: BLE001 - KafkaException: say which changelog
-        raise KafkaOpError(f"reading the end of {changelog}[{store.partition}]: {e}") from None
-    start = store.sync_offset
-    if start > hi:
-        logger.warning("state %s[%d]: the store is past the changelog's end (%d > %d): the topic was recreated; "
-                       "restoring from scratch", store.topic, store.partition, start, hi)
-        store.wipe()
-        start = 0
-    if start >= hi:
-        return 0, time.monotonic() - t0
-    consumer.assign([TopicPartition(changelog, store.partition, max(start, lo))])
-    n, end = 0, start
-    try:
-        while True:
-            msgs = consumer.consume(5000, 0.1)
+        while len(ends) < len(todo):
+            msgs = consumer.consume(10_000, 0.1)
             heartbeat()
             if time.monotonic() - t0 > 3600:
-                raise KafkaOpError(f"restoring {changelog}[{store.partition}] took over an hour")
-            wb, eof = WriteBatch(raw_mode=True), False
+                raise KafkaOpError(f"restoring {sorted(todo)} took over an hour")
+            batches: dict[tuple[str, int], WriteBatch] = {}
             for m in msgs:
+                key = (m.topic(), m.partition())
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        eof, end = True, m.offset()
+                        ends[key] = m.offset()
                         continue
-                    raise KafkaOpError(f"restoring {changelog}[{store.partition}]: {err.str()}", error=err)
+                    raise KafkaOpError(f"restoring {key[0]}[{key[1]}]: {err.str()}", error=err)
+                wb = batches.get(key)
+                if wb is None:
+                    wb = batches[key] = WriteBatch(raw_mode=True)
                 v = m.value()
                 if v is None:
                     wb.delete(m.key())
                 else:
                     wb.put(m.key(), v)
-                n += 1
-            store.db.write(wb)
-            if eof:
-                break
+                store = todo[key]
+                counts[(store.topic, store.partition)] += 1
+            for key, wb in batches.items():
+                todo[key].db.write(wb)
     finally:
         consumer.unassign()
-    store.set_sync(max(end, start))
-    return n, time.monotonic() - t0
+    for key, store in todo.items():
+        store.set_sync(max(ends[key], store.sync_offset))
+    return counts, time.monotonic() - t0
 
 
 def remove_folder(path: Path) -> None:
