@@ -46,6 +46,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-topics", action="store_true", help="keep the bench's topics and groups afterwards")
     p.add_argument("--reasons-only", action="store_true",
                    help="only what reason codes cost: in-process scorer events/s off vs on at 2%% and 10%% flagged")
+    p.add_argument("--state", action="store_true",
+                   help="add the entity-state section: exactly-once with and without state, restore, RSS")
+    p.add_argument("--state-only", action="store_true", help="run only the entity-state section")
+    p.add_argument("--state-events", type=int, default=1_200_000, help="events of the state runs (default 1.2M)")
+    p.add_argument("--state-entities", type=int, default=1_000_000,
+                   help="distinct cards of the state runs (default 1,000,000)")
+    p.add_argument("--state-pairs", type=int, default=1, help="off/on pairs of the state runs (2: A B B A)")
     from muse_stream.bench.reasons import add_args as add_reasons_args
 
     add_reasons_args(p)
@@ -125,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     from muse_stream.kafka.topics import COMPACTED, TopicSpec
     from muse_stream.tenants import put_tenants
 
-    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()} | (set(RUNS) if args.state_only else set())
     if skip - set(RUNS):
         raise ConfigError(f"--skip: unknown run(s) {sorted(skip - set(RUNS))}; known: {', '.join(RUNS)}")
     if (args.events < 1 or args.partitions < 1 or args.workers < 1 or args.rate <= 0 or args.latency_seconds <= 0
@@ -207,16 +214,25 @@ def run(args: argparse.Namespace) -> int:
         run_latency(ctx, report, groups, say, skip=skip, rate=args.rate, seconds=args.latency_seconds,
                     warmup=args.warmup, swap_version=swap_version)
         run_stages(report, say, skip=skip, trees=args.trees, events=args.stage_events)
+        if args.state or args.state_only:
+            from muse_stream.bench.state_runs import run_state
+
+            run_state(ctx, report, groups, say, events=args.state_events, entities=args.state_entities,
+                      pairs=args.state_pairs, timeout=max(300.0, args.state_events / 2000.0))
     except KeyboardInterrupt:
         report["errors"].append("interrupted")
         raise
     finally:
         report["telemetry_ab"] = telemetry_ab(report["throughput"])
         report["targets"] = evaluate_targets(report)
+        from muse_stream.bench.state_runs import format_state, state_targets
+
+        report["targets"] += state_targets(report)
         report["duration_s"] = round(time.monotonic() - t_begin, 1)
         report["finished_at"] = datetime.now(UTC).isoformat()
         checks = [r.get("check", {}).get("exactly_once") for r in
-                  [*report["throughput"], *report["latency"], *([report["swap"]] if report["swap"] else [])]]
+                  [*report["throughput"], *report["latency"], *([report["swap"]] if report["swap"] else []),
+                   *(report.get("state") or {}).get("runs", [])]]
         report["ok"] = not report["errors"] and bool(checks) and all(c is True for c in checks)
         path = write_json(report, json_path)
         if not args.keep_topics:
@@ -227,5 +243,7 @@ def run(args: argparse.Namespace) -> int:
         if started is not None:
             started.stop()
     print(format_report(report))
+    if report.get("state"):
+        print(format_state(report))
     print(f"JSON report: {path}")
     return 0 if report["ok"] else 1
