@@ -31,16 +31,16 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from muse_stream.config import Settings
 from muse_stream.errors import AbortRequired
-from muse_stream.featurespec import entity_key
 from muse_stream.kafka.clients import make_consumer, reader_config
 from muse_stream.kafka.topics import COMPACTED, TopicSpec, create_topics
 from muse_stream.state import batch
+from muse_stream.state.reading import read_rows
 from muse_stream.state.store import PartitionStore, restore
 from muse_stream.state.windows import _HEAD, Plan, entry_dtype, hash_many, head
 
 logger = logging.getLogger(__name__)
 _NAN = math.nan
-SWEEP_PER_BATCH = 500  # keys examined per store and batch: a pass over 1M entities in 2,000 batches
+SWEEP_PER_BATCH = 128  # keys examined per store and batch: a pass over 1M entities in ~8,000 batches
 MAX_RECORD_BYTES = 512 * 1024
 
 
@@ -201,9 +201,12 @@ class StateEngine:
     def _intent(self, intent: str, plan: Plan, cols, rows: np.ndarray, drop: set) -> list:
         spec, refused = plan.spec, []
         feats = np.full((len(rows), len(plan.names)), _NAN)
-        kept, code, ents, offs, nums, dists, wrong = self._read(intent, plan, cols, rows, refused, drop)
-        self.stats["wrong_partition_key"] += wrong
-        if kept:
+        got = read_rows(intent, plan, cols, rows)
+        kept, code, ents = got.kept, got.code, got.entities
+        refused += got.refused
+        drop.update(r[0] for r in got.refused)
+        self.stats["wrong_partition_key"] += got.wrong
+        if len(kept):
             # Each store's entities (codes in order of first appearance) read with one multi-get.
             raws: list = [None] * len(ents)
             by_store: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
@@ -225,10 +228,9 @@ class StateEngine:
                 t_max = int(times.max() if len(by_store) == 1 else times[stores_of[code] == s].max())
                 store.front = t_max if store.front is None else max(store.front, t_max)
             out = np.full((len(kept), len(plan.names)), _NAN)
-            kind, first, values = batch.run(plan, raws, code, times, offs,
-                                            hash_many([str(e) for e in cols.eids[kept_rows].tolist()]),
-                                            np.array(nums, dtype=np.float64).reshape(len(kept), len(plan.nums)).T,
-                                            _hash_values(dists, len(kept), len(plan.dists)), out)
+            kind, first, values = batch.run(plan, raws, code, times, got.offsets,
+                                            hash_many([str(e) for e in cols.eids[kept_rows].tolist()]), got.nums,
+                                            got.dists, out)
             feats[kept] = out
             self._cap(plan, values)
             self.stats["late"] += int((kind == batch.LATE).sum())
@@ -266,57 +268,6 @@ class StateEngine:
             if len(v) > limit:
                 values[c] = v[:_HEAD.size] + v[len(v) - keep:]
                 self.stats["capped"] += 1
-
-    def _read(self, intent: str, plan: Plan, cols, rows: np.ndarray, refused: list, drop: set) -> tuple:
-        """The per-event part, kept to dict look-ups: each row's entity, partition key check, store key, numeric
-        values and distinct values. Returns (positions kept, their entity codes, each code's (topic, partition,
-        store key), their offsets, numeric values flat, distinct values flat (None: missing), wrong keys)."""
-        spec = plan.spec
-        fields, num_f, dist_f = spec.entity, plan.nums, plan.dists
-        single = fields[0] if len(fields) == 1 else None
-        msgs, tids = cols.msgs, cols.tids
-        head = intent.encode() + b"\0"
-        kept, codes, offs, nums, dists = [], [], [], [], []
-        ents: dict[tuple, int] = {}
-        wrong, loads = 0, orjson.loads
-        for pos, i in enumerate(rows.tolist()):
-            m = msgs[i]
-            ev = loads(m.value())
-            if single is not None:
-                v = ev.get(single)
-                ok = type(v) is str or type(v) is int
-                ekey = str(v) if ok else ""
-            else:
-                ent = [ev.get(name) for name in fields]
-                ok = all(type(v) in (str, int) for v in ent)
-                ekey = entity_key(ent) if ok else ""
-            if not ok:
-                why = f"entity field(s) {'+'.join(fields)} missing or not a string or integer"
-                refused.append((i, "missing_field", why, None))
-                drop.add(i)
-                continue
-            bkey = ekey.encode()
-            if m.key() != bkey:
-                wrong += 1
-                if spec.wrong_key == "dead_letter":
-                    why = (f"key {m.key()!r} is not the entity {ekey!r} ({'+'.join(fields)}): its state "
-                           "would be on another partition")
-                    refused.append((i, "wrong_partition_key", why, None))
-                    drop.add(i)
-                    continue
-            f = ev.get("features") or {}
-            for k in num_f:
-                x = ev[k] if k in ev else f.get(k)
-                nums.append(float(x) if type(x) is int or type(x) is float else _NAN)
-            for k in dist_f:
-                x = ev[k] if k in ev else f.get(k)
-                dists.append(None if x is None else str(x))
-            kept.append(pos)
-            offs.append(m.offset())
-            codes.append(ents.setdefault((m.topic(), m.partition(), head + str(tids[i]).encode() + b"\0" + bkey),
-                                         len(ents)))
-        return (kept, np.array(codes, dtype=np.int64), list(ents), np.array(offs, dtype=np.int64), nums, dists,
-                wrong)
 
     def fill(self, model, x32: np.ndarray, rows: np.ndarray) -> None:
         """The version's state columns, for its kept rows (batch positions `rows`, x32's rows in order)."""
@@ -360,10 +311,3 @@ def _expired(key: bytes, value: bytes, horizon: dict) -> bool:
     return int.from_bytes(value[last:last + 8], "little", signed=True) < cut
 
 
-def _hash_values(values: list, n: int, d: int) -> np.ndarray:
-    """(d, n) hashes of the distinct fields' values (flat, row by row), a missing value as 0."""
-    flat = np.zeros(n * d, dtype=np.int64)
-    there = [j for j, v in enumerate(values) if v is not None]
-    if there:
-        flat[there] = hash_many([values[j] for j in there])
-    return flat.reshape(n, d).T
