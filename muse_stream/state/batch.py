@@ -123,7 +123,7 @@ def _fast(plan: Plan, mcode: np.ndarray, merged: np.ndarray, bpos: np.ndarray, o
         prev = np.where(q > sq, last[np.maximum(q - 1, 0)], -1)
         prev = np.where(prev >= sq, prev, -1)
         gap = tq - times[np.maximum(prev, 0)]
-        out[ev, -1] = np.where((prev >= 0) & (gap <= plan.spec.longest_ms), gap / 1000.0, np.nan)
+        out[ev, -1] = np.where((prev >= 0) & (gap <= plan.longest_ms), gap / 1000.0, np.nan)
     # The new records: each entity's merged rows within the retention behind its newest (its last) event.
     # (The last row of each entity is a batch event: live, the newest, so always kept.)
     newest = times[np.r_[starts[1:], n] - 1]

@@ -189,7 +189,7 @@ class StateEngine:
             if store.front is None:
                 continue
             now = min(store.front, wall)
-            horizon = {i.encode(): (now - p.keep_ms - p.spec.lateness_ms, head(len(p.nums), len(p.dists)),
+            horizon = {i.encode(): (now - p.keep_ms - p.lateness_ms, head(len(p.nums), len(p.dists)),
                                     entry_dtype(len(p.nums), len(p.dists)).itemsize) for i, p in self.plans.items()}
             gone = store.sweep(self.sweep_per_batch, functools.partial(_expired, horizon=horizon))
             if gone:

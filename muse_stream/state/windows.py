@@ -129,7 +129,9 @@ class Plan:
         self.names = spec.feature_names()
         self.windows = np.array(spec.windows_ms, dtype=np.int64)
         self.nums, self.dists = spec.numeric_fields, spec.distinct_fields
-        self.keep_ms = max(spec.longest_ms + spec.lateness_ms, spec.dedup_ms)
+        # The durations parsed once (the spec's properties parse their text on every access).
+        self.longest_ms, self.lateness_ms, self.dedup_ms = spec.longest_ms, spec.lateness_ms, spec.dedup_ms
+        self.keep_ms = max(self.longest_ms + self.lateness_ms, self.dedup_ms)
         per_window = [a for a in spec.parsed if a.fn != "seconds_since_last"]
         self.per_window = [(a.fn, self.nums.index(a.field) if a.fn in ("sum", "mean", "max")
                             else self.dists.index(a.field) if a.fn == "distinct" else -1) for a in per_window]
@@ -168,7 +170,7 @@ class Plan:
                         v = float(vals.mean()) if fn == "mean" else float(vals.max())
                 out[w * n_a + j] = v
         if self.since:
-            lo = int(np.searchsorted(times, t - self.spec.longest_ms, side="left"))
+            lo = int(np.searchsorted(times, t - self.longest_ms, side="left"))
             hit = np.flatnonzero(live[lo:upto])
             out[-1] = (t - int(times[lo + hit[-1]])) / 1000.0 if len(hit) else NAN
 
@@ -180,11 +182,11 @@ def step(plan: Plan, e: Entity, t: int, offset: int, ident: int, nums: np.ndarra
     if len(e.ids):
         same = np.flatnonzero(e.ids == ident)
         if len(same):
-            same = same[np.abs(t - e.times[same]) < plan.spec.dedup_ms]
+            same = same[np.abs(t - e.times[same]) < plan.dedup_ms]
             if len(same):
                 return "dup", int(e.offsets[same].min())
     newest = e.newest()
-    late = newest is not None and t < newest - plan.spec.lateness_ms
+    late = newest is not None and t < newest - plan.lateness_ms
     plan.features(e, t, out)
     e.insert(t, offset, ident, not late, nums, dist)
     return ("late" if late else "ok"), -1
