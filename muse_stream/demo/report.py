@@ -204,6 +204,7 @@ def plot(res: dict, path: Path) -> Path:
         x = (act.figures["from_event_time"] - DAY_MS - start + span) / 3.6e6
         ax.axvline(x, color="k", ls="--", label=f"deployed: {CARD}@{act.figures['version']} live")
     ax.set_yscale("log")
+    ax.set_ylim(top=5.0)  # headroom for the legend above the raw-score lines
     ax.set_title("alert rate per tenant over replayed time")
     ax.set_xlabel("replayed hours (the held-out hours, twice)")
     ax.set_ylabel("alert rate")
