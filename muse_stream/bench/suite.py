@@ -85,11 +85,14 @@ def run_latency(ctx: BenchContext, report: dict, groups: list[str], say: Callabl
     if "swap" not in skip:
         plan.append(("swap", "exactly-once", max(warmup + 1.0, seconds * 0.4), "runtime"))
     for name, guarantee, swap_at, kind in plan:
+        # The swap run goes on 3 s past the swap: the activate call alone can take most of a second on a busy
+        # machine, and a run that ends first sees no decision by the new version.
+        run_s = seconds if swap_at is None else max(seconds, swap_at + 3.0)
         say(f"run {name}: {'copy only' if kind == 'ceiling' else 'scoring'}, {guarantee}, {rate:g} events/s offered "
-            f"for {seconds:g} s")
+            f"for {run_s:g} s")
         groups.append(f"{ctx.prefix}{name}")
         try:
-            r = latency_run(ctx, name, guarantee=guarantee, rate=rate, seconds=seconds, warmup=warmup,
+            r = latency_run(ctx, name, guarantee=guarantee, rate=rate, seconds=run_s, warmup=warmup,
                             swap_at=swap_at, swap_version=swap_version, kind=kind)
             iw = (r.get("loop") or {}).get("in_worker") or {}
             say(f"  p99 {r['latency_ms']['p99']} ms, in-worker p99 {iw.get('p99_us')} us; "
