@@ -126,6 +126,7 @@ def run_state(ctx: BenchContext, report: dict, groups: list[str], say: Callable[
         say(f"state: the state step in process ({min(events, 200_000):,} events, {entities:,} cards)")
         with tempfile.TemporaryDirectory(prefix="muse-bench-step-") as tmp:
             out["in_process"] = step_run(min(events, 200_000), entities, ctx.base.batch.max_events, tmp)
+        out["in_process"].pop("peak_rss_mb", None)  # the bench process's, not a worker's: the runs report those
         out.update(_compare(out["runs"]))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
