@@ -17,6 +17,7 @@ read, with a warning naming the field and why, and the tenant's previous record 
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import orjson
@@ -31,6 +32,7 @@ from muse_stream.models.bands import Bands, ReferenceLookup, band_table, format_
 from muse_stream.models.quantile import ReferenceDistribution
 
 logger = logging.getLogger(__name__)
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a tenant id, as config.TenantConfig checks it
 
 
 class BandTimeline:
@@ -67,6 +69,11 @@ class BandTimeline:
 def first_error(e: ValidationError) -> str:
     """`field: why` of a record's first validation error."""
     return error_text(e, top="record")
+
+
+def collision_key(topic: str) -> str:
+    """The form in which Kafka compares topic names for collisions: '.' and '_' are the same character."""
+    return topic.replace(".", "_")
 
 
 class TenantRegistry:
@@ -137,24 +144,37 @@ class TenantRegistry:
     def output_topic_problem(self, cfg: TenantConfig) -> str | None:
         """Why `cfg`'s output topic is not its tenant's own, or None when it is. Its own is a topic that is no
         other tenant's decision topic (claimed, or `<decisions_prefix><other tenant>`), no input, models,
-        tenants, dead-letter, shadow or replay topic. A topic two tenants claim is the first one's."""
+        tenants, dead-letter, labels, shadow, replay, state changelog or Kafka-internal topic. Kafka treats '.'
+        and '_' in topic names alike (two names that differ only there collide), so every comparison is made on
+        names with '.' read as '_'. A topic two tenants claim is the first one's."""
         t = self._settings.topics
         topic = self._settings.output_topic(cfg)
-        control = {t.models: "the models topic", t.tenants: "the tenants topic", t.deadletter: "the dead-letter topic"}
-        if topic in t.inputs:
-            return f"{topic!r} is an input topic"
-        if topic in control:
-            return f"{topic!r} is {control[topic]}"
-        if topic.startswith(t.shadow_prefix):
+        key = collision_key(topic)
+
+        def alike(name: str) -> str:
+            return "" if name == topic else f" (Kafka reads '.' and '_' alike: it collides with {name!r})"
+
+        if topic.startswith("__"):
+            return f"{topic!r} is a Kafka-internal topic"
+        control = {name: "an input topic" for name in t.inputs}
+        control |= {t.models: "the models topic", t.tenants: "the tenants topic",
+                    t.deadletter: "the dead-letter topic", t.labels: "the labels topic"}
+        for name, what in control.items():
+            if collision_key(name) == key:
+                return f"{topic!r} is {what}{alike(name)}"
+        if key.startswith(collision_key(t.shadow_prefix)):
             return f"{topic!r} is a shadow topic (shadow_prefix {t.shadow_prefix!r})"
         if "replay" in topic.split("."):
             return f"{topic!r} is in a replay namespace (a 'replay' part in its name)"
-        other = t.decisions_owner(topic)
-        if other is not None and other != cfg.tenant_id:
-            return f"{topic!r} is tenant {other!r}'s decision topic"
-        owner = self._claims.get(topic)
-        if owner is not None and owner != cfg.tenant_id:
-            return f"{topic!r} is already tenant {owner!r}'s output topic"
+        if key.endswith("_state-changelog"):
+            return f"{topic!r} is a state changelog topic"
+        prefix = collision_key(t.decisions_prefix)
+        other = key[len(prefix):] if key.startswith(prefix) else None
+        if other is not None and other != cfg.tenant_id and _ID_RE.match(other):
+            return f"{topic!r} is tenant {other!r}'s decision topic{alike(t.decisions_topic(other))}"
+        for claimed, owner in self._claims.items():
+            if owner != cfg.tenant_id and collision_key(claimed) == key:
+                return f"{topic!r} is already tenant {owner!r}'s output topic{alike(claimed)}"
         return None
 
     def pinned_versions(self) -> set[tuple[str, int]]:

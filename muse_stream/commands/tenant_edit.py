@@ -15,6 +15,7 @@ from muse_stream.kafka.ranges import parse_bound
 from muse_stream.models.bands import ReferenceCache, band_ties, format_bands
 from muse_stream.tenants import (
     TenantRegistry,
+    collision_key,
     describe_bands,
     first_error,
     put_tenants,
@@ -81,6 +82,8 @@ def merged(settings: Settings, reg: TenantRegistry, refs, tenant_id: str, *, ban
            **fields) -> TenantConfig:
     """The record `tenant_id` would have after the change, validated whole; a ConfigError names the field."""
     prev = reg.tenants.get(tenant_id)
+    if prev is None and set(fields) <= {"suspended"} and bands is None:
+        raise ConfigError(f"tenant {tenant_id!r} is not on {settings.topics.tenants}")
     if prev is None and "intents" not in fields:
         raise ConfigError(f"tenant {tenant_id!r} is not on {settings.topics.tenants}: a new tenant needs --intents")
     data = prev.model_dump() if prev is not None else {"tenant_id": tenant_id}
@@ -118,8 +121,27 @@ def apply_change(settings: Settings, tenant_id: str, *, from_time: int | None = 
     """Merge, validate and write one tenant's change; returns the record written."""
     reg, refs = _registry(settings)
     cfg = merged(settings, reg, refs, tenant_id, **change)
+    prev = reg.tenants.get(tenant_id)
+    topic = settings.output_topic(cfg)
+    if prev is None or settings.output_topic(prev) != topic:
+        _check_no_collision(settings, tenant_id, topic)
     [rec] = put_tenants(settings, [cfg], effective_at=from_time)
     return rec
+
+
+def _check_no_collision(settings: Settings, tenant_id: str, topic: str) -> None:
+    """Refuse an output topic that collides with another topic already on the cluster (Kafka reads '.' and '_'
+    alike in topic names): the workers could not create it, and would fail at every start."""
+    from muse_stream.kafka.clients import check_reachable
+    from muse_stream.kafka.topics import make_admin
+
+    admin = make_admin(settings)
+    check_reachable(admin, settings)
+    existing = admin.list_topics(timeout=15).topics
+    clash = next((t for t in existing if t != topic and collision_key(t) == collision_key(topic)), None)
+    if clash is not None:
+        raise ConfigError(f"tenant {tenant_id}: output_topic: {topic!r} collides with the existing topic {clash!r} "
+                          "(Kafka reads '.' and '_' alike in topic names); nothing was written")
 
 
 def remove(settings: Settings, tenant_id: str) -> TenantConfig:

@@ -9,6 +9,7 @@ import pytest
 from muse_stream.cli import main
 from muse_stream.kafka.clients import producer_config
 from muse_stream.kafka.producer import OutputProducer
+from muse_stream.kafka.topics import TopicSpec, create_topics
 from muse_stream.models.quantile import ReferenceDistribution
 from muse_stream.models.store import read_models
 from muse_stream.tenants import read_tenants
@@ -60,12 +61,22 @@ def test_set_show_and_list_with_rate_bands(stack, tmp_path, capsys):
 def test_refusals_name_the_field_and_write_nothing(stack, tmp_path, capsys):
     cfg = write_config(stack, tmp_path / "muse.toml")
     before = read_tenants(stack)
+    create_topics(stack, [TopicSpec("elsewhere.made." + stack.topics.events, 1)])
     cases = [
         (["--band", "review=150%"], "a rate is above 0% and below 100%"),
         (["--band", "review=1.5"], "bands.review.threshold"),
         (["--output-topic", stack.topics.decisions_topic("globex")], "is tenant 'globex''s decision topic"),
         (["--output-topic", stack.topics.models], "is the models topic"),
         (["--output-topic", "not a topic!"], "output_topic: 'not a topic!' is not a valid Kafka topic"),
+        (["--output-topic", "__consumer_offsets"], "is a Kafka-internal topic"),
+        (["--output-topic", stack.topics.labels], "is the labels topic"),
+        (["--output-topic", "muse-stream.x.state-changelog"], "is a state changelog topic"),
+        # Kafka reads '.' and '_' alike: these collide with globex's decision topic and the models topic
+        (["--output-topic", stack.topics.decisions_topic("globex").replace(".", "_")],
+         "is tenant 'globex''s decision topic (Kafka reads '.' and '_' alike"),
+        (["--output-topic", stack.topics.models.replace(".", "_")], "is the models topic (Kafka reads"),
+        # and this one with a topic that exists on the cluster, whatever made it
+        (["--output-topic", "elsewhere_made_" + stack.topics.events.replace(".", "_")], "collides with the existing topic"),
         (["--default-intent", "account_takeover"], "default_intent 'account_takeover' is not among intents"),
         (["--intents", "card_fraud,nosuch"], "intents: ['nosuch'] are not in the config's intents"),
         (["--remove-band", "hold"], "bands: no band 'hold' to remove"),
@@ -76,6 +87,7 @@ def test_refusals_name_the_field_and_write_nothing(stack, tmp_path, capsys):
         assert why in err and err.count("\n") == 1, (opts, err)
     assert "a new tenant needs --intents" in _err(["set", "newco", "--band", "review=1%"], cfg, capsys)
     assert "not suspended" in _err(["remove", "acme"], cfg, capsys)
+    assert _err(["suspend", "nobody"], cfg, capsys).endswith(f"tenant 'nobody' is not on {stack.topics.tenants}\n")
     assert "is not on" in _err(["show", "nosuch"], cfg, capsys)
     assert read_tenants(stack) == before
 
