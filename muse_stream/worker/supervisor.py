@@ -15,6 +15,7 @@ import inspect
 import logging
 import multiprocessing as mp
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from multiprocessing.connection import wait as wait_for_exits
 from confluent_kafka import Consumer, Producer
 
 from muse_stream.config import Settings
+from muse_stream.errors import ConfigError
 from muse_stream.kafka.clients import (
     check_reachable,
     input_consumer_config,
@@ -260,6 +262,24 @@ class Supervisor:
         return 0
 
 
+def check_metrics_ports(settings: Settings, *, first_slot: int, workers: int) -> None:
+    """ConfigError, before any worker starts, when a worker slot's metrics port is taken (most often by another
+    `run` of the same slots): each worker would otherwise fail at its start and be restarted until `run` gave up."""
+    tel = settings.telemetry
+    if not tel.metrics_port:
+        return
+    for slot in range(first_slot, first_slot + workers):
+        port = tel.metrics_port + slot
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the endpoint itself binds
+            try:
+                probe.bind((tel.metrics_host, port))
+            except OSError as e:
+                raise ConfigError(f"telemetry.metrics_port: {tel.metrics_host}:{port} (metrics_port + worker slot "
+                                  f"{slot}) is in use ({e.strerror}): another `muse-stream run` of these slots? "
+                                  "Give this run another metrics_port or --slot") from None
+
+
 def preflight(settings: Settings, *, first_slot: int = 0, timeout: float = PREFLIGHT_S) -> None:
     """Stop `run` before any worker starts, with one line, on what no restart can fix: an invalid
     [kafka.client] value (ConfigError naming the property, never its value), credentials the cluster
@@ -316,6 +336,7 @@ def warn_unserved(settings: Settings) -> dict[str, list[str]]:
 
 def run_workers(settings: Settings, *, workers: int, first_slot: int = 0, verbose: bool = False) -> int:
     """Run `workers` supervised processes (slots first_slot..); return the exit code for `run`."""
+    check_metrics_ports(settings, first_slot=first_slot, workers=workers)
     preflight(settings, first_slot=first_slot)
     warn_unserved(settings)
     return Supervisor(settings, workers=workers, first_slot=first_slot, verbose=verbose).run()

@@ -234,6 +234,27 @@ def test_run_with_no_cluster_at_the_address_stops_with_one_line(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_run_whose_metrics_port_is_taken_stops_with_one_line_before_any_worker(tmp_path, capsys):
+    """A port held by something else (another run of the same slots, most often) is one line and exit 2, not
+    workers failing at every start until run gives up."""
+    import socket
+
+    from muse_stream.config import Settings
+    from muse_stream.kafka.local import free_port
+
+    port = free_port()
+    cfg = write_config(Settings().with_overrides(telemetry={"metrics_port": port - 1}), tmp_path / "muse.toml")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        # slot 0's port is free, slot 1's is held; no cluster is asked (nothing answers at 127.0.0.1:1)
+        assert main(["run", "--workers", "2", "--config", cfg, "--bootstrap", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [(f"muse-stream: error: telemetry.metrics_port: 127.0.0.1:{port} (metrics_port + worker slot 1) "
+                   "is in use (Address already in use): another `muse-stream run` of these slots? Give this run "
+                   "another metrics_port or --slot")]
+
+
 @pytest.mark.kafka
 def test_a_second_run_of_the_same_slot_ends_the_first_without_a_restart_war(stack, tmp_path):
     """The newer run's worker fences the older one's; the older run names the reason, does not restart that slot
