@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 import numpy as np
 import orjson
@@ -210,14 +211,24 @@ class TenantRegistry:
         return self._settings.output_topic(self.tenants[tenant_id])
 
 
+def bands_in_force(cfg: TenantConfig, at_ms: int | None = None) -> tuple[dict, list[BandPeriod]]:
+    """The bands in force at event time `at_ms` (default: now, which live events' times follow), and the
+    periods that start later: a change written with a time ahead is not in force yet, though the record's
+    `bands` already holds it."""
+    at = int(time.time() * 1000) if at_ms is None else at_ms
+    periods = cfg.band_periods()
+    k = max((i for i, p in enumerate(periods) if p.from_time is None or p.from_time <= at), default=0)
+    return periods[k].bands, list(periods[k + 1:])
+
+
 def describe_bands(cfg: TenantConfig, intent: str, reference: ReferenceDistribution | None) -> list[dict]:
-    """The tenant's current bands as they act on one intent: one dict per band, lowest threshold first, with
-    name, spec (as given: a threshold or {"rate": r}), text (`1%` or `0.995`), threshold (on the intent's
+    """The tenant's bands in force now as they act on one intent: one dict per band, lowest threshold first,
+    with name, spec (as given: a threshold or {"rate": r}), text (`1%` or `0.995`), threshold (on the intent's
     reference scale) and reference_rate (the share of the intent's reference population at or above it).
     threshold is None for a rate band while the intent has no reference; reference_rate None without one."""
     if intent not in cfg.intents:
         raise ConfigError(f"tenant {cfg.tenant_id} does not use intent {intent!r} (intents: {list(cfg.intents)})")
-    return band_table(cfg.bands, reference)
+    return band_table(bands_in_force(cfg)[0], reference)
 
 
 def _registry(settings: Settings, rows) -> TenantRegistry:

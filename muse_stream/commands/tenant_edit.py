@@ -15,6 +15,7 @@ from muse_stream.kafka.ranges import parse_bound
 from muse_stream.models.bands import ReferenceCache, band_ties, format_bands
 from muse_stream.tenants import (
     TenantRegistry,
+    bands_in_force,
     collision_key,
     describe_bands,
     first_error,
@@ -172,11 +173,23 @@ def describe(settings: Settings, tenant_id: str) -> dict:
             "refused": reg.refused.get(cfg.tenant_id)}
 
 
+def _bands_text(cfg: TenantConfig) -> str:
+    """The bands in force now, then each change still ahead (`; from <UTC time>: ...`)."""
+    now, ahead = bands_in_force(cfg)
+    return format_bands(now) + "".join(f"; from {_utc(p.from_time)}: {format_bands(p.bands)}" for p in ahead)
+
+
+def _utc(ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def summaries(settings: Settings) -> list[dict]:
     """One row per tenant on the topic, and one per tenant whose only records were refused."""
     reg = read_tenant_registry(settings)
     rows = [{**cfg.model_dump(mode="json"), "state": _state(cfg), "decision_topic": settings.output_topic(cfg),
-             "bands_text": format_bands(cfg.bands), "refused": reg.refused.get(tid)}
+             "bands_text": _bands_text(cfg), "refused": reg.refused.get(tid)}
             for tid, cfg in sorted(reg.tenants.items())]
     for tid in sorted(set(reg.refused) - set(reg.tenants)):
         rows.append({"tenant_id": tid, "state": "refused", "intents": [], "bands": {}, "bands_text": "-",

@@ -127,7 +127,7 @@ def _print_tenant(settings, doc: dict) -> None:
     pins = ", ".join(f"{i}@{v}" for i, v in r["pinned_versions"].items()) or "-"
     print(f"pinned versions  {pins}")
     for intent, bands in doc["bands"].items():
-        print(f"bands on {intent}:" + ("" if bands else " none: every event is approve"))
+        print(f"bands on {intent} (in force now):" + ("" if bands else " none: every event is approve"))
         if bands:
             print(f"  {'band':14} {'given':>10} {'threshold':>12} {'reference rate':>15}")
         for b in bands:
@@ -139,7 +139,7 @@ def _print_tenant(settings, doc: dict) -> None:
                   "threshold)")
     periods = doc["band_timeline"]
     if len(periods) > 1:
-        print("band history (by event time):")
+        print("band history (by event time; a time ahead of now is a change not in force yet):")
         for p in periods:
             print(f"  from {p['from_time'] if p['from_time'] is not None else 'the start':>15}  {p['bands_text']}")
     if doc.get("refused"):

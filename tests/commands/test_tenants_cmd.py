@@ -51,11 +51,15 @@ def test_set_show_and_list_with_rate_bands(stack, tmp_path, capsys):
 
     assert main(["tenants", "list", "--json", "--config", cfg]) == 0
     rows = {r["tenant_id"]: r for r in _json(capsys)}
-    assert set(rows) == {"acme", "globex", "initech"} and rows["acme"]["bands_text"] == "review=1%, decline=0.995"
+    # t (2027-01-15) is ahead of now: the bands in force are still the earlier ones, the change is shown ahead
+    ahead = "review=1%, decline=0.1%; from 2027-01-15T08:00:00Z: review=1%, decline=0.995"
+    assert set(rows) == {"acme", "globex", "initech"} and rows["acme"]["bands_text"] == ahead
     assert main(["tenants", "list", "--config", cfg]) == 0
     text = capsys.readouterr().out.splitlines()
     assert text[0].split()[:3] == ["tenant", "state", "intents"] and len(text) == 4
-    assert "review=1%, decline=0.995" in next(line for line in text if line.startswith("acme"))
+    assert ahead in next(line for line in text if line.startswith("acme"))
+    assert main(["tenants", "show", "acme", "--json", "--config", cfg]) == 0
+    assert [b["text"] for b in _json(capsys)["bands"]["card_fraud"]] == ["1%", "0.1%"]  # in force now
 
 
 def test_refusals_name_the_field_and_write_nothing(stack, tmp_path, capsys):
