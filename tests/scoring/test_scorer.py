@@ -60,8 +60,14 @@ def test_decisions_are_exactly_the_documented_json():
             "model_version": "card@1", "transform_version": "card@1", "event_time": 5, "decided_at": 1234,
             "source": {"topic": "in", "partition": 0, "offset": m.offset(), "timestamp": m.timestamp()[1]}}
         if band != "approve":  # the top 3 contributions (IntentConfig's default), right after the band
-            items, reasons = list(expected.items()), offline_reasons(model.booster, ev["features"], 3)
-            expected = dict(items[:6] + [("reasons", reasons)] + items[6:])
+            # The same features in the same order as XGBoost's pred_contribs, each contribution within float32
+            # rounding of it (the compiled TreeSHAP tables sum in another order); then the bytes as written.
+            offline = offline_reasons(model.booster, ev["features"], 3)
+            assert [r["feature"] for r in d["reasons"]] == [r["feature"] for r in offline]
+            assert [r["contribution"] for r in d["reasons"]] == pytest.approx(
+                [float(r["contribution"]) for r in offline], rel=1e-5, abs=1e-6)
+            items = list(expected.items())
+            expected = dict(items[:6] + [("reasons", d["reasons"])] + items[6:])
         assert value == orjson.dumps(expected, option=orjson.OPT_SERIALIZE_NUMPY)  # byte for byte
         assert key == ev["event_id"].encode() and topic == f"muse.decisions.{ev['tenant_id']}"
 
