@@ -25,7 +25,7 @@ from muse_stream.deploy.record import clock
 from muse_stream.errors import DataError, ModelError, MuseError, TransformError
 from muse_stream.kafka.watermark import effective_time
 from muse_stream.models.bands import resolve_bands
-from muse_stream.models.calibration_size import calibration_need, check_calibration_size
+from muse_stream.models.calibration_size import calibration_need, check_calibration_size, tenant_map_needs
 from muse_stream.models.lifecycle import load_booster, publish_from_files
 from muse_stream.models.probe import check_probabilities
 from muse_stream.models.quantile import ReferenceDistribution
@@ -166,6 +166,11 @@ class Deployer:
         target = max(self.g.shadow_events, math.ceil(need.events / (1.0 - self.g.holdout_share)))
         return target, need.why
 
+    def map_needs(self, tenants, ref) -> dict:
+        """fit_score_transform's tenant-map sizes: a tenant's own map only from enough events for its top band."""
+        default, per = tenant_map_needs(tenants, self.intent, ref, self.g.min_tenant_events)
+        return {"min_tenant_events": default, "tenant_min_events": per}
+
     def collect(self, rec: DeploymentRecord, feed: ShadowFeed, target: int, since_ms: int, what: str) -> bool:
         """Poll `feed` until it holds `target` pairs; False when the timeout comes first."""
         deadline = since_ms / 1000 + (self.g.shadow_timeout_s if what == "shadow" else self.g.watch_timeout_s)
@@ -203,7 +208,7 @@ class Deployer:
                                 calibration_raw=win.shadow_raw, max_abs_feature=self.s.runtime.max_abs_feature)
             check_calibration_size(len(fit), calibration_need(tenants, self.intent, ref), "the fit window")
             st, _ = fit_score_transform(fit.shadow_raw, reference=ref, incumbent_ref_scores=fit.incumbent,
-                                        tenant_ids=fit.tenant, min_tenant_events=self.g.min_tenant_events, **prior)
+                                        tenant_ids=fit.tenant, **self.map_needs(tenants, ref), **prior)
         except (ModelError, DataError, TransformError) as e:
             return self.refuse(rec, str(e))
         self._tail = tail

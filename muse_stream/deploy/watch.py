@@ -73,7 +73,7 @@ def _rollback(d, rec: DeploymentRecord, reason: str, j: Judgement) -> Deployment
     return d.write(rec, make)
 
 
-def _refresh(d, rec: DeploymentRecord, reg, ref, bands, win: Window, old_served, k: int,
+def _refresh(d, rec: DeploymentRecord, reg, ref, tenants, bands, win: Window, old_served, k: int,
              j: Judgement) -> DeploymentRecord:
     """Refit the serving version's map on this window, aligned to the old version as it would have served, judge
     it on the window's held-out tail, and publish it active when it passes."""
@@ -87,7 +87,7 @@ def _refresh(d, rec: DeploymentRecord, reg, ref, bands, win: Window, old_served,
     base = {"window": k, "judgement": j.to_dict()}
     try:
         st, _ = fit_score_transform(fit.incumbent_raw, reference=ref, incumbent_ref_scores=old_served[fit_rows],
-                                    tenant_ids=fit.tenant, min_tenant_events=d.g.min_tenant_events, **prior)
+                                    tenant_ids=fit.tenant, **d.map_needs(tenants, ref), **prior)
     except TransformError as e:
         why = f"window {k}: guards passed; refresh not fitted: {e}"
         return d.write(rec, lambda reg, r: ([], dr.advanced(r, "watched", why, base)))
@@ -137,7 +137,7 @@ def watch_windows(d, rec: DeploymentRecord) -> DeploymentRecord:
             if not j.passed:
                 return _rollback(d, rec, f"window {k} broke a guard: {j.reason()}", j)
             if d.g.refresh:
-                rec = _refresh(d, rec, reg, ref, bands, win, old_served, k, j)
+                rec = _refresh(d, rec, reg, ref, tenants, bands, win, old_served, k, j)
                 feed.want(_serving_names(d, rec))
                 reg = reg if not rec.refreshes else d.context()[0]
             else:

@@ -55,6 +55,17 @@ def calibration_need(tenants: Iterable[TenantConfig] | None, intent: str,
                                  f"{MIN_ABOVE_TOP_BAND} events above it take {need:,}")
 
 
+def tenant_map_needs(tenants: Iterable[TenantConfig] | None, intent: str, reference: ReferenceDistribution | None,
+                     floor: int) -> tuple[int, dict[str, int]]:
+    """The events a tenant's own map needs: 50 above its own top band, as the whole window needs for the
+    intent's top band (a map on fewer drifts deployment after deployment: issue 14 saw a 0.5% band at 1.24%
+    after ten), and at least `floor`. Returns the need of a tenant not listed (the intent's whole need, the
+    most any listed tenant needs) and each listed tenant's need."""
+    listed = [t for t in tenants or () if intent in t.intents and not t.suspended]
+    default = max(floor, calibration_need(listed, intent, reference).events)
+    return default, {t.tenant_id: max(floor, calibration_need([t], intent, reference).events) for t in listed}
+
+
 def check_calibration_size(n: int, need: CalibrationNeed, what: str) -> None:
     """DataError saying how many more events are needed, unless n is enough."""
     if n >= need.events:

@@ -16,6 +16,7 @@ from muse_stream.models.calibration_size import (
     MIN_CALIBRATION_EVENTS,
     calibration_need,
     check_calibration_size,
+    tenant_map_needs,
 )
 from muse_stream.models.feature_contract import FeatureContract
 from muse_stream.models.probe import check_probabilities, predict
@@ -139,9 +140,11 @@ def publish_from_files(settings: Settings, *, intent: str, booster_path: str | P
                                                                        str(calibration_path)), tenant_ids)
         except DataError as e:
             logger.warning("not aligning to %s (%s); fitting onto the fixed reference", incumbent.name, e)
+    # A tenant's own map only from enough events for its top band (on a first version, its rate bands).
+    default, per = tenant_map_needs(tenants, intent, reference, min_tenant_events)
     st, reference = fit_score_transform(
         raw, reference=reference, incumbent_ref_scores=incumbent_scores, tenant_ids=tenant_ids,
-        min_tenant_events=min_tenant_events, negative_sampling_rate=negative_sampling_rate,
+        min_tenant_events=default, tenant_min_events=per, negative_sampling_rate=negative_sampling_rate,
         train_prevalence=train_prevalence, prod_prevalence=prod_prevalence)
     new_scores = st.apply(raw, tenant_ids)
     order = np.argsort(raw, kind="stable")
@@ -212,10 +215,10 @@ def publish_from_shadow(settings: Settings, *, intent: str, version: int, window
     # Refit with the same posterior correction the version was published with.
     prior = {k: rec.transform.get("correction", {}).get(k)
              for k in ("negative_sampling_rate", "train_prevalence", "prod_prevalence")}
+    default, per = tenant_map_needs(tenants, intent, reference, min_tenant_events)
     st, _ = fit_score_transform(
-        win["shadow_raw"], reference=reference,
-        incumbent_ref_scores=win["incumbent"], tenant_ids=win["tenants"], min_tenant_events=min_tenant_events,
-        **prior)
+        win["shadow_raw"], reference=reference, incumbent_ref_scores=win["incumbent"], tenant_ids=win["tenants"],
+        min_tenant_events=default, tenant_min_events=per, **prior)
     new_scores = st.apply(win["shadow_raw"], win["tenants"])
     booster_bytes = base64.b64decode(rec.booster_b64)
     metadata = {**rec.metadata, "from_shadow": rec.name, "shadow_window_ms": window_ms,

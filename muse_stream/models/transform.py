@@ -160,6 +160,7 @@ def fit_score_transform(
     incumbent_ref_scores: Any = None,
     tenant_ids: Sequence[str | None] | np.ndarray | None = None,
     min_tenant_events: int = DEFAULT_MIN_TENANT_EVENTS,
+    tenant_min_events: Mapping[str, int] | None = None,
     negative_sampling_rate: float | None = None,
     train_prevalence: float | None = None,
     prod_prevalence: float | None = None,
@@ -173,7 +174,8 @@ def fit_score_transform(
     and returned. Otherwise the given reference is used and returned unchanged.
     incumbent_ref_scores: the incumbent's served (reference-scale, tenant maps included) scores for the
     same events; when given, every level-2 map is aligned to the incumbent (needs the reference).
-    tenant_ids: one id (or None) per score; tenants with >= min_tenant_events events get their own map.
+    tenant_ids: one id (or None) per score; tenants with >= min_tenant_events events get their own map, or
+    with tenant_min_events, the tenant's own figure there where it has one (calibration_size.tenant_map_needs).
     """
     if min_tenant_events < MIN_FIT_SCORES:
         raise TransformError(f"min_tenant_events must be at least {MIN_FIT_SCORES}")
@@ -204,8 +206,9 @@ def fit_score_transform(
     tenant_maps: dict[str, QuantileMap] = {}
     if tenant_ids is not None:
         groups = _tenant_groups(tenant_ids, p.size)
+        needs = tenant_min_events or {}
         for tid, rows in groups.items():
-            if rows.size >= min_tenant_events:
+            if rows.size >= max(MIN_FIT_SCORES, needs.get(tid, min_tenant_events)):
                 tenant_maps[tid] = new_map(rows)
         logger.info(
             "tenant maps: %d of %d tenants have >= %d calibration events",

@@ -142,7 +142,15 @@ def test_a_deployment_passes_its_guards_and_refreshes_its_map_in_the_watch(deplo
     model = booster_file(tmp_path, "retrained", (2.0, -1.5, 0.5, 0.0, 0.0), seed=11)
     lines: list[str] = []
     traffic = Traffic(s, f"t_{intent}")
-    rec = deploy(s, intent, model, traffic, lines)
+    try:
+        rec = Deployer(s, intent, out=lines.append).deploy(model)
+        # The refresh serves from 6 s of event time past the watermark, which `done` may come before: traffic
+        # runs on until events on both sides of it are sent.
+        refreshed_from = max(st.figures.get("from_event_time", 0) for st in rec.steps)
+        while Traffic.clock[0] < refreshed_from + 3000 and traffic.thread.is_alive():
+            time.sleep(0.1)
+    finally:
+        traffic.close()
     assert [st.state for st in rec.steps][:7] == ["registered", "shadow", "fitted", "judged", "activated",
                                                   "watched", "watched"]
     assert rec.state == "done", lines

@@ -9,8 +9,9 @@ from muse_stream.config import TenantConfig
 from muse_stream.deploy.guards import judge, ratio_interval, spearman
 from muse_stream.deployspec import DeployGuards, DeploySettings
 from muse_stream.errors import DataError
-from muse_stream.models.calibration_size import calibration_need, check_calibration_size
+from muse_stream.models.calibration_size import calibration_need, check_calibration_size, tenant_map_needs
 from muse_stream.models.quantile import ReferenceDistribution
+from muse_stream.models.transform import fit_score_transform
 
 G = DeployGuards(min_alerts=20, min_positives=10)
 
@@ -89,3 +90,23 @@ def test_the_calibration_size_follows_the_top_band_and_says_how_many_more():
     with pytest.raises(DataError, match=r"10,000 calibration events; 25,000 needed .*: 15,000 more"):
         check_calibration_size(10_000, need, "cal.csv")
     assert calibration_need(tenants, "card", None).events == 5_000  # a first version: the rate bands only
+
+
+def test_a_tenant_with_too_few_events_for_its_top_band_gets_no_map_of_its_own():
+    ref = ReferenceDistribution.from_scores(np.linspace(0, 1, 10_001))
+    tenants = [TenantConfig(tenant_id="thin", intents=("card",), bands={"top": {"rate": 0.005}}),  # 10,000
+               TenantConfig(tenant_id="wide", intents=("card",), bands={"top": {"rate": 0.05}})]  # 1,000
+    default, per = tenant_map_needs(tenants, "card", ref, 2000)
+    assert (default, per) == (10_000, {"thin": 10_000, "wide": 2000})  # the floor still holds for "wide"
+    rng = np.random.default_rng(3)
+    raw = rng.random(18_000)
+    ids = np.array(["thin"] * 6000 + ["wide"] * 6000 + ["stranger"] * 6000, dtype=object)
+    st, _ = fit_score_transform(raw, reference=ref, tenant_ids=ids, min_tenant_events=default,
+                                tenant_min_events=per)
+    # 6,000 events put about 30 above thin's 0.5% band: it is served by the intent map; a tenant not
+    # configured for the intent needs as much as the most demanding one.
+    assert st.tenant_ids == ("wide",)
+    st, _ = fit_score_transform(np.r_[raw, rng.random(4000)], reference=ref,
+                                tenant_ids=np.r_[ids, ["thin"] * 4000], min_tenant_events=default,
+                                tenant_min_events=per)
+    assert st.tenant_ids == ("thin", "wide")
