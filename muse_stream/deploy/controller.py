@@ -113,6 +113,7 @@ class Deployer:
         if incumbent is None or self.intent not in reg.references:
             raise ModelError(f"intent {self.intent!r} has no active version: deploy replaces an incumbent; "
                              "publish the first version with `muse-stream publish --activate`")
+        self._check_features(path, features, reg.versions[(self.intent, incumbent)])
         started = now_ms()
 
         def also(reg: ModelRegistry, version, _act) -> list[tuple[bytes, bytes]]:
@@ -142,6 +143,24 @@ class Deployer:
                     metadata={**meta, "provisional_transform": "for shadow scoring only; never activated"})
         self.say(self._registered)
         return self._registered
+
+    def _check_features(self, path: Path, features: list[str], incumbent) -> None:
+        """A feature the incumbent does not read: under unknown_features = "reject" the workers dead-letter every
+        event carrying it, so the candidate would be shadow-scored on it missing and refused far later for
+        near-constant scores; refused here instead. Under "ignore", events may carry it: said, not refused."""
+        known = set(incumbent.features)
+        new = [f for f in features if f not in known]
+        if not new:
+            return
+        names = ", ".join(new[:10]) + (f" (and {len(new) - 10} more)" if len(new) > 10 else "")
+        policy = next((i.unknown_features for i in self.s.intents if i.name == self.intent), "reject")
+        if policy == "reject":
+            raise ModelError(f"{path.name} reads {names}, which {incumbent.name} does not: intent {self.intent} "
+                             "dead-letters events carrying features its active version does not know "
+                             "(unknown_features = \"reject\"), so they can never be present; nothing registered")
+        self.out(f"warning: {path.name} reads {names}, which {incumbent.name} does not; intent {self.intent} "
+                 "accepts events carrying them (unknown_features = \"ignore\"); where events lack them, the "
+                 "model scores them as missing")
 
     # ---- shadow ----------------------------------------------------------------------------------
 
