@@ -21,6 +21,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="a calibration file (CSV/Parquet) for the shadow version's contract and first map")
     p.add_argument("--watch", default=None, metavar="DIR",
                    help="keep running: deploy each new model file dropped in DIR (or DIR/<intent>/), one at a time")
+    p.add_argument("--abort", action="store_true",
+                   help="end the intent's open deployment (refused, or rolled back once activated); shadow off")
     p.set_defaults(func=run)
 
 
@@ -33,6 +35,14 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
     known = {i.name for i in settings.intents}
+    if args.abort:
+        if not args.intent or args.model or args.watch or args.calibration:
+            raise ConfigError("deploy --abort takes --intent INTENT and nothing else")
+        from muse_stream.deploy.controller import Deployer
+
+        rec = Deployer(settings, args.intent).abort()
+        print(f"deployment {rec.name}: {rec.state} ({rec.steps[-1].detail})")
+        return 0
     if args.watch is None:
         if not args.model or not args.intent:
             raise ConfigError("deploy needs MODEL and --intent INTENT (or --watch DIR)")

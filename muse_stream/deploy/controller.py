@@ -297,6 +297,28 @@ class Deployer:
             return out, dr.advanced(via or rec, "refused", reason)
         return self.write(rec, make)
 
+    def abort(self) -> DeploymentRecord:
+        """End the intent's open deployment by hand (its model file gone, or not wanted): before activation it
+        is refused; after, rolled back by event time, as a broken guard would. Shadow scoring stops either way
+        and the incumbent serves. A deploy process still running it finds it moved on and stops."""
+        cur = read_models(self.s).latest_deployment(self.intent)
+        if cur is None or cur.final:
+            raise ModelError(f"intent {self.intent} has no open deployment to abort"
+                             + (f" (its latest, {cur.name}, is {cur.state})" if cur is not None else ""))
+        reason = "aborted by the user"
+        if cur.state not in ("activated", "watched"):
+            return self.refuse(cur, reason)
+        from_time = effective_time(self.s)
+
+        def make(reg, r):
+            act = activation_record(reg, self.intent, cur.incumbent, from_time)
+            off = [] if (sh := reg.shadows.get(self.intent)) is None or sh.version is None else [
+                (shadow_key(self.intent), dump(ShadowRecord(intent=self.intent, version=None, set_at=now_ms())))]
+            return [(active_key(self.intent), dump(act)), *off], dr.advanced(
+                cur, "rolled back", f"{reason}; {self.intent}@{cur.incumbent} serves again from event time "
+                                    f"{from_time}", {"from_event_time": from_time})
+        return self.write(cur, make)
+
     # ---- activated -------------------------------------------------------------------------------
 
     def _activate(self, rec: DeploymentRecord) -> DeploymentRecord:

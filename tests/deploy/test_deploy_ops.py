@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from muse_stream.config import Settings, load_settings
+from muse_stream.cli import main
+from muse_stream.config import Settings, dump_toml, load_settings
 from muse_stream.deploy.controller import Deployer, Interrupted
 from muse_stream.errors import ModelError
 from muse_stream.kafka.topics import ensure_all
@@ -89,7 +90,8 @@ def test_a_candidate_reading_features_the_events_cannot_carry_is_refused_at_regi
     assert [v.version for v in reg.versions_of(intent)] == [1] and reg.latest_deployment(intent) is None
 
 
-def test_under_ignore_a_candidate_reading_other_features_is_registered_with_a_warning(ops_stack, tmp_path):
+def test_under_ignore_a_candidate_reading_other_features_is_registered_with_a_warning_and_can_be_aborted(
+        ops_stack, tmp_path, capsys):
     s, intent = ops_stack, "o_ignore"
     publish_model(s, intent, seed=2)
     model = booster_file(tmp_path, [*FEATURES[:4], "g9"], seed=1)
@@ -101,3 +103,14 @@ def test_under_ignore_a_candidate_reading_other_features_is_registered_with_a_wa
     warned = [ln for ln in lines if ln.startswith("warning:")]
     assert len(warned) == 1 and "reads g9, which o_ignore@1 does not" in warned[0], lines
     assert read_models(s).shadows[intent].version == 2
+    # Stuck in shadow (as when its model file is gone): `deploy --abort` ends it; the incumbent keeps serving.
+    cfg = tmp_path / "muse.toml"
+    cfg.write_text(dump_toml(s))
+    assert main(["deploy", "--abort", "--intent", intent, "--config", str(cfg)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"deployment {intent}#1: refused (aborted by the user)"
+    reg = read_models(s)
+    assert reg.latest_deployment(intent).state == "refused" and reg.shadows[intent].version is None
+    assert reg.active_version(intent) == 1
+    assert main(["deploy", "--abort", "--intent", intent, "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"intent {intent} has no open deployment to abort (its latest, {intent}#1, is refused)")
