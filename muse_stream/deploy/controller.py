@@ -39,11 +39,15 @@ from muse_stream.models.records import (
     shadow_key,
 )
 from muse_stream.models.registry import ModelRegistry, load_version
-from muse_stream.models.store import activation_record, now_ms, publish, read_models
+from muse_stream.models.store import activation_record, now_ms, publish, read_models, write_models
 from muse_stream.models.transform import ScoreTransform, fit_score_transform
 from muse_stream.tenants import read_tenants
 
 logger = logging.getLogger(__name__)
+
+
+# How often a deploy collecting its shadow window checks that the candidate is still the intent's shadow.
+SHADOW_CHECK_S = 3.0
 
 
 class Interrupted(MuseError):
@@ -171,6 +175,26 @@ class Deployer:
                 rec, "shadow", f"{self.intent}@{rec.candidate} scores live traffic in shadow")
         return self.write(rec, make)
 
+    def keep_shadow(self, rec: DeploymentRecord) -> None:
+        """Set the candidate as the intent's shadow again if someone changed it (`models shadow X --off`) while
+        the deployment needs its pairs: else the window never fills and the deploy waits for ever."""
+        sh = read_models(self.s).shadows.get(self.intent)
+        if sh is not None and sh.version == rec.candidate:
+            return
+
+        def step(reg: ModelRegistry):
+            on_topic = reg.deployments.get((self.intent, rec.deployment))
+            if on_topic is None or on_topic.steps != rec.steps:
+                raise ModelError(f"deployment {rec.name} was moved on by another process "
+                                 f"(now {on_topic.state if on_topic else 'gone'})")
+            return [(shadow_key(self.intent), dump(ShadowRecord(intent=self.intent, version=rec.candidate,
+                                                                set_at=now_ms())))], None
+
+        write_models(self.s, self.intent, step)
+        was = "off" if sh is None or sh.version is None else f"{self.intent}@{sh.version}"
+        self.out(f"{clock(now_ms())}  {rec.name}  {rec.state:11} the shadow of {self.intent} was {was}, not "
+                 f"{self.intent}@{rec.candidate}: set again")
+
     def context(self, reg: ModelRegistry | None = None):
         reg = reg or read_models(self.s)
         ref = ReferenceDistribution.from_dict(reg.references[self.intent].reference)
@@ -193,12 +217,15 @@ class Deployer:
     def collect(self, rec: DeploymentRecord, feed: ShadowFeed, target: int, since_ms: int, what: str) -> bool:
         """Poll `feed` until it holds `target` pairs; False when the timeout comes first."""
         deadline = since_ms / 1000 + (self.g.shadow_timeout_s if what == "shadow" else self.g.watch_timeout_s)
-        shown = time.monotonic()
+        shown = checked = time.monotonic()
         while len(feed) < target:
             if self.stop.is_set():
                 raise Interrupted(f"deploy stopped; deployment {rec.name} stays {rec.state}")
             if time.time() > deadline:
                 return False
+            if what == "shadow" and time.monotonic() - checked > SHADOW_CHECK_S:
+                checked = time.monotonic()
+                self.keep_shadow(rec)
             feed.poll(min(self.g.poll_s, 1.0))
             if time.monotonic() - shown > 10:
                 shown = time.monotonic()
@@ -210,6 +237,7 @@ class Deployer:
         target, why = self.window_target(tenants, ref)
         cand = reg.versions[(self.intent, rec.candidate)]
         since = rec.step("shadow").at - 1000
+        self.keep_shadow(rec)  # on resume too: the shadow may have been turned off while no deploy ran
         feed = ShadowFeed(self.s, self.intent, cand.name, {f"{self.intent}@{rec.incumbent}"}, since)
         try:
             if not self.collect(rec, feed, target, since, "shadow"):

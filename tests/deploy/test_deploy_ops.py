@@ -17,7 +17,7 @@ from muse_stream.config import Settings, dump_toml, load_settings
 from muse_stream.deploy.controller import Deployer, Interrupted
 from muse_stream.errors import ModelError
 from muse_stream.kafka.topics import ensure_all
-from muse_stream.models.store import read_models
+from muse_stream.models.store import read_models, set_shadow
 from muse_stream.tenants import seed_tenants
 from tests.fixtures.helpers import FEATURES, publish_model
 
@@ -114,3 +114,35 @@ def test_under_ignore_a_candidate_reading_other_features_is_registered_with_a_wa
     assert main(["deploy", "--abort", "--intent", intent, "--config", str(cfg)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"intent {intent} has no open deployment to abort (its latest, {intent}#1, is refused)")
+
+
+def test_a_shadow_turned_off_under_an_open_deployment_is_set_again(ops_stack, tmp_path):
+    s, intent = ops_stack, "o_resume"
+    publish_model(s, intent, seed=3)
+    model = booster_file(tmp_path, FEATURES, seed=2)
+
+    def shadow():
+        return read_models(s).shadows.get(intent)
+
+    lines: list[str] = []
+    stop, t = start(s, intent, model, lines)
+    try:
+        # While the deploy collects its window (no traffic here: it waits).
+        wait_for(lambda: (sh := shadow()) is not None and sh.version == 2)
+        set_shadow(s, intent, None)  # what `models shadow o_resume --off` does
+        wait_for(lambda: shadow().version == 2)
+    finally:
+        stop.set()
+        t.join(30)
+    assert sum("the shadow of o_resume was off, not o_resume@2: set again" in ln for ln in lines) == 1, lines
+    # Turned off while no deploy runs: the resumed deploy sets it again before it collects.
+    set_shadow(s, intent, None)
+    resumed: list[str] = []
+    stop, t = start(s, intent, model, resumed)
+    try:
+        wait_for(lambda: shadow().version == 2)
+    finally:
+        stop.set()
+        t.join(30)
+    assert resumed[0] == f"resuming deployment {intent}#1 of {model.name} at shadow"
+    assert "the shadow of o_resume was off, not o_resume@2: set again" in resumed[1], resumed
