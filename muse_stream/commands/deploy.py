@@ -76,29 +76,35 @@ def watch_dir(settings, root: Path, intent: str | None, *, stop=None, poll_s: fl
     stop = stop or threading.Event()
     print(f"watching {root} for model files ({', '.join(MODEL_SUFFIXES)}); Ctrl-C to stop")
     tried: set[tuple[str, float]] = set()
+    last: dict[str, tuple[int, float]] = {}  # each file's (size, mtime) at the previous round
     while not stop.is_set():
         files = sorted((p for p in root.rglob("*") if p.suffix in MODEL_SUFFIXES and p.is_file()),
                        key=lambda p: p.stat().st_mtime)
         for path in files:
-            key = (str(path), path.stat().st_mtime)
-            target = _intent_of(path, root, intent)
+            st = path.stat()
+            key, target = (str(path), st.st_mtime), _intent_of(path, root, intent)
             if key in tried or target is None:
                 continue
-            tried.add(key)
-            if time.time() - path.stat().st_mtime < 1.0:
-                tried.discard(key)  # still being written: next round
+            # A file still being written would be read half-way: taken only once its size and time have held
+            # for a whole round and it is a second old.
+            before, last[str(path)] = last.get(str(path)), (st.st_size, st.st_mtime)
+            if before != (st.st_size, st.st_mtime) or time.time() - st.st_mtime < 1.0:
                 continue
+            tried.add(key)
             try:
                 booster, _ = load_booster(path)
                 sha = sha256_hex(bytes(booster.save_raw("ubj")))
-                done = {d.booster_sha256 for (i, _), d in read_models(settings).deployments.items()
-                        if i == target and d.final}
-                if sha in done:
+                done = [d for (i, _), d in sorted(read_models(settings).deployments.items())
+                        if i == target and d.final and d.booster_sha256 == sha]
+                if done:
+                    print(f"{path}: skipped: {target} has deployed this booster before ({done[-1].name} of "
+                          f"{done[-1].model}, {done[-1].state}; sha256 {sha[:12]})")
                     continue
                 print(f"new model file {path} for {target}")
                 rec = Deployer(settings, target, stop=stop).deploy(path)
                 print(f"deployment {rec.name}: {rec.state}")
             except MuseError as e:
-                print(f"{path}: {e}")
+                msg = str(e)  # most errors name the file already
+                print(msg if path.name in msg else f"{path}: {msg}")
         stop.wait(poll_s)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -42,7 +43,11 @@ def load_booster(path: str | Path):
     try:
         booster.load_model(str(p))
     except xgb.core.XGBoostError as e:
-        raise ModelError(f"{p}: not an XGBoost model: {str(e).splitlines()[0][:200]}") from None
+        # xgboost's first line carries its log time, its source line and the path again: only its last clause,
+        # with the path dropped, adds anything.
+        said = re.sub(r"^\[[^\]]*\]\s*\S+:\d+:\s*|\s*(in:?)?\s*`?" + re.escape(str(p)) + "`?", "",
+                      str(e).splitlines()[0]).rsplit(" : ", 1)[-1].strip(" .:")
+        raise ModelError(f"{p}: not an XGBoost model ({said[:200] or 'xgboost cannot read it'})") from None
     except UnicodeDecodeError:
         # xgboost quotes the file's bytes in its error and fails decoding them: the file is no model either.
         raise ModelError(f"{p}: not an XGBoost model (neither UBJSON nor JSON that xgboost can read)") from None

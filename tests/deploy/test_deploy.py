@@ -344,6 +344,10 @@ def test_the_deploy_command_takes_a_model_file_live_and_prints_each_step(deploy_
     assert rec.state == "done" and reg.active_version(intent) == rec.serving == 3
 
 
+def reg_sha(s: Settings, intent: str) -> str:
+    return read_models(s).latest_deployment(intent).booster_sha256
+
+
 def test_deploy_watch_deploys_a_model_file_dropped_in_its_folder_once(deploy_stack, tmp_path, capsys):
     s, intent = deploy_stack, "d_dir"
     publish_model(s, intent, seed=6)
@@ -361,11 +365,19 @@ def test_deploy_watch_deploys_a_model_file_dropped_in_its_folder_once(deploy_sta
         shutil.move(model, dropped)
         os.utime(dropped, (time.time() - 5, time.time() - 5))
         _wait_state(s, intent, "done", 60)
-        # The same booster under another name: its intent has deployed it, so nothing starts.
+        # The same booster under another name, written in pieces over a second as a slow copy would: never read
+        # half-way (no error), and once whole, skipped with one line (its intent has deployed it).
         again = drop / intent / "again.ubj"
-        shutil.copy(dropped, again)
-        os.utime(again, (time.time() - 5, time.time() - 5))
-        time.sleep(1.0)  # five rounds of the watch
+        data = dropped.read_bytes()
+        with again.open("wb") as f:
+            for k in range(6):
+                f.write(data[k * len(data) // 6:(k + 1) * len(data) // 6])
+                f.flush()
+                time.sleep(0.2)
+        junk = drop / intent / "junk.ubj"
+        junk.write_bytes(b"not a booster")
+        os.utime(junk, (time.time() - 5, time.time() - 5))
+        time.sleep(1.8)  # the copy a second old, then two rounds
     finally:
         stop.set()
         watcher.join(30)
@@ -373,7 +385,11 @@ def test_deploy_watch_deploys_a_model_file_dropped_in_its_folder_once(deploy_sta
     assert result == [0]
     out = capsys.readouterr().out
     assert f"new model file {dropped} for {intent}" in out and f"deployment {intent}#1: done" in out
-    assert "again.ubj" not in out
+    assert [ln for ln in out.splitlines() if "again.ubj" in ln] == [
+        (f"{again}: skipped: {intent} has deployed this booster before ({intent}#1 of retrained.ubj, done; "
+         f"sha256 {reg_sha(s, intent)[:12]})")], out
+    junk_lines = [ln for ln in out.splitlines() if "junk.ubj" in ln]
+    assert len(junk_lines) == 1 and junk_lines[0].count(str(junk)) == 1 and "not an XGBoost model" in junk_lines[0]
     reg = read_models(s)
     assert [k for k in reg.deployments if k[0] == intent] == [(intent, 1)]
     assert reg.active_version(intent) == reg.latest_deployment(intent).serving
