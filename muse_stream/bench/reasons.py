@@ -18,32 +18,14 @@ import time
 import numpy as np
 import orjson
 
+from muse_stream.bench.inprocess import active_registry
+
 INTENT = "card_fraud"
 TENANT_IDS = ("cautious_bank", "balanced_pay", "lenient_shop")  # the demo's tenants, events round-robin
 
 
 def _registry(booster, features: list[str], transform, reference):
-    from muse_stream.models.records import (
-        ActivationRecord,
-        ReferenceRecord,
-        TimelineEntry,
-        active_key,
-        dump,
-        reference_key,
-        version_key,
-    )
-    from muse_stream.models.registry import ModelRegistry
-    from muse_stream.models.store import build_version
-
-    reg = ModelRegistry()
-    rec = build_version(intent=INTENT, version=1, booster_bytes=bytes(booster.save_raw("ubj")), features=features,
-                        transform=transform.to_dict())
-    reg.apply(version_key(INTENT, 1), dump(rec))
-    reg.apply(reference_key(INTENT), dump(ReferenceRecord(intent=INTENT, reference=reference.to_dict(),
-                                                          source="bench", created_at=0)))
-    reg.apply(active_key(INTENT), dump(ActivationRecord(intent=INTENT, version=1, activated_at=0,
-                                                        timeline=(TimelineEntry(version=1),))))
-    return reg
+    return active_registry([(INTENT, booster, features, transform, reference)], source="bench")
 
 
 def _batches(x: np.ndarray, features: list[str], n_batches: int, size: int) -> list[list]:

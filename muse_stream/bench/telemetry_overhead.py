@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import orjson
 
+from muse_stream.bench.inprocess import active_registry
 from muse_stream.config import IntentConfig, Settings, TenantConfig
 
 _FEATURES = [f"V{i}" for i in range(1, 29)] + ["amount", "hour"]
@@ -52,21 +53,10 @@ def _features(rng: np.random.Generator, n: int) -> np.ndarray:
 def _registry(trees: int, depth: int, seed: int):
     import xgboost as xgb
 
-    from muse_stream.models.records import (
-        ActivationRecord,
-        ReferenceRecord,
-        TimelineEntry,
-        active_key,
-        dump,
-        reference_key,
-        version_key,
-    )
-    from muse_stream.models.registry import ModelRegistry
-    from muse_stream.models.store import build_version
     from muse_stream.models.transform import fit_score_transform
 
-    reg = ModelRegistry()
     rng = np.random.default_rng(seed)
+    models = []
     for k, intent in enumerate(_INTENTS):
         x = _features(rng, 20_000)
         logit = -5.0 + 1.5 * x[:, k] - 1.0 * x[:, k + 2] + 0.004 * x[:, 28]
@@ -77,27 +67,8 @@ def _registry(trees: int, depth: int, seed: int):
             trees,
         )
         st, ref = fit_score_transform(booster.inplace_predict(_features(rng, 10_000).astype(np.float32)))
-        rec = build_version(
-            intent=intent,
-            version=1,
-            booster_bytes=bytes(booster.save_raw("ubj")),
-            features=_FEATURES,
-            transform=st.to_dict(),
-        )
-        reg.apply(version_key(intent, 1), dump(rec))
-        reg.apply(
-            reference_key(intent),
-            dump(ReferenceRecord(intent=intent, reference=ref.to_dict(), source="overhead", created_at=0)),
-        )
-        reg.apply(
-            active_key(intent),
-            dump(
-                ActivationRecord(
-                    intent=intent, version=1, activated_at=0, timeline=(TimelineEntry(version=1),)
-                )
-            ),
-        )
-    return reg
+        models.append((intent, booster, _FEATURES, st, ref))
+    return active_registry(models, source="overhead")
 
 
 def _batches(n_batches: int, size: int, seed: int) -> list[list]:

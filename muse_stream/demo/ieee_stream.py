@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, TopicPartition
 
 from muse_stream.config import Settings, TenantConfig, load_settings
 from muse_stream.demo import ieee_models as im
 from muse_stream.demo.ieee_data import COLUMNS, IEEE
-from muse_stream.demo.run import Workers, _delete_topics
-from muse_stream.kafka.clients import consumer_config, producer_config
+from muse_stream.demo.run import Workers, _delete_topics, reader_from_start
+from muse_stream.kafka.clients import producer_config
 from muse_stream.kafka.local import LocalBroker, answers_metadata
 from muse_stream.kafka.producer import OutputProducer
 from muse_stream.kafka.topics import ensure_all
@@ -70,12 +69,7 @@ class _Reader(threading.Thread):
 
     def __init__(self, settings: Settings, topics: list[str]) -> None:
         super().__init__(daemon=True)
-        self.c = Consumer(consumer_config(settings, group_id=f"ieee-reader-{uuid.uuid4().hex[:6]}"))
-        parts = []
-        for t in topics:
-            md = self.c.list_topics(t, timeout=10).topics[t]
-            parts += [TopicPartition(t, p, 0) for p in md.partitions]
-        self.c.assign(parts)
+        self.c = reader_from_start(settings, topics, "ieee-reader")
         self.deadletter = settings.topics.deadletter
         self.data = Collected()
         self.stop = threading.Event()

@@ -63,15 +63,22 @@ class Readback:
         return len(self.decisions) + len(self.dead)
 
 
+def reader_from_start(settings: Settings, topics: list[str], name: str) -> Consumer:
+    """A read_committed consumer assigned every partition of `topics` from offset 0, committing nothing: how a
+    demo reads its outputs back as a tenant would."""
+    c = Consumer(consumer_config(settings, group_id=f"{name}-{uuid.uuid4().hex[:6]}"))
+    parts = []
+    for t in topics:
+        md = c.list_topics(t, timeout=10).topics[t]
+        parts += [TopicPartition(t, p, 0) for p in md.partitions]
+    c.assign(parts)
+    return c
+
+
 class Reader(threading.Thread):
     def __init__(self, settings: Settings, topics: list[str]) -> None:
         super().__init__(daemon=True)
-        self.c = Consumer(consumer_config(settings, group_id=f"demo-reader-{uuid.uuid4().hex[:6]}"))
-        parts = []
-        for t in topics:
-            md = self.c.list_topics(t, timeout=10).topics[t]
-            parts += [TopicPartition(t, p, 0) for p in md.partitions]
-        self.c.assign(parts)
+        self.c = reader_from_start(settings, topics, "demo-reader")
         self.deadletter = settings.topics.deadletter
         self.data = Readback()
         self.stop = threading.Event()
@@ -119,7 +126,7 @@ class Workers:
         self.config = out_dir / "demo-settings.toml"
         self.config.write_text(dump_toml(settings))
         self.log = out_dir / "workers.log"
-        self._log = open(self.log, "ab")
+        self._log = open(self.log, "ab")  # noqa: SIM115 - the workers write to it until stop() closes it
         self.proc = subprocess.Popen([sys.executable, "-m", "muse_stream", "run", "--config", str(self.config),
                                       "--workers", str(workers)], stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env={**os.environ, "MUSE_BOOTSTRAP": ""})
