@@ -46,7 +46,7 @@ def settings_for(bootstrap: str):
         topics = {
             "events": f"t{unique}.events", "models": f"t{unique}.models", "tenants": f"t{unique}.tenants",
             "deadletter": f"t{unique}.deadletter", "decisions_prefix": f"t{unique}.decisions.",
-            "shadow_prefix": f"t{unique}.shadow.",
+            "shadow_prefix": f"t{unique}.shadow.", "labels": f"t{unique}.labels",
         }
         runtime = {"group_id": f"g{unique}", "transactional_id_prefix": f"tx{unique}"}
         sections = {"topics": topics, "runtime": runtime}

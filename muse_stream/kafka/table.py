@@ -34,10 +34,16 @@ class TopicTable:
             # 10 s: a command that reads a table first (publish, models, backtest, replay) names the address
             # within 15 s of its start when no cluster answers.
             md = self._consumer.list_topics(topic, timeout=10)
+            tmd = md.topics.get(topic)
+            # A topic just created may not be in every broker's metadata yet (a cluster propagates it): ask
+            # again for up to 3 s before saying it does not exist.
+            deadline = time.monotonic() + 3.0
+            while (tmd is None or tmd.error is not None or not tmd.partitions) and time.monotonic() < deadline:
+                time.sleep(0.25)
+                tmd = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
         except KafkaException as e:
             raise KafkaOpError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers} (reading {topic}): "
                                f"{e.args[0].str()}", error=e.args[0]) from None
-        tmd = md.topics.get(topic)
         if tmd is None or tmd.error is not None or not tmd.partitions:
             self._consumer.close()
             raise KafkaOpError(f"topic {topic} does not exist (run `muse-stream topics create`)")

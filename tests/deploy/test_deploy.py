@@ -316,8 +316,12 @@ def test_a_tied_threshold_keeps_its_alert_rate_through_a_deployment(deploy_stack
         on_tie = lv[tk == thr]
         tied += int(on_tie.size >= 2 and on_tie[-1] - on_tie[0] > 0.05)
         old_rate = 1.0 - lv[np.argmax(tk >= thr)]
-        new_rate = 1.0 - lv[np.argmax(mapped >= thr)]
-        assert new_rate == pytest.approx(old_rate, rel=0.01), (thr, old_rate, new_rate)
+        # Where the candidate's own scores tie at the crossing (a mass point of the new model), every event
+        # of that mass alerts or none does: its rate can be anything across the run's levels, no finer.
+        at = np.argmax(mapped >= thr)
+        run = lv[qm.model_knots_ == qm.model_knots_[at]]
+        lowest, highest = 1.0 - run[-1], 1.0 - run[0]
+        assert lowest * 0.99 <= old_rate <= highest * 1.01, (thr, old_rate, lowest, highest)
     assert tied >= 1  # at least one band sits on a tied group of the incumbent's scores
 
 
