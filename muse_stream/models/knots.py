@@ -133,23 +133,33 @@ def optional_float(v: Any, name: str) -> float | None:
 
 
 def strict_knots(levels: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Collapse runs of tied knots so both coordinates strictly increase.
+    """Collapse tied knots so both coordinates strictly increase, in two passes.
 
-    A run of equal y (a mass point in the target: the incumbent's or the reference's scores share one
-    value) becomes one knot at the run's lowest level. Every target score at that value sits at or above
-    that level, so a threshold placed on the tied value alerts 1 - lowest level of the target, and the
-    mapped new scores must reach it from that same level on; the run's middle would halve such an alert
-    rate. Any other run (a mass point in the model's own scores, x tied) becomes one knot at its middle
-    level. The resulting map is strictly increasing, so it never creates ties between scores.
+    First, a run of equal x (a mass point in the model's own scores) becomes one knot at its middle level,
+    y read there: every event at that score maps to one value, so it alerts as a whole. Then a run of
+    equal y (a mass point in the target: the incumbent's or the reference's scores share one value) keeps
+    only its first knot, the lowest level. Every target score at that value sits at or above that level,
+    so a threshold placed on the tied value alerts 1 - lowest level of the target, and the mapped new
+    scores reach it from that same level on; the run's middle would halve such an alert rate. The passes
+    are separate so that a model tie at the start of a target tie cannot chain the two runs (and every run
+    touching them) into one knot. The resulting map is strictly increasing, so it never creates ties.
     """
-    starts_mask = np.ones(x.size, dtype=bool)
-    starts_mask[1:] = (x[1:] > x[:-1]) & (y[1:] > y[:-1])
-    starts = np.flatnonzero(starts_mask)
+    # Pass 1: one knot per distinct x, at the run's middle level, y clipped into the run's own range so a
+    # rounding overshoot cannot pass a neighbour.
+    starts = _run_starts(x)
     ends = np.append(starts[1:], x.size) - 1
     at = 0.5 * (levels[starts] + levels[ends])
-    y_tied = y[starts] == y[ends]
-    at[y_tied] = levels[starts[y_tied]]
-    # Clip into the run's own range so a rounding overshoot cannot meet the next run.
-    xs = np.clip(np.interp(at, levels, x), x[starts], x[ends])
+    xs = x[starts]
     ys = np.clip(np.interp(at, levels, y), y[starts], y[ends])
-    return xs, ys
+    # Pass 2: y is non-decreasing across the runs; each run of equal y keeps its first x and its tied value.
+    starts = _run_starts(ys)
+    ends = np.append(starts[1:], ys.size) - 1
+    return xs[starts], ys[ends]
+
+
+def _run_starts(v: np.ndarray) -> np.ndarray:
+    """Where each run of equal values of non-decreasing `v` begins. Values a few ulps apart count as equal:
+    np.quantile at a tie level (first / (n - 1)) reads an index a rounding off the tie's first score, and so
+    lands a few ulps beside the tied value instead of on it."""
+    gap = v[1:] - v[:-1]
+    return np.flatnonzero(np.append(True, gap > 4.0 * np.spacing(np.abs(v[:-1]))))

@@ -74,3 +74,25 @@ def test_constant_or_near_constant_scores_are_refused(share):
         QuantileMap().fit(scores, reference=ref)
     with pytest.raises(TransformError, match="constant or near-constant"):
         QuantileMap().fit(rng.uniform(0.0, 1.0, n), reference=ref, target_scores=scores)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_candidate_with_its_own_ties_keeps_every_tied_threshold_of_a_few_valued_incumbent(seed):
+    """A candidate whose score ties where an incumbent's mass point begins once chained every tied run into
+    one knot: the whole map collapsed to a line and a 5% band alerted 19%."""
+    rng = np.random.default_rng(seed)
+    n = 20_000
+    x = rng.normal(size=n)
+    # The incumbent: four values (a stump model), ranking events by x with noise; the candidate: the same
+    # signal on a coarse grid of 400 values, so its own scores tie throughout.
+    incumbent = np.select([x < 0.2, x < 0.6, x < 1.6], [0.13, 0.21, 0.24], 0.36) + 0.0
+    new = np.round(1.0 / (1.0 + np.exp(-(x + rng.normal(scale=0.3, size=n)))) * 400) / 400
+    ref = ReferenceDistribution.from_scores(incumbent)
+    qm = QuantileMap().fit(new, reference=ref, target_scores=incumbent)
+    mapped = qm.transform(new)
+    # Events on one candidate score alert together: a rate can be off by that score's mass, no more.
+    _, counts = np.unique(new, return_counts=True)
+    step = counts.max() / n
+    for threshold in (0.21, 0.24, 0.36):
+        old = float(np.mean(incumbent >= threshold))
+        assert abs(float(np.mean(mapped >= threshold)) - old) <= step, (threshold, step)
