@@ -11,8 +11,9 @@ trees x leaves x depth^2 steps (docs/results.md has both paths' figures).
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import orjson
@@ -20,8 +21,6 @@ import orjson
 from muse_stream.scoring import treeshap
 
 logger = logging.getLogger(__name__)
-
-APPROVE = orjson.dumps("approve")  # the band JSON of a decision that carries no reasons
 
 
 def contributions(booster, x: np.ndarray) -> np.ndarray:
@@ -45,14 +44,31 @@ def top_features(contribs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return order, np.take_along_axis(contribs, order, axis=1)
 
 
-def reasons_json(features: Iterable[str], order: np.ndarray, values: np.ndarray) -> list[bytes]:
-    """Each row's `,"reasons":[...]` fragment, from a template: each feature's head JSON-encoded once, the
-    float32 values written by orjson in one call (shortest float32 text), split at the commas."""
-    heads = [b'{"feature":' + orjson.dumps(f) + b',"contribution":' for f in features]
-    nums = orjson.dumps(values.ravel(), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
-    items = [heads[k] + v + b"}" for k, v in zip(order.ravel().tolist(), nums)]
-    n = order.shape[1]
-    return [b',"reasons":[' + b",".join(items[i:i + n]) + b"]" for i in range(0, len(items), n)]
+def reasons_json(features: Sequence[str], order: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each row's `,"reasons":[...]` fragment (an object array of bytes), from a template: each feature's
+    head JSON-encoded once per model, the float32 values written by orjson in one call (shortest float32
+    text), split at the commas, and the pieces joined column by column (one elementwise bytes + per reason,
+    not per row)."""
+    n_rows, n = order.shape
+    if n == 0:
+        return np.full(n_rows, b',"reasons":[]', dtype=object)
+    first, after = _heads(tuple(features))
+    nums = np.empty(n_rows * n, dtype=object)
+    nums[:] = orjson.dumps(values.ravel(), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+    nums = nums.reshape(n_rows, n)
+    out = first[order[:, 0]] + nums[:, 0]
+    for i in range(1, n):
+        out = out + after[order[:, i]] + nums[:, i]
+    return out + b"}]"
+
+
+@functools.lru_cache(maxsize=64)
+def _heads(features: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per feature, the JSON before its value as a first reason and as a later one (object arrays)."""
+    names = [orjson.dumps(f) for f in features]
+    first = np.array([b',"reasons":[{"feature":' + f + b',"contribution":' for f in names], dtype=object)
+    after = np.array([b'},{"feature":' + f + b',"contribution":' for f in names], dtype=object)
+    return first, after
 
 
 class ReasonCodes:
@@ -75,18 +91,19 @@ class ReasonCodes:
     def count(self, intent: str) -> int:
         return self.counts.get(intent, self.default)
 
-    def add(self, model, x: np.ndarray, band_json: np.ndarray) -> None:
-        """Append the reasons to the band JSON of each flagged row (object array of bytes, the group's rows in
-        x's order), in place: one contributions call for all of them. A booster that cannot give
-        contributions leaves its decisions without reasons, and is warned about once."""
+    def add(self, model, x: np.ndarray, band_json: np.ndarray, flagged: np.ndarray) -> None:
+        """Append the reasons to the band JSON of each flagged row (band_json: object array of bytes, the
+        group's rows in x's order; flagged: a bool per row, its band other than approve), in place: one
+        contributions call for all of them. A booster that cannot give contributions leaves its decisions
+        without reasons, and is warned about once."""
         n = self.count(model.intent)
         if n <= 0:
             return
-        flagged = np.flatnonzero(band_json != APPROVE)
+        flagged = np.flatnonzero(flagged)
         if not flagged.size:
             return
         try:
-            contribs = self.contributions(model, x[flagged])
+            order, values = self.top(model, x[flagged], n)
         except MemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - the decision stands without its reasons
@@ -95,20 +112,30 @@ class ReasonCodes:
                 logger.warning("%s: no reason codes, pred_contribs failed: %s: %s", model.name, type(e).__name__,
                                str(e).strip().splitlines()[0][:300] if str(e).strip() else "")
             return
-        order, values = top_features(contribs, n)
-        band_json[flagged] = [b + r for b, r in zip(band_json[flagged].tolist(), reasons_json(model.features, order,
-                                                                                              values))]
+        band_json[flagged] += reasons_json(model.features, order, values)
+
+    def top(self, model, x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows' n largest contributions (top_features of contributions()), ranked in C with the tables."""
+        ext, tables = self._path(model, x.shape[1])
+        if tables is not None and tables.n_features <= treeshap.MAX_TOP_COLUMNS:
+            return treeshap.top_contributions(tables, x, ext, n)
+        return top_features(self.contributions(model, x), n)
 
     def contributions(self, model, x: np.ndarray) -> np.ndarray:
-        """The rows' contributions by the fast tables when this process and the booster allow, else XGBoost's;
-        which one a model uses is logged once per model, with the tables' size and build time."""
+        """The rows' contributions by the fast tables when this process and the booster allow, else XGBoost's."""
+        ext, tables = self._path(model, x.shape[1])
+        if tables is not None:
+            return treeshap.contributions(tables, x, ext)
+        return contributions(model.booster, x)
+
+    def _path(self, model, n_features: int):
+        """(the C extension, the booster's tables), or tables None for XGBoost's call; which one a model uses
+        is logged once per model, with the tables' size and build time."""
         ext = treeshap.module(self.native)
-        ex = treeshap.explainer(model.booster, x.shape[1]) if ext is not None else None
+        ex = treeshap.explainer(model.booster, n_features) if ext is not None else None
         if model.name not in self._told:
             self._told.add(model.name)
             how = ex.describe() if ex is not None else treeshap.active_path() if self.native is None else \
                 "pred_contribs (switched off)"
             logger.info("%s: reason codes by %s", model.name, how)
-        if ex is not None and ex.tables is not None:
-            return treeshap.contributions(ex.tables, x, ext)
-        return contributions(model.booster, x)
+        return ext, (ex.tables if ex is not None else None)

@@ -145,9 +145,10 @@ class BatchScorer:
         by_tenant = _rows_by_tenant(tids)
         # Every tenant's bands first, so the flagged rows of the whole group get their reasons in one call.
         group_bands = np.empty(len(tids), dtype=object)
+        flagged = np.empty(len(tids), dtype=bool)
         for tid, rows in by_tenant:
-            group_bands[rows] = self._bands(out, tid, intent, model_name, scores[rows], time_arr[rows])
-        self.reasons.add(model, x32, group_bands)
+            group_bands[rows], flagged[rows] = self._bands(out, tid, intent, model_name, scores[rows], time_arr[rows])
+        self.reasons.add(model, x32, group_bands, flagged)
         for tid, rows in by_tenant:
             t_scores = scores[rows]
             band_json = group_bands[rows].tolist()
@@ -164,16 +165,19 @@ class BatchScorer:
         out.matrices.append(ScoredMatrix(intent, model_name, model.features, x32, eids, tids, times, raw, scores))
 
     def _bands(self, out: BatchOutput, tid: str, intent: str, model_name: str, scores: np.ndarray,
-               times: np.ndarray) -> list[bytes]:
-        """Each of a tenant's rows' band, JSON-encoded, from the bands in force at its event time; one
-        ScoredGroup per set of bands (one, unless the tenant's bands changed within the batch's event times)."""
+               times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each of a tenant's rows' band, JSON-encoded, from the bands in force at its event time, and whether
+        it is flagged (a band other than approve); one ScoredGroup per set of bands (one, unless the tenant's
+        bands changed within the batch's event times)."""
         band_json = np.empty(len(scores), dtype=object)
+        flagged = np.empty(len(scores), dtype=bool)
         for bands, idx in self.tenants.band_groups(tid, intent, times):
             sel = slice(None) if idx is None else idx
             assigned = bands.assign(scores[sel])
             out.groups.append(ScoredGroup(tid, intent, model_name, scores[sel], assigned, bands.names, times[sel]))
             band_json[sel] = np.array([_json(b) for b in bands.names], dtype=object)[assigned]
-        return band_json.tolist()
+            flagged[sel] = assigned > 0  # names[0] is approve, a name no tenant's band may take
+        return band_json, flagged
 
 
 @functools.cache

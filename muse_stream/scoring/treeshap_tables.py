@@ -65,7 +65,7 @@ class Tables:
     leaves: np.ndarray  # LEAF
     leaf_features: np.ndarray  # int32
     leaf_ratios: np.ndarray  # float64 pairs (-1, (1 - z) / z), beside leaf_features: the cold and hot factors
-    values: np.ndarray  # float64
+    values: np.ndarray  # float32: computed in float64, kept as XGBoost's own TreeSHAP computes, in float
 
     @property
     def n_leaves(self) -> int:
@@ -142,14 +142,14 @@ def build_tables(trees: list[dict], n_features: int, max_bytes: int) -> Tables:
     tree_recs.append((len(inner), len(leaves)))
     d = np.array([len(f) for _, _, f, _ in leaves], dtype=np.int64)
     sizes = np.int64(1) << d
-    nbytes = int(sizes.sum()) * 8 + int(d.sum()) * 20 + len(leaves) * LEAF.itemsize + len(inner) * INNER.itemsize
+    nbytes = int(sizes.sum()) * 4 + int(d.sum()) * 20 + len(leaves) * LEAF.itemsize + len(inner) * INNER.itemsize
     if nbytes > max_bytes:
         raise Unsupported(f"tables of {nbytes / 1e6:.0f} MB, above the {max_bytes / 1e6:.0f} MB cap")
     toff = np.zeros(len(d), dtype=np.int64)
     np.cumsum(sizes[:-1], out=toff[1:])
     fptr = np.zeros(len(d), dtype=np.int64)
     np.cumsum(d[:-1], out=fptr[1:])
-    values = np.empty(int(sizes.sum()), dtype=np.float64)
+    values = np.empty(int(sizes.sum()), dtype=np.float32)
     ratios = np.full((int(d.sum()), 2), -1.0)
     for k in np.unique(d).tolist():
         members = np.flatnonzero(d == k)

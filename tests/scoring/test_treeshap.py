@@ -72,6 +72,26 @@ def test_fast_contributions_equal_pred_contribs_for_every_row_and_feature(depth,
     for r in range(len(x)):
         for a, b in zip(order_got[r], order_want[r]):
             assert a == b or abs(float(want[r, a]) - float(want[r, b])) <= _tol(want[r, b])
+    # The live path ranks in C: exactly numpy's ranking of the same float32 values.
+    for k in (3, n_features):
+        order_c, values_c = treeshap.top_contributions(ex.tables, x, EXT, k)
+        order_np, values_np = top_features(got, k)
+        assert np.array_equal(order_c, order_np) and np.array_equal(values_c, values_np)
+
+
+def test_the_c_ranking_breaks_ties_by_column_and_puts_nan_last_as_numpy_does():
+    rng = np.random.default_rng(8)
+    sums = rng.choice([-1.0, 0.0, -0.0, 0.5, 2.0, 1e-9, np.nan], size=(400, 7))
+    sums[:5] = np.nan
+    sums[5:10] = 0.25
+    for k in (1, 3, 7):
+        order = np.empty((400, k), dtype=np.int32)
+        values = np.empty((400, k), dtype=np.float32)
+        EXT.top(sums, 7, k, order, values)
+        order_np, values_np = top_features(sums.astype(np.float32), k)
+        assert np.array_equal(order, order_np) and np.array_equal(values, values_np, equal_nan=True)
+    with pytest.raises(ValueError, match="sizes"):
+        EXT.top(sums, 7, 8, np.empty((400, 8), np.int32), np.empty((400, 8), np.float32))
 
 
 def test_the_tables_are_the_brute_force_shapley_values_of_one_leafs_game():
