@@ -31,14 +31,8 @@ from muse_stream.models.registry import LoadedModel, ModelRegistry, load_version
 from muse_stream.models.store import read_models
 from muse_stream.models.tabular import read_table
 from muse_stream.models.transform import ScoreTransform, fit_score_transform
-from muse_stream.scoring.contract import (
-    Router,
-    admit_batch,
-    feature_matrix,
-    model_matrix,
-    model_outputs,
-    over_limit,
-)
+from muse_stream.scoring.columns import contract_pass
+from muse_stream.scoring.contract import Router, feature_matrix, over_limit
 from muse_stream.tenants import Bands, TenantRegistry, read_tenants
 
 logger = logging.getLogger(__name__)
@@ -85,30 +79,23 @@ def range_events(batches: Iterable[list], intent: str, tenants: Mapping[str, Ten
     rows = []
     other = 0
     for batch in batches:
-        groups, refused = admit_batch(batch, router, max_event_bytes)
+        # The live scorer's pass on its pure path (the same answers as the compiled one), which keeps each
+        # event's features as a dict for the candidate's own matrix.
+        cols, groups, refused = contract_pass(batch, router, max_event_bytes, max_abs_feature)
         dead.update(r.reason.value for _, r in refused)
-        for model, (msgs, evs) in groups.items():
-            x, kept, rejected = model_matrix([ev.features for ev in evs], model.features, max_abs_feature,
-                                           model.unknown)
-            dead.update(r.reason.value for _, r in rejected)
-            if kept is not None:
-                msgs, evs = [msgs[i] for i in kept.tolist()], [evs[i] for i in kept.tolist()]
-            raw, kept, failed = model_outputs(model, x)
-            dead.update(r.reason.value for _, r in failed)
-            if kept is not None:
-                msgs, evs = [msgs[i] for i in kept.tolist()], [evs[i] for i in kept.tolist()]
+        for model, idx, raw in groups:
             if model.intent != intent:
-                other += len(evs)
+                other += int(idx.size)
                 continue
-            rows += [(ev.event_time, m.partition(), m.offset(), ev, model.version, r)
-                     for m, ev, r in zip(msgs, evs, raw.tolist())]
+            rows += [(cols.times[i], batch[i].partition(), batch[i].offset(), cols.eids[i], cols.tids[i],
+                      cols.feats[i], model.version, r) for i, r in zip(idx.tolist(), raw.tolist())]
     rows.sort(key=lambda r: r[:3])
     out = RangeEvents(dead_letters={r: n for r, n in sorted(dead.items()) if n}, other_intents=other)
-    for et, _, _, ev, version, r in rows:
-        out.times.append(et)
-        out.event_ids.append(ev.event_id)
-        out.tenants.append(ev.tenant_id)
-        out.features.append(ev.features)
+    for et, _, _, eid, tid, feats, version, r in rows:
+        out.times.append(int(et))
+        out.event_ids.append(eid)
+        out.tenants.append(tid)
+        out.features.append(feats)
         out.versions.append(version)
         out.raw.append(r)
     return out

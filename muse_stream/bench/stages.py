@@ -2,8 +2,8 @@
 events (bench/telemetry_overhead.py builds the stack), with each function the scorer calls wrapped by a timer
 for the length of the measurement, and Telemetry.on_batch after it, as the worker calls it.
 
-Stages: parse_validate (the event contract and routing: admit_batch, or admit_columns), feature_matrix
-(model_matrix or group_matrix: the float32 matrix and the value limits), predict (model_outputs: the booster
+Stages: parse_validate (the event contract and routing: admit_columns), feature_matrix (group_matrix: the
+float32 matrix and the value limits), predict (model_outputs: the booster
 and its checks), transform (the score transform), bands (thresholds per tenant), reasons (reason codes, when the
 scorer has them), format (the scorer's decision writer, when it has one), other (what no timer covers: grouping,
 refusals, and the decision loop of a scorer without a writer), then telemetry. A stage whose function the
@@ -24,11 +24,8 @@ import orjson
 STAGES = ("parse_validate", "feature_matrix", "predict", "transform", "bands", "reasons", "format", "other",
           "telemetry")
 # (module, attribute path, stage): looked up when measuring, so a renamed function is reported, not a crash;
-# both the per-event path's names and the columnar path's are listed (the scorer calls one of each).
 _TIMED = (
-    ("muse_stream.scoring.scorer", "admit_batch", "parse_validate"),
     ("muse_stream.scoring.scorer", "admit_columns", "parse_validate"),
-    ("muse_stream.scoring.scorer", "model_matrix", "feature_matrix"),
     ("muse_stream.scoring.scorer", "group_matrix", "feature_matrix"),
     ("muse_stream.scoring.scorer", "model_outputs", "predict"),
     ("muse_stream.models.transform", "ScoreTransform.apply", "transform"),

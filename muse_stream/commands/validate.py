@@ -67,36 +67,25 @@ def read_lines(path: str | Path) -> list[_Line]:
 def check_events(lines: list[_Line], tenants, models, *, max_event_bytes: int, max_abs_feature: float) -> dict:
     """The live contract over the lines: counts of what would be scored (per version) and dead-lettered (per
     reason), with the first line and detail of each reason."""
-    from muse_stream.scoring.contract import Router, admit_batch, model_matrix, model_outputs
+    from muse_stream.scoring import native
+    from muse_stream.scoring.columns import contract_pass
+    from muse_stream.scoring.contract import Router
 
     router = Router(tenants, models)  # the registries do not change while the file is checked
     dead: Counter[str] = Counter()
     scored: Counter[str] = Counter()
     examples: dict[str, dict] = {}
-
-    def refuse(msg: _Line, r) -> None:
-        dead[r.reason.value] += 1
-        ex = examples.get(r.reason.value)
-        if ex is None or msg.lineno < ex["line"]:
-            examples[r.reason.value] = {"line": msg.lineno, "detail": r.detail}
-
     for k in range(0, len(lines), BATCH):
-        groups, refused = admit_batch(lines[k:k + BATCH], router, max_event_bytes)
-        for m, r in refused:
-            refuse(m, r)
-        for model, (msgs, evs) in groups.items():
-            x, kept, rejected = model_matrix([ev.features for ev in evs], model.features, max_abs_feature,
-                                             model.unknown)
-            for i, r in rejected:
-                refuse(msgs[i], r)
-            if kept is not None:
-                msgs = [msgs[i] for i in kept.tolist()]
-            if not msgs:
-                continue
-            _, kept, failed = model_outputs(model, x)
-            for i, r in failed:
-                refuse(msgs[i], r)
-            scored[model.name] += len(msgs) if kept is None else int(kept.size)
+        batch = lines[k:k + BATCH]
+        # The live scorer's own pass, compiled scanner included where it is built.
+        _, groups, refused = contract_pass(batch, router, max_event_bytes, max_abs_feature, native.module())
+        for i, r in refused:
+            dead[r.reason.value] += 1
+            ex = examples.get(r.reason.value)
+            if ex is None or batch[i].lineno < ex["line"]:
+                examples[r.reason.value] = {"line": batch[i].lineno, "detail": r.detail}
+        for model, rows, _ in groups:
+            scored[model.name] += int(rows.size)
     return {"events": len(lines), "scored": sum(scored.values()), "versions": dict(sorted(scored.items())),
             "dead_letters": {r: dead[r] for r in sorted(dead, key=lambda r: examples[r]["line"])},  # as first met
             "examples": examples}

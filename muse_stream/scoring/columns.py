@@ -1,5 +1,6 @@
-"""Steps 1-3 of the event contract (contract.py) for a whole batch at once, as columns: what the live scorer
-runs. Same rules and the same answers as admit_batch and model_matrix, with the per-event work done by the
+"""Steps 1-3 of the event contract (contract.py) for a whole batch at once, as columns: what the live scorer,
+`validate` and the backtest run (contract_pass: steps 1-4). The same rules as parse_event, Router and
+model_matrix, with the per-event work done by the
 compiled scanner (native.py) where it is built, and by contract.parse_event otherwise:
 
 - parse: the scanner reads each plain event into columns (its event id, a code for its (tenant, intent) pair,
@@ -27,6 +28,7 @@ from muse_stream.scoring.contract import (
     _matrix,
     apply_unknown_policy,
     limit_rows,
+    model_outputs,
     parse_event,
     unknown_fields,
 )
@@ -93,6 +95,31 @@ def admit_columns(msgs: list, router: Router, max_event_bytes: int, native=None
     if route_refused:
         refused = sorted(refused + route_refused, key=operator.itemgetter(0))
     return cols, groups, refused
+
+
+def contract_pass(msgs: list, router: Router, max_event_bytes: int, max_abs_feature: float, native=None
+                  ) -> tuple[Columns, list[tuple[LoadedModel, np.ndarray, np.ndarray]], list[tuple[int, Rejection]]]:
+    """Steps 1-4 for a batch, as BatchScorer.process runs them (without entity state, which it computes
+    between steps 3 and 4): its columns; per version, the rows it scores and their raw scores; and (row,
+    rejection) for each row refused, rows ascending. What `validate` and the backtest run, so they dead-letter
+    exactly what the live workers would."""
+    cols, groups, refused = admit_columns(msgs, router, max_event_bytes, native)
+    refused = list(refused)
+    scored = []
+    for model, rows in groups:
+        x, kept, rejected = group_matrix(cols, rows, model.features, max_abs_feature, model.unknown)
+        refused += [(int(rows[i]), r) for i, r in rejected]
+        rows = rows if kept is None else rows[kept]
+        if not rows.size:
+            continue
+        raw, kept, failed = model_outputs(model, x)
+        refused += [(int(rows[i]), r) for i, r in failed]
+        if kept is not None:
+            rows = rows[kept]
+        if rows.size:
+            scored.append((model, rows, raw))
+    refused.sort(key=operator.itemgetter(0))
+    return cols, scored, refused
 
 
 def _split(codes: np.ndarray, k: int) -> list[np.ndarray]:

@@ -1,14 +1,16 @@
 """The input event contract: what an event must be to be scored, and the reason it is dead-lettered if not.
 
 Every path that reads input events goes through this module, so they score exactly the same events: the
-live scorer and replays (both through BatchScorer, which runs steps 1-3 over a whole batch as columns:
-columns.py, with the compiled scanner of native.py for the plain events where it is built) and the backtest.
+live scorer and replays (both through BatchScorer), `validate` and the backtest all run steps 1-4 over a whole
+batch as columns (columns.py: admit_columns, group_matrix, contract_pass), with the compiled scanner of
+native.py for the plain events where it is built.
 The contract has four steps:
 
 1. ``parse_event``, per event: size, JSON, shape, field types and ranges, every feature a number or null
    (null is a missing value, NaN);
-2. ``Router.admit``, per event (``admit_batch`` runs steps 1 and 2 over a batch and groups it by version): the tenant's rules (registered, not suspended, intent allowed or a default),
-   its pinned version or the intent's activation timeline at the event's time, and a version that loads;
+2. ``Router.admit``, per event (``Router.latest`` once per tenant and intent for events at or after its newest
+   activation): the tenant's rules (registered, not suspended, intent allowed or a default), its pinned
+   version or the intent's activation timeline at the event's time, and a version that loads;
 3. ``model_matrix``, per group of events one version scores, vectorised: the version's feature matrix, with
    the rows refused that carry a feature the version does not know, when the intent's unknown_features
    policy rejects them (unknown_feature; under "ignore" they are scored and the field is counted), and the
@@ -220,34 +222,6 @@ class Router:
                 model = Rejection(Reason.NO_ACTIVE_MODEL, str(e)[:300])
             self._versions[ident] = model
         return model
-
-
-def admit_batch(msgs: list, router: Router, max_event_bytes: int
-                ) -> tuple[dict[LoadedModel, tuple[list, list]], list[tuple[object, Rejection]]]:
-    """Steps 1 and 2 for a batch of input messages, as live scoring and the backtest both take them: per
-    version, the (messages, events) it scores, in batch order; and (message, rejection) for each one refused."""
-    groups: dict[LoadedModel, tuple[list, list]] = {}
-    refused: list[tuple[object, Rejection]] = []
-    latest: dict[tuple[str, str | None], tuple[LoadedModel | Rejection, int]] = {}
-    for msg in msgs:
-        ev = parse_event(msg.value(), max_event_bytes)
-        if type(ev) is Rejection:
-            refused.append((msg, ev))
-            continue
-        key = (ev[1], ev[2])
-        target = latest.get(key)
-        if target is None:
-            target = latest[key] = router.latest(*key)
-        model = target[0] if ev[3] >= target[1] else router.admit(ev)
-        if type(model) is Rejection:
-            refused.append((msg, model))
-            continue
-        g = groups.get(model)
-        if g is None:
-            g = groups[model] = ([], [])
-        g[0].append(msg)
-        g[1].append(ev)
-    return groups, refused
 
 
 # ---- values ---------------------------------------------------------------------------------------
