@@ -107,7 +107,7 @@ class ReferenceCache:
             try:
                 ref = ReferenceDistribution.from_dict(rec.reference)
             except MuseError as e:
-                logger.warning("reference of %s unusable for rate bands: %s", intent, e)
+                logger.warning("reference of %s unusable (rate bands, drift): %s", intent, e)
                 ref = None
             hit = self._parsed[intent] = (rec, ref)
         return hit[1]

@@ -9,34 +9,39 @@ could not compile the extension at install time runs the pure path without being
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 
 ENV_SWITCH = "MUSE_PURE_PYTHON"
 
 
-def _load() -> tuple[ModuleType | None, str]:
+def load_extension(name: str) -> tuple[ModuleType | None, str]:
+    """(the compiled module muse_stream.scoring.<name>, "") or (None, why it is not used): the one rule for
+    both extensions (this scanner and writer, and reason codes' _treeshap)."""
     if os.environ.get(ENV_SWITCH, "").strip() not in ("", "0"):
-        return None, f"python ({ENV_SWITCH}=1)"
+        return None, f"{ENV_SWITCH}=1"
     try:
-        from muse_stream.scoring import _native
+        return importlib.import_module(f"muse_stream.scoring.{name}"), ""
     except ImportError:
-        return None, "python (the C extension is not built)"
-    return _native, "native (C extension)"
+        return None, "the C extension is not built"
 
 
-NATIVE, ACTIVE = _load()
+def choose(default: ModuleType | None, name: str, native: bool | None) -> ModuleType | None:
+    """The compiled module to use: the process's choice (`default`) for None, none for False; True insists on
+    it (an ImportError then says the extension is not built)."""
+    if native is None:
+        return default
+    return importlib.import_module(f"muse_stream.scoring.{name}") if native else None
+
+
+NATIVE, _WHY = load_extension("_native")
+ACTIVE = "native (C extension)" if NATIVE is not None else f"python ({_WHY})"
 
 
 def module(native: bool | None = None) -> ModuleType | None:
-    """The compiled module to use: the process's choice for None, none for False; True insists on it."""
-    if native is None:
-        return NATIVE
-    if not native:
-        return None
-    from muse_stream.scoring import _native  # an ImportError here says the extension is not built
-
-    return _native
+    """The compiled scanner and writer to use: the process's choice for None, none for False; True insists."""
+    return choose(NATIVE, "_native", native)
 
 
 def active_path() -> str:

@@ -9,14 +9,13 @@ numerical splits, tables under MAX_TABLE_BYTES). Otherwise the caller runs XGBoo
 
 from __future__ import annotations
 
-import os
 import time
 import weakref
 from types import ModuleType
 
 import numpy as np
 
-from muse_stream.scoring.native import ENV_SWITCH
+from muse_stream.scoring.native import choose, load_extension
 from muse_stream.scoring.treeshap_tables import (
     MAX_PATH_FEATURES,
     Tables,
@@ -30,28 +29,13 @@ from muse_stream.scoring.treeshap_tables import (
 MAX_TABLE_BYTES = 96 * 1024 * 1024
 
 
-def _load() -> tuple[ModuleType | None, str]:
-    if os.environ.get(ENV_SWITCH, "").strip() not in ("", "0"):
-        return None, f"pred_contribs ({ENV_SWITCH}=1)"
-    try:
-        from muse_stream.scoring import _treeshap
-    except ImportError:
-        return None, "pred_contribs (the _treeshap C extension is not built)"
-    return _treeshap, "TreeSHAP tables (C extension)"
-
-
-EXT, ACTIVE = _load()
+EXT, _WHY = load_extension("_treeshap")
+ACTIVE = "TreeSHAP tables (C extension)" if EXT is not None else f"pred_contribs ({_WHY})"
 
 
 def module(native: bool | None = None) -> ModuleType | None:
     """The compiled evaluator to use: the process's choice for None, none for False; True insists on it."""
-    if native is None:
-        return EXT
-    if not native:
-        return None
-    from muse_stream.scoring import _treeshap  # an ImportError here says the extension is not built
-
-    return _treeshap
+    return choose(EXT, "_treeshap", native)
 
 
 def active_path() -> str:

@@ -15,8 +15,8 @@ from collections import deque
 
 import numpy as np
 
-from muse_stream.errors import ConfigError, MuseError
-from muse_stream.models.quantile import ReferenceDistribution
+from muse_stream.errors import ConfigError
+from muse_stream.models.bands import ReferenceCache
 from muse_stream.telemetry.drift import DriftMonitor
 from muse_stream.telemetry.features import FeatureMonitor
 from muse_stream.telemetry.gauges import register_gauges
@@ -76,7 +76,9 @@ class Telemetry:
                 "telemetry.trace_sample_rate is %g but no otlp_endpoint is set: tracing is off",
                 t.trace_sample_rate,
             )
-        self.drift = DriftMonitor(t.drift, self._reference) if t.drift.enabled else None
+        # Each intent's reference, parsed once per record (the tenants' rate bands read the same records).
+        references = ReferenceCache(lambda: worker.models.references)
+        self.drift = DriftMonitor(t.drift, references) if t.drift.enabled else None
         self.features = FeatureMonitor(self.hub, t, worker.models)  # missing values, feature-contract drift
         self.alerts = SlidingCounts(t.alert_window_s)
         self._alert_bands: dict[str, tuple[str, ...]] = {}
@@ -84,7 +86,6 @@ class Telemetry:
         self._pending: dict[tuple, list] = {}
         self._pending_n = 0
         self._pending_since = 0.0
-        self._refs: dict[str, tuple[object, ReferenceDistribution | None]] = {}
         self._server: TelemetryServer | None = None
         self._closed = False
         self._heartbeat = time.monotonic()
@@ -342,22 +343,6 @@ class Telemetry:
             return {}
         lag = read_lag(consumer, self.snap.assignment)
         return self.snap.lag if lag is None else lag  # unreadable for now: keep the last figures
-
-    # ---- helpers ------------------------------------------------------------------------------------
-
-    def _reference(self, intent: str) -> ReferenceDistribution | None:
-        rec = self.worker.models.references.get(intent)
-        if rec is None:
-            return None
-        cached = self._refs.get(intent)
-        if cached is None or cached[0] is not rec:
-            try:
-                ref = ReferenceDistribution.from_dict(rec.reference)
-            except MuseError as e:
-                logger.warning("reference of %s unusable for drift: %s", intent, e)
-                ref = None
-            cached = self._refs[intent] = (rec, ref)
-        return cached[1]
 
     # ---- read by the endpoint thread ----------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
+from muse_stream.scoring import native as native_path
 from muse_stream.scoring import treeshap
 from muse_stream.scoring.reasons import ReasonCodes, top_features
 from muse_stream.scoring.reasons import contributions as xgb_contributions
@@ -151,7 +152,7 @@ def test_tables_over_the_memory_cap_fall_back_and_the_switch_turns_the_fast_path
     fast = ReasonCodes({}, 3).contributions(_Model(booster, 5), x)
     assert np.array_equal(fast, treeshap.contributions(tables, x, EXT)) and np.all(np.abs(fast - want) <= _tol(want))
     monkeypatch.setenv("MUSE_PURE_PYTHON", "1")
-    assert treeshap._load()[0] is None and "MUSE_PURE_PYTHON" in treeshap._load()[1]
+    assert native_path.load_extension("_treeshap") == (None, "MUSE_PURE_PYTHON=1")
 
 
 def test_mismatched_buffers_are_refused_not_read():
