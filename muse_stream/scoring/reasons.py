@@ -128,6 +128,15 @@ class ReasonCodes:
             return treeshap.contributions(tables, x, ext)
         return contributions(model.booster, x)
 
+    def prepare(self, model, n_features: int) -> None:
+        """Build the version's tables (or find it has none) before its first flagged batch needs them."""
+        try:
+            self._path(model, n_features)
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the first flagged batch will meet it again, and warn
+            logger.debug("%s: reason code tables not prepared: %s", model.name, e)
+
     def _path(self, model, n_features: int):
         """(the C extension, the booster's tables), or tables None for XGBoost's call; which one a model uses
         is logged once per model, with the tables' size and build time."""

@@ -141,6 +141,7 @@ class Worker:
                 self.models.apply(k, v)
             for k, v in self._tenants_table.catch_up():
                 self.tenants.apply(k, v)
+            self.scorer.warm_loaded()
             self._heartbeat()
             self._ensure_output_topics()
             if self.state.enabled:
@@ -170,6 +171,7 @@ class Worker:
         for k, v in self._tenants_table.updates():
             self.tenants.apply(k, v)
         if self.models.generation != gen or self.tenants.version != tv:
+            self.scorer.warm_loaded()
             self._ensure_output_topics()
 
     def _ensure_output_topics(self) -> None:

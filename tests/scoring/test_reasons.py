@@ -126,3 +126,22 @@ def test_top_features_breaks_ties_by_column_order_and_writes_float32_text():
                       b'{"feature":"q\\"c","contribution":0.5}]')
     assert orjson.loads(b"{" + out[1][1:] + b"}")["reasons"] == [
         {"feature": f, "contribution": 0.0} for f in ("a", "b", 'q"c')]
+
+
+def test_a_loaded_version_is_warmed_before_its_first_batch_and_only_once():
+    """warm_loaded (run by the worker between batches) builds the reason-code tables of each newly loaded
+    version, so its first flagged batch does not pay for them; an intent without reason codes builds none."""
+    from muse_stream.scoring import treeshap
+
+    reg = registry()
+    model = reg.get("card", 1)
+    scorer = _scorer(reg, (IntentConfig(name="card", reason_codes=3),))
+    assert model.booster not in treeshap._explainers
+    scorer.warm_loaded()
+    ex = treeshap._explainers.get(model.booster)
+    assert ex is not None and (ex.tables is not None) == (treeshap.EXT is not None)
+    scorer.warm_loaded()  # nothing new: the same explainer object stays
+    assert treeshap._explainers.get(model.booster) is ex
+    off = registry()
+    _scorer(off, (IntentConfig(name="card", reason_codes=0),)).warm_loaded()
+    assert off.get("card", 1).booster not in treeshap._explainers
