@@ -19,7 +19,7 @@ import numpy as np
 
 from muse_stream.config import Settings
 from muse_stream.deploy import record as dr
-from muse_stream.deploy.feed import ShadowFeed, Window, read_labels
+from muse_stream.deploy.feed import ShadowFeed, ShadowSetting, Window, read_labels
 from muse_stream.deploy.guards import Judgement, judge, table_lines
 from muse_stream.deploy.record import clock
 from muse_stream.errors import DataError, ModelError, MuseError, TransformError
@@ -175,12 +175,18 @@ class Deployer:
                 rec, "shadow", f"{self.intent}@{rec.candidate} scores live traffic in shadow")
         return self.write(rec, make)
 
-    def keep_shadow(self, rec: DeploymentRecord) -> None:
+    def keep_shadow(self, rec: DeploymentRecord, setting: ShadowSetting | None = None) -> None:
         """Set the candidate as the intent's shadow again if someone changed it (`models shadow X --off`) while
-        the deployment needs its pairs: else the window never fills and the deploy waits for ever."""
-        sh = read_models(self.s).shadows.get(self.intent)
-        if sh is not None and sh.version == rec.candidate:
-            return
+        the deployment needs its pairs: else the window never fills and the deploy waits for ever. `setting`:
+        the shadow record as followed while collecting (else the models topic is read once)."""
+        if setting is not None:
+            if setting.version() == rec.candidate:
+                return
+            sh = read_models(self.s).shadows.get(self.intent)
+        else:
+            sh = read_models(self.s).shadows.get(self.intent)
+            if sh is not None and sh.version == rec.candidate:
+                return
 
         def step(reg: ModelRegistry):
             on_topic = reg.deployments.get((self.intent, rec.deployment))
@@ -218,19 +224,26 @@ class Deployer:
         """Poll `feed` until it holds `target` pairs; False when the timeout comes first."""
         deadline = since_ms / 1000 + (self.g.shadow_timeout_s if what == "shadow" else self.g.watch_timeout_s)
         shown = checked = time.monotonic()
-        while len(feed) < target:
-            if self.stop.is_set():
-                raise Interrupted(f"deploy stopped; deployment {rec.name} stays {rec.state}")
-            if time.time() > deadline:
-                return False
-            if what == "shadow" and time.monotonic() - checked > SHADOW_CHECK_S:
-                checked = time.monotonic()
-                self.keep_shadow(rec)
-            feed.poll(min(self.g.poll_s, 1.0))
-            if time.monotonic() - shown > 10:
-                shown = time.monotonic()
-                self.out(f"{clock(now_ms())}  {rec.name}  {rec.state:11} {what}: {len(feed):,} of {target:,} events")
-        return True
+        setting = None
+        try:
+            while len(feed) < target:
+                if self.stop.is_set():
+                    raise Interrupted(f"deploy stopped; deployment {rec.name} stays {rec.state}")
+                if time.time() > deadline:
+                    return False
+                if what == "shadow" and time.monotonic() - checked > SHADOW_CHECK_S:
+                    checked = time.monotonic()
+                    setting = setting or ShadowSetting(self.s, self.intent)
+                    self.keep_shadow(rec, setting)
+                feed.poll(min(self.g.poll_s, 1.0))
+                if time.monotonic() - shown > 10:
+                    shown = time.monotonic()
+                    self.out(f"{clock(now_ms())}  {rec.name}  {rec.state:11} {what}: {len(feed):,} of {target:,} "
+                             "events")
+            return True
+        finally:
+            if setting is not None:
+                setting.close()
 
     def _fit(self, rec: DeploymentRecord) -> DeploymentRecord:
         reg, ref, tenants, _ = self.context()

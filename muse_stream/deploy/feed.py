@@ -2,7 +2,7 @@
 
 A ShadowFeed follows the intent's shadow topic from a wall-clock time on (read_committed, no group), keeping
 the pairs of one shadow version scored beside chosen incumbent versions, so a window grows batch by batch
-without re-reading the topic.
+without re-reading the topic; a ShadowSetting follows which version is the intent's shadow the same way.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from muse_stream.config import Settings
-from muse_stream.errors import KafkaOpError
+from muse_stream.errors import KafkaOpError, ModelError
 from muse_stream.kafka.clients import make_consumer, reader_config
+from muse_stream.kafka.table import TopicTable
+from muse_stream.models.records import ShadowRecord, parse_models_record, shadow_key
 
 logger = logging.getLogger(__name__)
 
@@ -161,3 +163,35 @@ def read_labels(settings: Settings, event_ids: np.ndarray, timeout: float = 10.0
     if not labels:
         return None
     return np.fromiter((labels.get(e, np.nan) for e in event_ids.tolist()), dtype=np.float64, count=event_ids.size)
+
+
+class ShadowSetting:
+    """The intent's shadow record as it is now, followed on the models topic by one consumer that reads the
+    topic once and then only what arrives: a deployment checks every few seconds, while it collects, that its
+    candidate is still the shadow, and re-reading the whole models topic (boosters included) each time would
+    cost megabytes a check."""
+
+    def __init__(self, settings: Settings, intent: str) -> None:
+        self._key = shadow_key(intent)
+        self._value: bytes | None = None
+        self._table = TopicTable(settings, settings.topics.models)
+        self._take(self._table.catch_up())
+
+    def _take(self, rows) -> None:
+        for k, v in rows:
+            if k == self._key:
+                self._value = v
+
+    def version(self) -> int | None:
+        """The shadow version set now (None: no shadow, or a record that does not parse)."""
+        self._take(self._table.updates())
+        if self._value is None:
+            return None
+        try:
+            rec = parse_models_record(self._value)
+        except ModelError:
+            return None
+        return rec.version if isinstance(rec, ShadowRecord) else None
+
+    def close(self) -> None:
+        self._table.close()
