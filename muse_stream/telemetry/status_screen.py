@@ -16,11 +16,20 @@ def make_console(file=None):
 
     file = file or sys.stdout
     if file.isatty():
-        return Console(file=file)
-    # Not a terminal: rich would assume 80 columns and cut or wrap cells; a width no table reaches keeps
-    # every cell whole (tables are not expanded, so no line grows to that width).
-    return Console(file=file, width=100_000, no_color=True, highlight=False, emoji=False, soft_wrap=True,
-                   color_system=None)
+        console = Console(file=file)
+    else:
+        # Not a terminal: rich would assume 80 columns and cut or wrap cells; a width no table reaches keeps
+        # every cell whole (tables are not expanded, so no line grows to that width).
+        console = Console(file=file, width=100_000, no_color=True, highlight=False, emoji=False, soft_wrap=True,
+                          color_system=None)
+    # rich ends a closed pipe with SystemExit(1), which `status` uses for "unhealthy": hand it to the command
+    # line's own handling instead (exit 141, as every other command under `| head`).
+    console.on_broken_pipe = _broken_pipe
+    return console
+
+
+def _broken_pipe() -> None:
+    raise BrokenPipeError("stdout closed")
 
 
 def _age(seconds: float | None) -> str:
