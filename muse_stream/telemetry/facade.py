@@ -329,6 +329,7 @@ class Telemetry:
         self.snap.alerts = alerts
         if self.drift is not None:
             self.drift.evaluate(now)
+        self.features.tick(now)
         self.snap.lag = self._read_lag()
         pts = self._rate_points
         pts.append((mono, self.worker.stats.events_in))

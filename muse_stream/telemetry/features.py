@@ -100,6 +100,11 @@ class FeatureMonitor:
             if len(m.x):
                 self._matrix(m, now)
         self._drain_ignored()
+        self.tick(now)
+
+    def tick(self, now: float) -> None:
+        """Judge the window when it is due: after a batch, and on the loop's idle turns too (Telemetry.update),
+        so a burst that ends is judged without waiting for the next event."""
         if self.judging and time.monotonic() >= self._next:
             self._next = time.monotonic() + self.interval_s
             self.evaluate(now)

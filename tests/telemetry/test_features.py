@@ -78,3 +78,24 @@ def test_within_the_contract_nothing_departs():
     live = np.where(rng.random((500, 2)) < 0.2, np.nan, rng.normal(size=(500, 2)))  # same missing rate, same law
     mon.on_batch(_matrix(live, ["acme"] * 500), 1000.0)
     assert mon.evaluate(1000.0) == []
+
+
+def test_a_burst_that_ends_is_judged_on_an_idle_tick_without_another_batch():
+    """The window is judged when due, also when no batch comes (Telemetry.update ticks on idle loop turns): a
+    burst whose first batches were too few for a verdict is judged once the input has gone quiet."""
+    import time
+
+    rng = np.random.default_rng(2)
+    contract = FeatureContract.from_matrix(FEATURES, rng.normal(size=(2000, 2)).astype(np.float32))
+    model = SimpleNamespace(contract=contract)
+    models = SimpleNamespace(loaded={("card_fraud", 1): model}, ignored_features={})
+    settings = TelemetrySettings(drift={"min_events": 100, "window_s": 60}, update_interval_s=0.2)
+    mon = FeatureMonitor(MetricsHub({"service.name": "test"}), settings, models)
+    live = rng.normal(size=(300, 2))
+    live[:, 0] = np.nan  # every value missing, against none
+    mon.on_batch(_matrix(live[:50], ["acme"] * 50), 1000.0)  # judged now: 50 < min_events, no verdict
+    mon.on_batch(_matrix(live[50:], ["acme"] * 250), 1000.0)  # not due yet: not judged
+    assert mon.status()["drifted"] is False
+    time.sleep(0.25)
+    mon.tick(1000.5)  # an idle turn, no batch
+    assert [(d.tenant, d.feature, d.kind) for d in mon.departures] == [("acme", "f0", "missing_rate")]
