@@ -122,6 +122,11 @@ def print_refresh_ratios(console, res: dict) -> list[dict]:
     rows = refresh_ratios(res["readback"].decisions, res["tenants"], res["card"].reference,
                           res["fitted_transform"], refreshed, res["day1_at"])
     fitted = f"{CARD}@{rec.step('activated').figures['version']}"
+    if not rows:
+        # The refresh was published near the replay's end, after the last event it would have governed.
+        console.print(f"after the refresh: {', '.join(sorted(refreshed))} scored no event before the replay ended "
+                      "(it governs events from its activation time on)")
+        return rows
     table = Table(title=f"Alert-rate ratios new/old after the refresh, per tenant and band: on the events "
                         f"{', '.join(sorted(refreshed))} served, against {OLD} on the same transactions")
     for col in ("tenant", "band", "events", f"alerts {OLD}", f"{fitted} (no refresh)", "refreshed",
