@@ -9,9 +9,10 @@ threshold per intent, through the intent's reference (models/bands.py): the regi
 intent -> ReferenceDistribution, and resolves each (band period, intent) once.
 
 Isolation is a rule of every worker, not of the writer: a record whose output topic is not its tenant's own
-(another tenant's decision topic, an input or control topic, a shadow or replay topic) is refused when it is
-read, with a warning naming the field and why, and the tenant's previous record stays in force. Writers
-(`put_tenants`) refuse such a record before writing it, each tenant under its own fence.
+(another tenant's decision topic, an input or control topic, a shadow or replay topic), or that names an intent
+the configuration does not, is refused when it is read, with a warning naming the field and why, and the
+tenant's previous record stays in force. Writers (`put_tenants`, `muse-stream tenants set`) refuse such a record
+before writing it with the same rule (TenantRegistry.record_problem), each tenant under its own fence.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from muse_stream.models.quantile import ReferenceDistribution
 
 logger = logging.getLogger(__name__)
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a tenant id, as config.TenantConfig checks it
+# The bytes of a refused record kept for `tenants show`: enough for any real record, bounded for a hostile one.
+REFUSED_KEPT = 64 * 1024
 
 
 class BandTimeline:
@@ -94,6 +97,8 @@ class TenantRegistry:
         # output topic -> the tenant whose it is: the first claim holds, a later one is refused.
         self._claims: dict[str, str] = {settings.output_topic(c): t for t, c in self.tenants.items()}
         self.refused: dict[str, str] = {}  # tenant -> why its latest refused record was refused
+        # tenant -> that record's bytes (at most REFUSED_KEPT of them), so `tenants show` can print what was refused
+        self.refused_records: dict[str, bytes] = {}
         self.refusals = 0
         self.version = 0  # bumped on every change, so callers can rebuild derived state cheaply
 
@@ -103,6 +108,9 @@ class TenantRegistry:
         tid = key.decode(errors="replace")
         if value is None:
             cfg = self.tenants.pop(tid, None)
+            # The tombstone is the key's latest record now: an earlier refused one is no longer news.
+            self.refused.pop(tid, None)
+            self.refused_records.pop(tid, None)
             if cfg is not None:
                 self._claims.pop(self._settings.output_topic(cfg), None)
                 self._timelines.pop(tid, None)
@@ -112,15 +120,16 @@ class TenantRegistry:
         try:
             cfg = TenantConfig.model_validate(orjson.loads(value))
         except orjson.JSONDecodeError as e:
-            return self._refuse(tid, f"record: not JSON ({e})")
+            return self._refuse(tid, value, f"record: not JSON ({e})")
         except ValidationError as e:
-            return self._refuse(tid, first_error(e))
+            return self._refuse(tid, value, first_error(e))
         if cfg.tenant_id != tid:
-            return self._refuse(tid, f"tenant_id: {cfg.tenant_id!r} is not the record's key")
-        problem = self.output_topic_problem(cfg)
+            return self._refuse(tid, value, f"tenant_id: {cfg.tenant_id!r} is not the record's key")
+        problem = self.record_problem(cfg)
         if problem is not None:
-            return self._refuse(tid, f"output_topic: {problem}")
+            return self._refuse(tid, value, problem)
         self.refused.pop(tid, None)
+        self.refused_records.pop(tid, None)
         prev = self.tenants.get(tid)
         if prev != cfg:
             if prev is not None:
@@ -135,12 +144,23 @@ class TenantRegistry:
                       f" from event time {since}" if since is not None else "", cfg.suspended)
         return cfg
 
-    def _refuse(self, tid: str, why: str) -> None:
+    def _refuse(self, tid: str, value: bytes, why: str) -> None:
         self.refused[tid] = why
+        self.refused_records[tid] = value[:REFUSED_KEPT]
         self.refusals += 1
         kept = "its previous record stays in force" if tid in self.tenants else "the tenant stays unknown"
         self._warn("tenant record %r refused (%s): %s", tid[:100], kept, why,
                    extra={"fields": {"event": "tenant_refused", "tenant": tid[:100], "reason": why}})
+
+    def record_problem(self, cfg: TenantConfig) -> str | None:
+        """`field: why` when a well-formed record must still be refused, else None: the one rule of the workers
+        (apply) and of every writer (put_tenants, `muse-stream tenants set`), so that a record one accepts the
+        other never refuses."""
+        problem = intents_problem(self._settings, cfg)
+        if problem is not None:
+            return f"intents: {problem}"
+        problem = self.output_topic_problem(cfg)
+        return None if problem is None else f"output_topic: {problem}"
 
     def output_topic_problem(self, cfg: TenantConfig) -> str | None:
         """Why `cfg`'s output topic is not its tenant's own, or None when it is. Its own is a topic that is no
@@ -209,6 +229,16 @@ class TenantRegistry:
 
     def output_topic(self, tenant_id: str) -> str:
         return self._settings.output_topic(self.tenants[tenant_id])
+
+
+def intents_problem(settings: Settings, cfg: TenantConfig) -> str | None:
+    """Why `cfg` names an intent the configuration does not (settings.intents), or None. A configuration that
+    names no intents knows every one, as config.Settings' own check of the tenants it seeds reads it."""
+    known = {i.name for i in settings.intents}
+    unknown = [i for i in cfg.intents if known and i not in known]
+    if not unknown:
+        return None
+    return f"{unknown} are not in the config's intents {sorted(known)}"
 
 
 def bands_in_force(cfg: TenantConfig, at_ms: int | None = None) -> tuple[dict, list[BandPeriod]]:
@@ -286,7 +316,7 @@ def put_tenants(settings: Settings, tenants: list[TenantConfig], *, effective_at
 
     Each tenant is written under its own fence (init, re-read, write; see kafka/table.fenced_write), so two
     writers changing one tenant never lose each other's band periods. A record the workers would refuse (an
-    output topic that is not the tenant's own) is a ConfigError, and nothing of that tenant is written.
+    output topic that is not the tenant's own, an intent the config does not name) is a ConfigError, and nothing of that tenant is written.
     """
     if effective_at is not None and effective_at < 0:
         raise ConfigError(f"effective_at {effective_at} is not an epoch-ms event time")
@@ -309,9 +339,9 @@ def _write(settings: Settings, tenants: list[TenantConfig], effective_at: int | 
             if only_missing and prev is not None:
                 return [], (None, prev)
             rec = with_bands_from(prev, new, effective() if prev is not None and prev.bands != new.bands else None)
-            problem = reg.output_topic_problem(rec)
+            problem = reg.record_problem(rec)
             if problem is not None:
-                raise ConfigError(f"tenant {rec.tenant_id}: output_topic: {problem}; nothing was written")
+                raise ConfigError(f"tenant {rec.tenant_id}: {problem}; nothing was written")
             return [(rec.tenant_id.encode(), orjson.dumps(rec.model_dump(mode="json")))], (rec, prev)
         return step
 

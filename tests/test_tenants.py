@@ -3,6 +3,7 @@ input watermark (real broker for the writers)."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -12,7 +13,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from muse_stream.analysis.replay import run_replay
 from muse_stream.bandspec import BandPeriod
-from muse_stream.config import Settings, TenantConfig
+from muse_stream.config import IntentConfig, Settings, TenantConfig
 from muse_stream.errors import ConfigError
 from muse_stream.kafka.clients import reader_config
 from muse_stream.kafka.ranges import Bound
@@ -93,6 +94,23 @@ def test_with_bands_from_keeps_history_and_replaces_what_follows():
     assert with_bands_from(c, _cfg(NEW), 0).band_periods() == (BandPeriod(bands=NEW),)
     # A new tenant: from the start of time.
     assert with_bands_from(None, _cfg(NEW), T0).band_periods() == (BandPeriod(bands=NEW),)
+
+
+def test_workers_refuse_a_record_naming_an_intent_the_config_does_not(caplog):
+    # The rule `tenants set` applies (record_problem), applied by the workers to a record written by hand.
+    s = Settings(intents=(IntentConfig(name="card_fraud"), IntentConfig(name="account_takeover")))
+    reg = TenantRegistry(s)
+    good = _cfg(OLD)
+    assert reg.apply(b"acme", orjson.dumps(good.model_dump(mode="json"))) == good
+    bad = orjson.dumps({"tenant_id": "acme", "intents": ["card_fraud", "nope"], "bands": NEW})
+    with caplog.at_level(logging.WARNING, logger="muse_stream.tenants"):
+        assert reg.apply(b"acme", bad) is None
+    assert reg.tenants["acme"] == good and reg.refused_records["acme"] == bad
+    assert reg.refused["acme"] == "intents: ['nope'] are not in the config's intents ['account_takeover', 'card_fraud']"
+    [log] = caplog.records
+    assert "intents: ['nope']" in log.getMessage() and "previous record stays in force" in log.getMessage()
+    # A config that names no intents knows every one, as config.Settings reads the tenants it seeds.
+    assert TenantRegistry(Settings(), log_changes=False).apply(b"acme", bad) is not None
 
 
 # ---- writers against the real broker --------------------------------------------------------------

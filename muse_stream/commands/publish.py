@@ -98,6 +98,8 @@ def _check_file(flag: str, path: str | None) -> None:
 
     if path is None:
         return
+    if os.path.isdir(path):
+        raise DataError(f"{flag} {path}: is a directory, not a file")
     if not os.path.isfile(path):
         raise DataError(f"{flag} {path}: file not found")
     if not os.access(path, os.R_OK):

@@ -11,6 +11,10 @@ value_format says how the bytes were made printable: "json" (the value parsed), 
 JSON, as a JSON string: control characters escaped), "base64" (bytes that are not UTF-8) or null (a
 tombstone). key_format is "text", "base64" or null. Headers are an object of name -> value (text or
 "base64:..."); a name that repeats maps to a list. Dead letters keep their muse.* headers and original bytes.
+
+`--reason` selects dead letters, so without TOPIC it reads the dead-letter topic even with `--tenant` (which
+then filters it on the value's tenant_id), and a reason that is not one of the product's (scoring/deadletter.py
+Reason) is refused: a typo would otherwise print nothing and exit 0, like a topic with no such records.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                                    "with --follow.")
     add_config_args(p)
     p.add_argument("topic", nargs="?", default=None,
-                   help="the topic (default: the tenant's decision topic with --tenant, the dead-letter topic "
-                        "with --reason)")
+                   help="the topic (default: the dead-letter topic with --reason, else the tenant's decision "
+                        "topic with --tenant)")
     p.add_argument("--from-beginning", action="store_true",
                    help="start at each partition's first record and stop at the end it had at the start")
     p.add_argument("-f", "--follow", action="store_true",
@@ -42,10 +46,25 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "--from-beginning tail always waits for new records, as Kafka's console consumer does)")
     p.add_argument("-n", "--count", type=_positive, default=None, metavar="N", help="stop after N records")
     p.add_argument("--tenant", default=None, metavar="ID",
-                   help="without TOPIC: that tenant's decision topic; with TOPIC: only records whose tenant_id is ID")
+                   help="without TOPIC or --reason: that tenant's decision topic; else only records whose tenant_id "
+                        "is ID")
     p.add_argument("--reason", default=None, metavar="R",
-                   help="only dead letters with that reason (header muse.reason); without TOPIC: the dead-letter topic")
+                   help="only dead letters with that reason (header muse.reason); without TOPIC: the dead-letter "
+                        f"topic, with --tenant too. One of: {', '.join(_reasons())}")
     p.set_defaults(func=run)
+
+
+def _reasons() -> list[str]:
+    from muse_stream.scoring.deadletter import Reason
+
+    return [r.value for r in Reason]
+
+
+def _check_reason(reason: str | None) -> None:
+    from muse_stream.errors import ConfigError
+
+    if reason is not None and reason not in _reasons():
+        raise ConfigError(f"--reason {reason!r} is not a dead-letter reason (reasons: {', '.join(_reasons())})")
 
 
 def _positive(text: str) -> int:
@@ -113,14 +132,14 @@ def _topic_for(args: argparse.Namespace, settings) -> tuple[str, str | None]:
 
     if args.topic:
         return args.topic, args.tenant
+    if args.reason:  # dead letters are on the dead-letter topic, whichever tenant's they are
+        return settings.topics.deadletter, args.tenant
     if args.tenant:
         tenants = read_tenants(settings)
         if args.tenant not in tenants:
             raise ConfigError(f"no tenant {args.tenant!r} on {settings.topics.tenants} "
                               f"(tenants: {', '.join(sorted(tenants)) or 'none'})")
         return settings.output_topic(tenants[args.tenant]), None
-    if args.reason:
-        return settings.topics.deadletter, None
     raise ConfigError("tail needs a TOPIC, --tenant ID or --reason R")
 
 
@@ -128,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from muse_stream.config import load_settings
     from muse_stream.telemetry.status import check_cluster
 
+    _check_reason(args.reason)  # an argument error, before the cluster is asked anything
     settings = load_settings(args.config, bootstrap=args.bootstrap)
     check_cluster(settings)  # no cluster: one line naming the address, exit 2
     topic, tenant = _topic_for(args, settings)

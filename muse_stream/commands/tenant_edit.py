@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 
+import orjson
 from pydantic import ValidationError
 
 from muse_stream.bandspec import BandRate
@@ -46,7 +47,14 @@ def parse_set(args: argparse.Namespace) -> dict:
     """The fields `tenants set` changes, from its options; only the options given."""
     change: dict = {}
     if args.band or args.remove_band:
-        change["bands"] = ([parse_band(b) for b in args.band], list(args.remove_band))
+        given = [parse_band(b) for b in args.band]
+        # A band named twice has no one meaning (set twice, or set and removed): refused, not "the last wins".
+        names = [n for n, _ in given] + list(args.remove_band)
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"tenants set: band {', '.join(map(repr, twice))} named more than once "
+                              "(--band / --remove-band); name each band once")
+        change["bands"] = (given, list(args.remove_band))
     if args.intents is not None:
         change["intents"] = [i.strip() for i in args.intents.split(",") if i.strip()]
     if args.default_intent is not None:
@@ -103,14 +111,9 @@ def merged(settings: Settings, reg: TenantRegistry, refs, tenant_id: str, *, ban
         cfg = TenantConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"tenant {tenant_id}: {first_error(e)}; nothing was written") from None
-    known = {i.name for i in settings.intents}
-    unknown = [i for i in cfg.intents if known and i not in known]
-    if unknown:
-        raise ConfigError(f"tenant {tenant_id}: intents: {unknown} are not in the config's intents {sorted(known)}; "
-                          "nothing was written")
-    problem = reg.output_topic_problem(cfg)
+    problem = reg.record_problem(cfg)  # the workers' own rule: what they would refuse is never written
     if problem is not None:
-        raise ConfigError(f"tenant {tenant_id}: output_topic: {problem}; nothing was written")
+        raise ConfigError(f"tenant {tenant_id}: {problem}; nothing was written")
     for intent in cfg.intents:
         for low, high in band_ties(cfg.bands, refs(intent)):
             raise ConfigError(f"tenant {tenant_id}: bands: {low} and {high} are one threshold on intent {intent}'s "
@@ -163,14 +166,29 @@ def describe(settings: Settings, tenant_id: str) -> dict:
     reg, refs = _registry(settings)
     cfg = reg.tenants.get(tenant_id)
     if cfg is None:
+        if tenant_id in reg.refused:  # only refused records: what `list` shows as "refused", and why
+            return {"tenant_id": tenant_id, "record": None, "state": "refused", "decision_topic": None,
+                    "bands": {}, "no_reference": {}, "band_timeline": [], "refused": reg.refused[tenant_id],
+                    "refused_record": _as_shown(reg.refused_records.get(tenant_id))}
         raise ConfigError(f"tenant {tenant_id!r} is not on {settings.topics.tenants}")
-    return {"record": cfg.model_dump(mode="json"), "state": _state(cfg),
+    return {"tenant_id": tenant_id, "record": cfg.model_dump(mode="json"), "state": _state(cfg),
             "decision_topic": settings.output_topic(cfg),
             "bands": {i: describe_bands(cfg, i, refs(i)) for i in cfg.intents},
             "no_reference": {i: refs(i) is None for i in cfg.intents},
             "band_timeline": [{"from_time": p.from_time, "bands_text": format_bands(p.bands)}
                               for p in cfg.band_periods()],
-            "refused": reg.refused.get(cfg.tenant_id)}
+            "refused": reg.refused.get(cfg.tenant_id),
+            "refused_record": _as_shown(reg.refused_records.get(cfg.tenant_id))}
+
+
+def _as_shown(raw: bytes | None) -> object:
+    """A refused record as written: parsed when it is JSON, else its text (bytes that are not UTF-8 replaced)."""
+    if raw is None:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", errors="replace")
 
 
 def _bands_text(cfg: TenantConfig) -> str:

@@ -95,14 +95,19 @@ def _list(settings, as_json: bool) -> int:
     if not rows:
         print(f"no tenants on {settings.topics.tenants}")
         return 0
-    print(f"{'tenant':20} {'state':10} {'intents':32} {'bands':36} output topic")
-    for r in rows:
-        print(f"{r['tenant_id']:20} {r['state']:10} {','.join(r['intents']):32} {r['bands_text']:36} "
-              f"{r['decision_topic']}")
+    # Each column as wide as its widest cell (a pending band change or a long id included), so the output topic
+    # stays in its column, as `column -t` would align it.
+    cells = [("tenant", "state", "intents", "bands", "output topic")]
+    cells += [(r["tenant_id"], r["state"], ",".join(r["intents"]) or "-", r["bands_text"], r["decision_topic"])
+              for r in rows]
+    widths = [max(len(c[k]) for c in cells) for k in range(4)]
+    for c in cells:
+        print("  ".join(f"{v:{w}}" for v, w in zip(c, widths)) + "  " + c[4])
     for r in rows:
         if r.get("refused"):
-            print(f"note: the latest record of {r['tenant_id']} was refused ({r['refused']}); the one above is in "
-                  "force", file=sys.stderr)
+            kept = "no record of it is in force" if r["state"] == "refused" else "the one above is in force"
+            print(f"note: the latest record of {r['tenant_id']} was refused ({r['refused']}); {kept}",
+                  file=sys.stderr)
     return 0
 
 
@@ -119,6 +124,14 @@ def _show(settings, tenant_id: str, as_json: bool) -> int:
 
 def _print_tenant(settings, doc: dict) -> None:
     r = doc["record"]
+    if r is None:  # no record of the tenant was ever accepted: what was refused, and why
+        rec = doc["refused_record"]
+        print(f"tenant           {doc['tenant_id']}")
+        print("state            refused: no record of it is in force (its events go to dead letters as "
+              "unknown_tenant)")
+        print(f"refused because  {doc['refused']}")
+        print(f"latest record    {rec if isinstance(rec, str) else orjson.dumps(rec).decode()}")
+        return
     print(f"tenant           {r['tenant_id']}")
     print(f"state            {doc['state']}")
     print(f"intents          {', '.join(r['intents'])}" + (f" (default {r['default_intent']})" if r["default_intent"]

@@ -12,6 +12,7 @@ cluster could not be used (one line on stderr).
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -41,13 +42,17 @@ def add(sub: argparse._SubParsersAction) -> None:
                                    "how many they would score, and how many they would dead-letter, per reason. "
                                    "Exit 0: all scored; 1: some dead-lettered; 2: an error.")
     add_config_args(p)
-    p.add_argument("events_file", metavar="EVENTS_FILE", help="one event per line, as producers publish them")
+    p.add_argument("events_file", metavar="EVENTS_FILE", help="one event per line, as producers publish them "
+                   "('-' for standard input)")
     p.add_argument("--intent", required=True, help="the intent whose active version the events are for")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.set_defaults(func=run)
 
 
 def read_lines(path: str | Path) -> list[_Line]:
+    """The file's events, one per line; `-` is standard input."""
+    if str(path) == "-":  # as Unix tools read it, so `some-dump | muse-stream validate - --intent X` works
+        return _split(sys.stdin.buffer.read(), "standard input")
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -57,10 +62,14 @@ def read_lines(path: str | Path) -> list[_Line]:
         raise DataError(f"{p}: is a directory, not a file of events") from None
     except OSError as e:
         raise DataError(f"{p}: cannot read: {e.strerror}") from None
+    return _split(data, str(p))
+
+
+def _split(data: bytes, name: str) -> list[_Line]:
     lines = [_Line(i, line[:-1] if line.endswith(b"\r") else line)
              for i, line in enumerate(data.split(b"\n"), start=1) if line.strip()]
     if not lines:
-        raise DataError(f"{p}: no events (expected one JSON event per line)")
+        raise DataError(f"{name}: no events (expected one JSON event per line)")
     return lines
 
 

@@ -50,6 +50,9 @@ def test_publish_refuses_a_calibration_file_it_cannot_read(stack, tmp_path, file
     assert main(["publish", "--config", cfg, "--intent", "card_fraud", "--booster", str(booster),
                  "--calibration", str(tmp_path / "missing.csv")]) == 2
     assert "--calibration" in _one_line(capsys)
+    assert main(["publish", "--config", cfg, "--intent", "card_fraud", "--booster", str(booster),
+                 "--calibration", str(tmp_path)]) == 2
+    assert "is a directory" in _one_line(capsys)
     # Parquet is the [parquet] extra: without pyarrow, one line naming it.
     parquet = tmp_path / "calibration.parquet"
     parquet.write_bytes(b"PAR1")

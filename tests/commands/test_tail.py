@@ -74,3 +74,12 @@ def test_tail_dead_letters_by_reason_with_headers_and_printable_bytes(stack, tmp
     assert [r["key"] for r in _lines(capsys)] == ["k-2"]
     assert main(["tail", dl, "--from-beginning", "--count", "2", "--config", cfg]) == 0
     assert len(_lines(capsys)) == 2
+    # --reason selects dead letters: without TOPIC, the dead-letter topic even with --tenant (then a filter).
+    assert main(["tail", "--tenant", "acme", "--reason", "unknown_feature", "--from-beginning", "--config", cfg]) == 0
+    [rec] = _lines(capsys)
+    assert rec["topic"] == dl and rec["key"] == "k-2" and rec["headers"]["muse.detail"] == "Colour"
+    # A reason the product never writes is refused, naming the ones it does, rather than matching nothing.
+    assert main(["tail", "--reason", "bogus_reason", "--from-beginning", "--config", cfg]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'bogus_reason' is not a dead-letter reason" in err
+    assert all(r.value in err for r in Reason)

@@ -58,6 +58,10 @@ def test_set_show_and_list_with_rate_bands(stack, tmp_path, capsys):
     text = capsys.readouterr().out.splitlines()
     assert text[0].split()[:3] == ["tenant", "state", "intents"] and len(text) == 4
     assert ahead in next(line for line in text if line.startswith("acme"))
+    # The pending change widens the bands column; the output topic stays in its own column on every line.
+    col = text[0].index("output topic")
+    assert [line[col:] for line in text[1:]] == [stack.topics.decisions_topic(t) for t in ("acme", "globex", "initech")]
+    assert all(line[col - 2:col] == "  " for line in text[1:])
     assert main(["tenants", "show", "acme", "--json", "--config", cfg]) == 0
     assert [b["text"] for b in _json(capsys)["bands"]["card_fraud"]] == ["1%", "0.1%"]  # in force now
 
@@ -84,6 +88,9 @@ def test_refusals_name_the_field_and_write_nothing(stack, tmp_path, capsys):
         (["--default-intent", "account_takeover"], "default_intent 'account_takeover' is not among intents"),
         (["--intents", "card_fraud,nosuch"], "intents: ['nosuch'] are not in the config's intents"),
         (["--remove-band", "hold"], "bands: no band 'hold' to remove"),
+        # A band named twice: refused, not "the last wins".
+        (["--band", "review=1%", "--band", "review=2%"], "band 'review' named more than once"),
+        (["--band", "review=1%", "--remove-band", "review"], "band 'review' named more than once"),
     ]
     for opts, why in cases:
         assert main(["tenants", "set", "acme", *opts, "--config", cfg]) == 2, opts
@@ -122,3 +129,34 @@ def test_suspend_resume_remove_and_old_refusals_stay_quiet(stack, tmp_path, caps
     io = capsys.readouterr()
     assert "intents          card_fraud, account_takeover (default card_fraud)" in io.out
     assert "refused (intents: " in io.err and io.err.count("\n") == 1  # the one note, not a log of it
+
+
+def test_a_hand_written_record_naming_an_unknown_intent_is_refused_and_the_previous_stays(stack, tmp_path, capsys):
+    cfg = write_config(stack, tmp_path / "muse.toml")
+    before = read_tenants(stack)["acme"]
+    p = OutputProducer(producer_config(stack), name="test writer")
+    bad = {"tenant_id": "acme", "intents": ["card_fraud", "nope"], "bands": {"review": 0.5}}
+    p.produce(stack.topics.tenants, orjson.dumps(bad), b"acme")
+    p.produce(stack.topics.tenants, orjson.dumps({**bad, "tenant_id": "handbad"}), b"handbad")
+    p.flush(30)
+    why = "intents: ['nope'] are not in the config's intents ['account_takeover', 'card_fraud']"
+
+    # Refused by the rule the workers apply: acme's previous record stays in force, handbad stays unknown.
+    assert read_tenants(stack)["acme"] == before and "handbad" not in read_tenants(stack)
+    assert main(["tenants", "list", "--json", "--config", cfg]) == 0
+    rows = {r["tenant_id"]: r for r in _json(capsys)}
+    assert rows["acme"]["intents"] == ["card_fraud"] and rows["acme"]["refused"] == why
+    assert rows["handbad"]["state"] == "refused" and rows["handbad"]["refused"] == why
+
+    # `show` of a tenant with refused records only: the record and why, as `list` reports it.
+    assert main(["tenants", "show", "handbad", "--config", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "state            refused" in out and f"refused because  {why}" in out and '"nope"' in out
+    assert main(["tenants", "show", "handbad", "--json", "--config", cfg]) == 0
+    assert _json(capsys)["refused_record"] == {**bad, "tenant_id": "handbad"}
+
+    # A later change merges with the record in force, not with the refused one: no --intents needed.
+    assert main(["tenants", "set", "acme", "--band", "review=0.6", "--config", cfg]) == 0
+    capsys.readouterr()
+    rec = read_tenants(stack)["acme"]
+    assert rec.intents == before.intents and rec.bands == {**before.bands, "review": 0.6}

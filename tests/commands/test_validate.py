@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -77,6 +78,10 @@ def test_validate_counts_what_the_workers_would_dead_letter_and_models_show_prin
     (tmp_path / "good.jsonl").write_text("\n".join(_doc_block("events.jsonl")[:2]) + "\n\n")
     assert main(["validate", "good.jsonl", "--intent", "card_fraud", "--config", cfg]) == 0
     capsys.readouterr()
+    # `-` is standard input, as Unix tools read it: the doc's events piped in give the same report.
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO((tmp_path / "events.jsonl").read_bytes())))
+    assert main(["validate", "-", "--intent", "card_fraud", "--config", cfg, "--json"]) == 1
+    assert {**orjson.loads(capsys.readouterr().out), "file": "events.jsonl"} == report
     assert main(["validate", "nosuch.jsonl", "--intent", "card_fraud", "--config", cfg]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["muse-stream: error: nosuch.jsonl: file not found"]
