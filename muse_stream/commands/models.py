@@ -1,9 +1,14 @@
-"""`muse-stream models list | show I[@V] | activate I@V [--at MS] | rollback I | shadow I@V|I --off`."""
+"""`muse-stream models list | show I[@V] | activate I@V [--at MS] | rollback I | shadow I@V|I --off [--json]`.
+
+Every action asks the cluster first (one line naming the address, exit 2, when none answers), before any
+reader, producer or transaction is made: those would log librdkafka's own errors and retry for minutes."""
 
 from __future__ import annotations
 
 import argparse
 import time
+
+import orjson
 
 from muse_stream.cli import add_config_args
 from muse_stream.errors import ConfigError
@@ -23,6 +28,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("ref", nargs="?", help="INTENT or INTENT@VERSION")
     p.add_argument("--at", type=int, default=None, metavar="MS", help="activate: from event time MS (epoch ms)")
     p.add_argument("--off", action="store_true", help="shadow: stop shadow scoring for the intent")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout instead of text")
     p.set_defaults(func=run)
 
 
@@ -30,87 +36,151 @@ def _when(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + "Z"
 
 
-def _print_contract(rec) -> None:
-    """The version's feature contract: each feature's calibration range and missing rate."""
+def _emit(doc) -> None:
+    print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+
+
+def list_rows(reg) -> list[dict]:
+    """One row per version on the topic, by intent then version: what `list` prints, as text or JSON."""
+    rows = []
+    for intent in sorted({i for i, _ in reg.versions} | set(reg.activations)):
+        act = reg.activations.get(intent)
+        shadow = reg.shadows.get(intent)
+        for r in reg.versions_of(intent):
+            active = bool(act and act.version == r.version)
+            rows.append({"name": r.name, "intent": intent, "version": r.version, "created_at": r.created_at,
+                         "features": len(r.features), "active": active,
+                         "active_from": act.timeline[-1].from_time if active else None,
+                         "active_before": not active and bool(act and any(e.version == r.version
+                                                                          for e in act.timeline)),
+                         "shadow": bool(shadow and shadow.version == r.version)})
+    return rows
+
+
+def _print_list(rows: list[dict], topic: str) -> None:
+    if not rows:
+        print(f"no model versions on {topic}")
+    for r in rows:
+        flags = []
+        if r["active"]:
+            since = r["active_from"]
+            flags.append("active" + (f" from event time {since}" if since is not None else ""))
+        elif r["active_before"]:
+            flags.append("active before the switch")
+        if r["shadow"]:
+            flags.append("shadow")
+        print(f"{r['name']:28} created {_when(r['created_at'])}  features={r['features']:3}  {' '.join(flags)}")
+
+
+def describe_version(reg, intent: str, ver: int | None) -> dict:
+    """What `show` prints, as text or JSON: the version (the active one when `ver` is None) and its contract."""
+    if ver is None:
+        ver = reg.active_version(intent)
+        if ver is None:
+            raise ConfigError(f"intent {intent!r} has no active version; name one as {intent}@N")
+    rec = reg.versions.get((intent, ver))
+    if rec is None:
+        raise ConfigError(f"{intent}@{ver} is not on the models topic")
+    act = reg.activations.get(intent)
+    shadow = reg.shadows.get(intent)
+    contract, problem = _contract(rec)
+    return {"name": rec.name, "intent": intent, "version": ver, "created_at": rec.created_at,
+            "sha256": rec.booster_sha256, "features": list(rec.features), "active": bool(act and act.version == ver),
+            "shadow": bool(shadow and shadow.version == ver), "metadata": rec.metadata,
+            "contract": contract.to_dict() if contract is not None else None, "contract_problem": problem,
+            "tenant_maps": sorted(rec.transform.get("tenant_maps", {})),
+            "timeline": [{"version": e.version, "from_time": e.from_time} for e in act.timeline] if act else []}
+
+
+def _contract(rec):
+    """The version's feature contract, and why it cannot be read (None, None: it records none)."""
     from muse_stream.errors import ModelError
     from muse_stream.models.feature_contract import FeatureContract
 
     if rec.feature_contract is None:
-        print("  contract    none recorded (a version published by hand, or before feature contracts)")
-        return
+        return None, None
     try:
-        c = FeatureContract.from_dict(rec.feature_contract, rec.features)
+        return FeatureContract.from_dict(rec.feature_contract, rec.features), None
     except ModelError as e:
-        print(f"  contract    unreadable: {e}")
-        return
-    print(f"  contract    {len(c.features)} features over {c.rows} calibration events (min, max of the "
-          "non-missing values; missing rate)")
-    for line in c.lines():
-        print(f"    {line}")
+        return None, str(e)
+
+
+def _print_version(doc: dict) -> None:
+    from muse_stream.models.feature_contract import FeatureContract
+
+    print(f"{doc['name']}\n  created     {_when(doc['created_at'])}\n  sha256      {doc['sha256']}\n"
+          f"  features    {', '.join(doc['features'])}\n  active      {doc['active']}\n  shadow      {doc['shadow']}")
+    for k, v in doc["metadata"].items():
+        print(f"  {k:11} {v}")
+    # The version's feature contract: each feature's calibration range and missing rate.
+    c = doc["contract"]
+    if doc["contract_problem"] is not None:
+        print(f"  contract    unreadable: {doc['contract_problem']}")
+    elif c is None:
+        print("  contract    none recorded (a version published by hand, or before feature contracts)")
+    else:
+        print(f"  contract    {len(c['features'])} features over {c['rows']} calibration events (min, max of the "
+              "non-missing values; missing rate)")
+        for line in FeatureContract.from_dict(c, doc["features"]).lines():
+            print(f"    {line}")
+    print(f"  tenant maps {', '.join(doc['tenant_maps']) or 'none'}")
+    if doc["timeline"]:
+        print("  timeline    " + ", ".join(f"v{e['version']}" + (f" from {e['from_time']}" if e["from_time"] else "")
+                                       for e in doc["timeline"]))
+
+
+def _activation_doc(intent: str, act) -> dict:
+    return {"intent": intent, "version": act.version, "from_time": act.timeline[-1].from_time,
+            "previous": act.previous}
 
 
 def run(args: argparse.Namespace) -> int:
     from muse_stream.config import load_settings
     from muse_stream.models import store as modelstore
+    from muse_stream.telemetry.status import check_cluster
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
-    if args.action == "list":
-        reg = modelstore.read_models(settings)
-        intents = sorted({i for i, _ in reg.versions} | set(reg.activations))
-        if not intents:
-            print(f"no model versions on {settings.topics.models}")
-        for intent in intents:
-            act = reg.activations.get(intent)
-            shadow = reg.shadows.get(intent)
-            for r in reg.versions_of(intent):
-                flags = []
-                if act and act.version == r.version:
-                    since = act.timeline[-1].from_time
-                    flags.append("active" + (f" from event time {since}" if since is not None else ""))
-                elif act and any(e.version == r.version for e in act.timeline):
-                    flags.append("active before the switch")
-                if shadow and shadow.version == r.version:
-                    flags.append("shadow")
-                print(f"{r.name:28} created {_when(r.created_at)}  features={len(r.features):3}  {' '.join(flags)}")
-        return 0
-    if not args.ref:
+    if args.action != "list" and not args.ref:
         raise ConfigError(f"models {args.action} needs INTENT or INTENT@VERSION")
+    need_version = args.action == "activate" or (args.action == "shadow" and not args.off)
+    intent, ver = parse_ref(args.ref, need_version=need_version) if args.ref else (None, None)
+    # One metadata request before anything else: without it a dead address meant librdkafka's log lines, then
+    # an error not naming the address, and (shadow) init_transactions retried for minutes.
+    check_cluster(settings)
+    if args.action == "list":
+        rows = list_rows(modelstore.read_models(settings))
+        if args.json:
+            _emit(rows)
+        else:
+            _print_list(rows, settings.topics.models)
+        return 0
     if args.action == "show":
-        intent, ver = parse_ref(args.ref, need_version=False)
-        reg = modelstore.read_models(settings)
-        if ver is None:
-            ver = reg.active_version(intent)
-            if ver is None:
-                raise ConfigError(f"intent {intent!r} has no active version; name one as {intent}@N")
-        rec = reg.versions.get((intent, ver))
-        if rec is None:
-            raise ConfigError(f"{intent}@{ver} is not on the models topic")
-        act = reg.activations.get(intent)
-        print(f"{rec.name}\n  created     {_when(rec.created_at)}\n  sha256      {rec.booster_sha256}\n"
-              f"  features    {', '.join(rec.features)}\n  active      {bool(act and act.version == ver)}")
-        for k, v in rec.metadata.items():
-            print(f"  {k:11} {v}")
-        _print_contract(rec)
-        tmaps = sorted(rec.transform.get("tenant_maps", {}))
-        print(f"  tenant maps {', '.join(tmaps) or 'none'}")
-        if act:
-            timeline = ", ".join(f"v{e.version}" + (f" from {e.from_time}" if e.from_time else "") for e in act.timeline)
-            print(f"  timeline    {timeline}")
+        doc = describe_version(modelstore.read_models(settings), intent, ver)
+        if args.json:
+            _emit(doc)
+        else:
+            _print_version(doc)
         return 0
-    if args.action == "activate":
-        intent, ver = parse_ref(args.ref, need_version=True)
-        act = modelstore.activate(settings, intent, ver, activate_at=args.at)
-        since = act.timeline[-1].from_time
-        print(f"{intent}@{act.version} active" + (f" from event time {since}" if since is not None else "") +
-              (f" (was {intent}@{act.previous})" if act.previous else ""))
+    if args.action in ("activate", "rollback"):
+        if args.action == "activate":
+            act = modelstore.activate(settings, intent, ver, activate_at=args.at)
+        else:
+            act = modelstore.rollback(settings, intent)
+        doc = _activation_doc(intent, act)
+        since = doc["from_time"]
+        if args.json:
+            _emit(doc)
+        elif args.action == "activate":
+            print(f"{intent}@{act.version} active" + (f" from event time {since}" if since is not None else "") +
+                  (f" (was {intent}@{act.previous})" if act.previous else ""))
+        else:
+            print(f"rolled back {intent} to version {act.version}" +
+                  (f" from event time {since}" if since is not None else ""))
         return 0
-    if args.action == "rollback":
-        intent, _ = parse_ref(args.ref, need_version=False)
-        act = modelstore.rollback(settings, intent)
-        since = act.timeline[-1].from_time
-        print(f"rolled back {intent} to version {act.version}" + (f" from event time {since}" if since is not None else ""))
-        return 0
-    intent, ver = parse_ref(args.ref, need_version=not args.off)
-    modelstore.set_shadow(settings, intent, None if args.off else ver)
-    print(f"shadow for {intent}: {'off' if args.off else f'{intent}@{ver}'}")
+    shadow = None if args.off else ver
+    modelstore.set_shadow(settings, intent, shadow)
+    if args.json:
+        _emit({"intent": intent, "shadow": shadow})
+    else:
+        print(f"shadow for {intent}: {'off' if args.off else f'{intent}@{ver}'}")
     return 0
