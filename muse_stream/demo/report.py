@@ -146,7 +146,7 @@ def print_report(console, res: dict) -> list[TenantRow]:
                   "(read_committed)")
     console.print(f"throughput           {len(rb.decisions) / span:,.0f} decisions/s over {span:.1f} s "
                   f"read back ({res['workers']} workers, exactly-once; offered "
-                  f"{'unpaced' if not res.get('rate') else format(res['rate'], ',') + '/s'}, without a pause)")
+                  f"{'unpaced' if not res.get('rate') else format(res['rate'], ',') + '/s'}, the replay never paused for the deployment)")
     if len(lat):
         console.print(f"end-to-end latency   p50 {np.percentile(lat, 50):.0f} ms, p99 {np.percentile(lat, 99):.0f} ms "
                       f"(produce -> visible to a read_committed consumer)")
