@@ -45,6 +45,7 @@ class ScoredGroup:
     bands: np.ndarray  # index into band_names
     band_names: list[str]
     event_times: np.ndarray  # int64 epoch ms
+    thresholds: np.ndarray  # float64, of band_names[1:] on the intent's reference scale: the bands that acted
 
 
 @dataclass(slots=True)
@@ -189,7 +190,8 @@ class BatchScorer:
         for bands, idx in self.tenants.band_groups(tid, intent, times):
             sel = slice(None) if idx is None else idx
             assigned = bands.assign(scores[sel])
-            out.groups.append(ScoredGroup(tid, intent, model_name, scores[sel], assigned, bands.names, times[sel]))
+            out.groups.append(ScoredGroup(tid, intent, model_name, scores[sel], assigned, bands.names, times[sel],
+                                          bands.thresholds))
             band_json[sel] = np.array([_json(b) for b in bands.names], dtype=object)[assigned]
             flagged[sel] = assigned > 0  # names[0] is approve, a name no tenant's band may take
         return band_json, flagged

@@ -229,7 +229,8 @@ class Telemetry:
             counts = np.bincount(g.bands, minlength=len(names))
             for i in np.flatnonzero(counts).tolist():
                 band_table.add((g.tenant_id, g.intent, names[i]), int(counts[i]))
-            key = (g.tenant_id, g.intent, g.model_name, tuple(names))
+            # The thresholds that acted on these events (a change written ahead is not in force yet).
+            key = (g.tenant_id, g.intent, g.model_name, tuple(names), tuple(g.thresholds.tolist()))
             p = pending.get(key)
             if p is None:
                 pending[key] = [counts, [g.scores]]
@@ -249,16 +250,14 @@ class Telemetry:
         once per WINDOW_FLUSH_EVENTS events or WINDOW_FLUSH_S seconds, not once per batch. The windows' slots
         are seconds wide, so counting the batches at the flush's time moves nothing that they report."""
         pending, self._pending, self._pending_n = self._pending, {}, 0
-        for (tid, intent, model_name, key), (counts, scores) in pending.items():
+        for (tid, intent, model_name, key, thresholds), (counts, scores) in pending.items():
             if self._alert_bands.get(tid) != key:
                 self.alerts.reset(tid)
                 self._alert_bands[tid] = key
             self.alerts.add(tid, counts, now)
             if self.drift is not None:
-                bands = self.worker.tenants.latest_bands(tid, intent)  # rate bands: on this intent's scale
-                if bands is not None and list(bands.names) == list(key):
-                    values = scores[0] if len(scores) == 1 else np.concatenate(scores)
-                    self.drift.add(tid, intent, model_name, values, counts, list(key), bands.thresholds, now)
+                values = scores[0] if len(scores) == 1 else np.concatenate(scores)
+                self.drift.add(tid, intent, model_name, values, counts, list(key), np.asarray(thresholds), now)
 
     def on_commit(self, t_start: int) -> None:
         self.hub.transactions.add(1, self.hub.attrs((("outcome", "committed"),)))

@@ -150,3 +150,36 @@ def test_new_bands_restart_the_window():
     mon.add("acme", "card_fraud", "card_fraud@1", s, counts, ["approve", "review"], thresholds, 1.0)
     (v,) = mon.evaluate(now=1.0)
     assert v.events == 1_500 and [b.band for b in v.bands] == ["review"]
+
+
+def test_drift_judges_the_bands_in_force_not_a_change_written_ahead(caplog):
+    """A band change written with a time still ahead is in the record's last period, but the scores were
+    banded by the bands in force: drift must judge those (it once used the newest, and raised false alarms)."""
+    from muse_stream.config import BandPeriod, TenantConfig
+    from muse_stream.tenants import TenantRegistry
+
+    ref = fk.reference()
+    s = fk.settings()
+    future = {"review": 0.9}  # far above the traffic's band rate
+    acme = TenantConfig(tenant_id=fk.TENANT, intents=(fk.INTENT,), bands=future,
+                        band_timeline=(BandPeriod(from_time=None, bands=fk.BANDS),
+                                       BandPeriod(from_time=4_102_444_800_000, bands=future)))  # 2100
+    w = fk.worker(s, ref)
+    w.tenants = TenantRegistry(s, {fk.TENANT: acme}, log_changes=False)
+    tel = Telemetry(w)
+    rng = np.random.default_rng(9)
+    scores = ref.quantile(rng.random(20_000))  # the reference itself: no drift against the bands in force
+    in_force = w.tenants.band_groups(fk.TENANT, fk.INTENT, np.array([0]))[0][0]
+    assert list(in_force.names) == ["approve", "review", "decline"]
+    now_ms = int(__import__("time").time() * 1000)
+    for part in np.array_split(scores, 10):
+        g = fk.Group(fk.TENANT, fk.INTENT, f"{fk.INTENT}@1", part, in_force.assign(part), list(in_force.names),
+                     np.full(part.size, now_ms - 1000, dtype=np.int64), in_force.thresholds)
+        out = fk.Output(decisions=[None] * part.size, scored={(fk.TENANT, fk.INTENT, f"{fk.INTENT}@1"): part.size},
+                        groups=[g])
+        tel.on_batch(out, [fk.Msg(ts=now_ms - 500) for _ in range(part.size)], 0, 0)
+    caplog.set_level(logging.INFO)
+    tel.update()
+    v = tel.drift.verdicts[(fk.TENANT, fk.INTENT)]
+    assert v.events == 20_000 and not v.drifted and [b.band for b in v.bands] == ["review", "decline"]
+    assert _warnings(caplog) == []
