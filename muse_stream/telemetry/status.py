@@ -245,6 +245,10 @@ def collect(settings: Settings, urls: list[str], *, timeout: float = 3.0, lag_wi
         "alert_window_s": up[0]["alert_window_s"] if up else settings.telemetry.alert_window_s,
         "alert_rates": alert_rates,
         "drift": sorted(drift, key=lambda d: (not d["drifted"], d["tenant"], d["intent"], d["worker"])),
+        # Each worker's features departing from their version's contract (missing rate, range), as it judged.
+        "feature_drift": sorted(({**d, "worker": w["worker"]["slot"]} for w in up
+                                 for d in (w.get("features") or {}).get("departures", [])),
+                                key=lambda d: (d["tenant"], d["version"], d["feature"], d["kind"], d["worker"])),
     }
     report["health"] = judge(report)
     return report

@@ -233,6 +233,18 @@ def render(report: dict, console) -> None:
     elif any(not b["judged"] for d in report["drift"] for b in d["bands"]):
         console.print("  * too few expected alerts in the window to judge that band")
 
+    features = report.get("feature_drift") or []
+    if features:
+        t = Table(title="Feature drift (live figures away from the version's feature contract)", box=box.SIMPLE_HEAD,
+                  title_justify="left")
+        for col in ("tenant", "version", "worker", "feature", "kind", "live", "contract", "events", "since"):
+            t.add_column(col, justify="right" if col in ("worker", "live", "contract", "events") else "left")
+        for d in features:
+            t.add_row(d["tenant"], d["version"], str(d["worker"]), d["feature"], d["kind"].replace("_", " "),
+                      _pct(d["observed"]), _pct(d["contract"]), f"{d['events']:,}",
+                      _age(report["generated_at"] - d["since"]))
+        console.print(t)
+
     health = report.get("health")
     if health is not None:
         if health["healthy"]:

@@ -77,3 +77,17 @@ def test_status_piped_is_plain_and_whole_and_shows_shadows_and_bands(stack, tmp_
     assert any(long_id in line and "card_fraud" in line and "review" in line for line in text.splitlines())
     assert "card_fraud@2" in text  # the shadow, in the models table
     assert "UNHEALTHY: no worker endpoint to ask" in text  # the test config sets no metrics_port
+
+    # A worker's feature drift (its /status "features") is on the screen as in the JSON.
+    assert doc["feature_drift"] == []
+    import io
+
+    from muse_stream.telemetry.status_screen import make_console, render
+
+    doc["feature_drift"] = [{"tenant": long_id, "intent": "card_fraud", "version": "card_fraud@1", "feature": "f3",
+                             "kind": "missing_rate", "observed": 0.7143, "contract": 0.0097, "events": 1500,
+                             "since": doc["generated_at"] - 30, "worker": 0}]
+    out = io.StringIO()
+    render(doc, make_console(out))
+    (line,) = [ln for ln in out.getvalue().splitlines() if "f3" in ln]
+    assert long_id in line and "missing rate" in line and "71.4%" in line and "0.97%" in line
