@@ -108,10 +108,18 @@ def _contract(rec):
 def _print_version(doc: dict) -> None:
     from muse_stream.models.feature_contract import FeatureContract
 
+    yes = {True: "yes", False: "no"}
     print(f"{doc['name']}\n  created     {_when(doc['created_at'])}\n  sha256      {doc['sha256']}\n"
-          f"  features    {', '.join(doc['features'])}\n  active      {doc['active']}\n  shadow      {doc['shadow']}")
-    for k, v in doc["metadata"].items():
-        print(f"  {k:11} {v}")
+          f"  features    {', '.join(doc['features'])}\n  active      {yes[doc['active']]}\n"
+          f"  shadow      {yes[doc['shadow']]}")
+    # Metadata keys are free-form and longer than the labels above: a block of their own, aligned on the
+    # longest; values as --json writes them (null, true, 0.5), text as it is.
+    meta = doc["metadata"]
+    if meta:
+        print("  metadata")
+        width = max(map(len, meta))
+        for k, v in meta.items():
+            print(f"    {k:{width}}  {v if isinstance(v, str) else orjson.dumps(v).decode()}")
     # The version's feature contract: each feature's calibration range and missing rate.
     c = doc["contract"]
     if doc["contract_problem"] is not None:
@@ -129,9 +137,9 @@ def _print_version(doc: dict) -> None:
                                        for e in doc["timeline"]))
 
 
-def _activation_doc(intent: str, act) -> dict:
+def _activation_doc(intent: str, act, changed: bool = True) -> dict:
     return {"intent": intent, "version": act.version, "from_time": act.timeline[-1].from_time,
-            "previous": act.previous}
+            "previous": act.previous, "changed": changed}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,13 +171,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action in ("activate", "rollback"):
         if args.action == "activate":
-            act = modelstore.activate(settings, intent, ver, activate_at=args.at)
+            act, changed = modelstore.activate_change(settings, intent, ver, activate_at=args.at)
         else:
-            act = modelstore.rollback(settings, intent)
-        doc = _activation_doc(intent, act)
+            act, changed = modelstore.rollback(settings, intent), True
+        doc = _activation_doc(intent, act, changed)
         since = doc["from_time"]
         if args.json:
             _emit(doc)
+        elif not changed:
+            print(f"{intent}@{act.version} is already active" +
+                  (f" from event time {since}" if since is not None else "") + "; nothing written")
         elif args.action == "activate":
             print(f"{intent}@{act.version} active" + (f" from event time {since}" if since is not None else "") +
                   (f" (was {intent}@{act.previous})" if act.previous else ""))

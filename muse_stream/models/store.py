@@ -8,7 +8,7 @@ import base64
 import logging
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from muse_stream.config import Settings
 from muse_stream.errors import ModelError
@@ -102,9 +102,11 @@ def activation_record(reg: ModelRegistry, intent: str, version: int, from_time: 
 def _activation(reg: ModelRegistry, intent: str, version: int, activate_at: int | None,
                 from_time: int | None) -> ActivationRecord:
     prev = reg.activations.get(intent)
-    return ActivationRecord(intent=intent, version=version, activate_at=activate_at,
-                            previous=prev.version if prev else None, activated_at=now_ms(),
-                            timeline=next_timeline(prev, version, from_time))
+    # Re-timing the version already active keeps what it replaced: `previous` naming itself would make a
+    # rollback go nowhere and lose the way back.
+    previous = None if prev is None else prev.previous if prev.version == version else prev.version
+    return ActivationRecord(intent=intent, version=version, activate_at=activate_at, previous=previous,
+                            activated_at=now_ms(), timeline=next_timeline(prev, version, from_time))
 
 
 def _from_time(settings: Settings, activate_at: int | None) -> int:
@@ -168,24 +170,43 @@ def publish(settings: Settings, *, intent: str, booster_bytes: bytes, features: 
     return _fenced_write(settings, intent, step)
 
 
+class Activation(NamedTuple):
+    record: ActivationRecord  # the intent's activation after the step
+    changed: bool  # False: the version was already active as asked, and nothing was written
+
+
 def _activate_step(intent: str, version: int, activate_at: int | None, from_time: int):
-    def step(reg: ModelRegistry) -> tuple[list[tuple[bytes, bytes]], ActivationRecord]:
+    def step(reg: ModelRegistry) -> tuple[list[tuple[bytes, bytes]], Activation]:
         rec = reg.versions.get((intent, version))
         if rec is None:
             known = [r.version for r in reg.versions_of(intent)]
             raise ModelError(f"{intent}@{version} is not on the models topic (versions: {known or 'none'})")
+        cur = reg.activations.get(intent)
+        # The version already active: without a time, nothing to do (running the same command twice must not
+        # make it its own `previous`); with one, only a timeline that would change is written (an earlier
+        # time moves a scheduled switch earlier; a later one changes nothing, the version is in force then).
+        if cur is not None and cur.version == version and (
+                activate_at is None or next_timeline(cur, version, from_time) == cur.timeline):
+            return [], Activation(cur, False)
         load_version(rec)
         act = _activation(reg, intent, version, activate_at, from_time)
-        return [(active_key(intent), dump(act))], act
+        return [(active_key(intent), dump(act))], Activation(act, True)
 
     return step
 
 
-def activate(settings: Settings, intent: str, version: int, *, activate_at: int | None = None) -> ActivationRecord:
+def activate_change(settings: Settings, intent: str, version: int, *,
+                    activate_at: int | None = None) -> Activation:
     """Make `intent@version` active, after checking it loads: for events with event_time >= activate_at, or,
-    immediately, >= the input topics' event-time watermark now. The timeline keeps every earlier entry."""
+    immediately, >= the input topics' event-time watermark now. The timeline keeps every earlier entry.
+    Activating the active version writes nothing unless `activate_at` changes its timeline (see above)."""
     return _fenced_write(settings, intent, _activate_step(intent, version, activate_at,
                                                           _from_time(settings, activate_at)))
+
+
+def activate(settings: Settings, intent: str, version: int, *, activate_at: int | None = None) -> ActivationRecord:
+    """activate_change's resulting activation record."""
+    return activate_change(settings, intent, version, activate_at=activate_at).record
 
 
 def rollback(settings: Settings, intent: str) -> ActivationRecord:
@@ -196,9 +217,15 @@ def rollback(settings: Settings, intent: str) -> ActivationRecord:
         cur = reg.activations.get(intent)
         if cur is None:
             raise ModelError(f"intent {intent!r} has no active version")
-        if cur.previous is None:
+        target = cur.previous
+        if target == cur.version:
+            # Written by a re-activation of the active version before that was a no-op: the version in
+            # force before it on the timeline is the one it replaced.
+            target = next((e.version for e in reversed(cur.timeline) if e.version != cur.version), None)
+        if target is None:
             raise ModelError(f"{intent}@{cur.version} replaced no version: there is nothing to roll back to")
-        return _activate_step(intent, cur.previous, None, from_time)(reg)
+        records, done = _activate_step(intent, target, None, from_time)(reg)
+        return records, done.record
 
     return _fenced_write(settings, intent, step)
 

@@ -14,7 +14,7 @@ from muse_stream.cli import main
 from muse_stream.config import TenantConfig
 from muse_stream.kafka.local import free_port
 from muse_stream.models.feature_contract import FeatureContract
-from muse_stream.models.store import publish
+from muse_stream.models.store import publish, read_models
 from muse_stream.models.transform import fit_score_transform
 from muse_stream.tenants import put_tenants
 from tests.fixtures.helpers import FEATURES, publish_model, synthetic, train_booster, write_config
@@ -46,6 +46,7 @@ def _publish_with_contract(settings, seed: int):
     st, ref = fit_score_transform(booster.inplace_predict(x))
     return publish(settings, intent="card_fraud", booster_bytes=bytes(booster.save_raw("ubj")), features=FEATURES,
                    transform=st.to_dict(), reference=ref.to_dict(),
+                   metadata={"aligned_to": None, "calibration_events": 2000, "calibration_file": "cal.csv"},
                    feature_contract=FeatureContract.from_matrix(FEATURES, x).to_dict())
 
 
@@ -79,11 +80,42 @@ def test_models_json_has_the_text_forms_content(stack, tmp_path, capsys):
     assert main(["models", "show", "card_fraud@2", *cfg]) == 0
     shown = capsys.readouterr().out
     f0 = doc["contract"]["features"]["f0"]
-    assert "  shadow      True\n" in shown and "contract    5 features over 2000 calibration events" in shown
+    assert "  active      no\n  shadow      yes\n" in shown
+    assert "contract    5 features over 2000 calibration events" in shown
+    # Metadata as --json writes its values (null, not Python's None), its keys aligned on the longest.
+    assert ("  metadata\n    aligned_to          null\n    calibration_events  2000\n"
+            "    calibration_file    cal.csv\n") in shown
     assert f"[{f0['min']:.6g}, {f0['max']:.6g}]" in shown
 
     act = _json(["models", "activate", "card_fraud@2", "--json", *cfg], capsys)
-    assert (act["intent"], act["version"], act["previous"]) == ("card_fraud", 2, 1)
+    assert (act["intent"], act["version"], act["previous"], act["changed"]) == ("card_fraud", 2, 1, True)
+
+
+@pytest.mark.kafka
+def test_activating_the_active_version_writes_nothing_and_rollback_still_goes_back(stack, tmp_path, capsys):
+    publish_model(stack, "card_fraud", seed=1)
+    publish_model(stack, "card_fraud", seed=2)  # card_fraud@2 active, replacing @1 (input topics empty)
+    cfg = ["--config", write_config(stack, tmp_path / "muse.toml")]
+    before = read_models(stack).activations["card_fraud"]
+    assert (before.version, before.previous) == (2, 1)
+
+    # Twice more, and with a time at which it is in force anyway: one line each, nothing written.
+    assert main(["models", "activate", "card_fraud@2", *cfg]) == 0
+    assert capsys.readouterr().out == "card_fraud@2 is already active; nothing written\n"
+    doc = _json(["models", "activate", "card_fraud@2", "--at", "5000", "--json", *cfg], capsys)
+    assert (doc["version"], doc["previous"], doc["changed"]) == (2, 1, False)
+    assert read_models(stack).activations["card_fraud"] == before
+
+    assert main(["models", "rollback", "card_fraud", *cfg]) == 0
+    assert capsys.readouterr().out.startswith("rolled back card_fraud to version 1")
+    assert read_models(stack).active_version("card_fraud") == 1
+
+    # A scheduled switch moved earlier is written, and still names what it replaces, not itself.
+    _json(["models", "activate", "card_fraud@2", "--at", "10000", "--json", *cfg], capsys)
+    doc = _json(["models", "activate", "card_fraud@2", "--at", "6000", "--json", *cfg], capsys)
+    assert (doc["from_time"], doc["previous"], doc["changed"]) == (6000, 1, True)
+    act = read_models(stack).activations["card_fraud"]
+    assert [(e.version, e.from_time) for e in act.timeline] == [(1, None), (2, 6000)] and act.previous == 1
 
 
 @pytest.mark.kafka
