@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +15,13 @@ import pytest
 import xgboost as xgb
 
 from muse_stream.cli import main
+from muse_stream.kafka.local import free_port
 from muse_stream.models.lifecycle import publish_from_files
 from tests.fixtures.helpers import write_config
 
 pytestmark = pytest.mark.kafka
 DOC = Path(__file__).resolve().parents[2] / "docs" / "producers.md"
+TEST_TOML = Path(__file__).resolve().parents[1] / "data" / "test.toml"
 FEATURES = ["Amount", "V1", "V2", "V3"]
 
 
@@ -85,3 +89,14 @@ def test_validate_counts_what_the_workers_would_dead_letter_and_models_show_prin
     assert main(["validate", "nosuch.jsonl", "--intent", "card_fraud", "--config", cfg]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["muse-stream: error: nosuch.jsonl: file not found"]
+
+
+def test_validate_names_an_intent_the_config_does_not_before_asking_kafka(tmp_path):
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens: an answer proves Kafka was not asked
+    (tmp_path / "events.jsonl").write_text('{"event_id": "e1"}\n')
+    p = subprocess.run([sys.executable, "-m", "muse_stream", "validate", str(tmp_path / "events.jsonl"), "--intent",
+                        "nosuch", "--config", str(TEST_TOML), "--bootstrap", dead],
+                       check=False, capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stdout) == (2, "")
+    assert p.stderr.splitlines() == [("muse-stream: error: intent 'nosuch' is not in the config "
+                                      "(intents: card_fraud, account_takeover)")]
