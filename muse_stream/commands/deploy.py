@@ -48,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("deploy needs MODEL and --intent INTENT (or --watch DIR)")
         if known and args.intent not in known:
             raise ConfigError(f"intent {args.intent!r} is not in the configuration (intents: {sorted(known)})")
+        # publish's own check, so a directory is called one here too (the readers would say "not found").
+        from muse_stream.commands.publish import _check_file as check_file
+
+        check_file("model", args.model)
+        check_file("--calibration", args.calibration)
         return _deploy_one(settings, args.intent, Path(args.model), args.calibration)
     return watch_dir(settings, Path(args.watch), args.intent)
 
