@@ -13,10 +13,25 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# The smallest alert rate a band may give: 1e-6 (0.0001%). A reference resolves a rate only down to about one
+# over its population, and publish would need ~1/rate calibration events to hold such a reference, so a
+# smaller rate is a deploy that never becomes ready. The one rule: config, `tenants set` and workers use it.
+MIN_RATE = 1e-6
+RATE_RANGE = "at least 0.0001% (1e-6) and below 100%"
+
+
 class BandRate(_Frozen):
     """A band as an alert rate: the threshold at which this share of the intent's reference alerts (bands.py)."""
 
-    rate: float = Field(gt=0.0, lt=1.0)
+    rate: float
+
+    @pydantic.field_validator("rate")
+    @classmethod
+    def _rate(cls, v: float) -> float:
+        if v < 1.0 and not v < MIN_RATE:
+            return v
+        why = "" if v >= 1.0 else ": an intent's reference cannot resolve a smaller share of events"
+        raise ValueError(f"a rate band is {RATE_RANGE}, got rate {v:g}{why}")
 
 
 # A threshold on the reference scale or an alert rate, told apart by shape: a refusal names the one meant.
