@@ -283,12 +283,13 @@ def read_tenants(settings: Settings) -> dict[str, TenantConfig]:
 
 def with_bands_from(prev: TenantConfig | None, new: TenantConfig, from_time: int | None) -> TenantConfig:
     """The record that replaces `prev` with `new`: `new`'s fields, and `prev`'s band timeline with `new.bands`
-    in force for events with event_time >= from_time (None or 0: for every event; periods from that time on
-    are replaced, as an activation replaces a later scheduled one). A new tenant's bands apply from the start
-    of time, or as the timeline it carries says."""
+    in force for events with event_time >= from_time, and the periods from that time on replaced, as an
+    activation replaces a later scheduled one (0: for every event; None: for every event, or the timeline as
+    it is when `new` has `prev`'s latest bands). A new tenant's bands apply from the start of time, or as the
+    timeline it carries says."""
     if prev is None:
         periods = new.band_periods()
-    elif prev.bands == new.bands:
+    elif prev.bands == new.bands and from_time is None:
         periods = prev.band_periods()
     elif not from_time:
         periods = (BandPeriod(bands=new.bands),)
@@ -338,7 +339,10 @@ def _write(settings: Settings, tenants: list[TenantConfig], effective_at: int | 
             prev = reg.tenants.get(new.tenant_id)
             if only_missing and prev is not None:
                 return [], (None, prev)
-            rec = with_bands_from(prev, new, effective() if prev is not None and prev.bands != new.bands else None)
+            # An explicit time applies even when the bands equal the record's latest: they may be a pending
+            # period's, and the change moves them to that time (replacing what follows it).
+            changes = prev is not None and (prev.bands != new.bands or effective_at is not None)
+            rec = with_bands_from(prev, new, effective() if changes else None)
             problem = reg.record_problem(rec)
             if problem is not None:
                 raise ConfigError(f"tenant {rec.tenant_id}: {problem}; nothing was written")

@@ -9,7 +9,7 @@ import re
 import orjson
 from pydantic import ValidationError
 
-from muse_stream.bandspec import BandRate
+from muse_stream.bandspec import RATE_RANGE, BandPeriod, BandRate
 from muse_stream.config import Settings, TenantConfig
 from muse_stream.errors import ConfigError
 from muse_stream.kafka.ranges import parse_bound
@@ -38,9 +38,10 @@ def parse_band(text: str) -> tuple[str, float | BandRate]:
         if value.endswith("%"):
             return name, BandRate(rate=float(value[:-1]) / 100.0)
         return name, float(value)
+    except ValidationError as e:  # a rate out of range: bandspec's own words (the floor and why)
+        raise ConfigError(f"--band {text!r}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     except ValueError:
-        raise ConfigError(f"--band {text!r}: a rate is above 0% and below 100%, a threshold a number in "
-                          "[0, 1]") from None
+        raise ConfigError(f"--band {text!r}: a rate is {RATE_RANGE}, a threshold a number in [0, 1]") from None
 
 
 def parse_set(args: argparse.Namespace) -> dict:
@@ -62,8 +63,12 @@ def parse_set(args: argparse.Namespace) -> dict:
     if args.output_topic is not None:
         change["output_topic"] = args.output_topic or None
     if args.from_time is not None:
-        bound = parse_bound(args.from_time, default="end")
-        if bound.kind != "time":
+        # parse_bound also reads offsets and start/end, which mean nothing here: one message for all of it.
+        try:
+            bound = parse_bound(args.from_time, default="end")
+        except ConfigError:
+            bound = None
+        if bound is None or bound.kind != "time":
             raise ConfigError(f"--from {args.from_time!r}: expected an event time (epoch ms or ISO-8601)")
         change["from_time"] = bound.value
     if not change or set(change) == {"from_time"}:
@@ -87,9 +92,10 @@ def current(settings: Settings, tenant_id: str) -> TenantConfig:
     return cfg
 
 
-def merged(settings: Settings, reg: TenantRegistry, refs, tenant_id: str, *, bands=None, from_time=None,
+def merged(settings: Settings, reg: TenantRegistry, refs, tenant_id: str, *, bands=None, base_bands=None,
            **fields) -> TenantConfig:
-    """The record `tenant_id` would have after the change, validated whole; a ConfigError names the field."""
+    """The record `tenant_id` would have after the change, validated whole; a ConfigError names the field.
+    Band options edit `base_bands` (default: the record's latest bands)."""
     prev = reg.tenants.get(tenant_id)
     if prev is None and set(fields) <= {"suspended"} and bands is None:
         raise ConfigError(f"tenant {tenant_id!r} is not on {settings.topics.tenants}")
@@ -100,7 +106,7 @@ def merged(settings: Settings, reg: TenantRegistry, refs, tenant_id: str, *, ban
     data.update(fields)
     if bands is not None:
         given, removed = bands
-        now = dict(data.get("bands") or {})
+        now = dict(base_bands if base_bands is not None else data.get("bands") or {})
         for name in removed:
             if name not in now:
                 raise ConfigError(f"tenant {tenant_id}: bands: no band {name!r} to remove (bands: {list(now)})")
@@ -121,16 +127,46 @@ def merged(settings: Settings, reg: TenantRegistry, refs, tenant_id: str, *, ban
     return cfg
 
 
-def apply_change(settings: Settings, tenant_id: str, *, from_time: int | None = None, **change) -> TenantConfig:
-    """Merge, validate and write one tenant's change; returns the record written."""
+def apply_change(settings: Settings, tenant_id: str, *, from_time: int | None = None,
+                 **change) -> tuple[TenantConfig, list[BandPeriod]]:
+    """Merge, validate and write one tenant's change; returns the record written and the pending band changes
+    it replaced.
+
+    A band change applies from `from_time` (default: the input's effective time, watermark + change lead) and
+    replaces every band change the record holds from that time on, as an activation replaces a later
+    scheduled one; the bands given edit the ones in force just before that time, so nothing of a replaced
+    change carries over unseen."""
     reg, refs = _registry(settings)
-    cfg = merged(settings, reg, refs, tenant_id, **change)
     prev = reg.tenants.get(tenant_id)
+    at = None
+    if prev is not None and "bands" in change:
+        at = _band_change_time(settings, from_time)
+        change["base_bands"] = bands_in_force(prev, max(at - 1, 0))[0]
+    cfg = merged(settings, reg, refs, tenant_id, **change)
     topic = settings.output_topic(cfg)
     if prev is None or settings.output_topic(prev) != topic:
         _check_no_collision(settings, tenant_id, topic)
-    [rec] = put_tenants(settings, [cfg], effective_at=from_time)
-    return rec
+    [rec] = put_tenants(settings, [cfg], effective_at=at)
+    kept = rec.band_periods()
+    replaced = [] if prev is None else [p for p in prev.band_periods()[1:] if p not in kept]
+    return rec, replaced
+
+
+def _band_change_time(settings: Settings, from_time: int | None) -> int:
+    """When a band change starts: `from_time`, refused when earlier than the default (the input's event-time
+    watermark plus the change lead), since events before that are scored already, or may be before every
+    worker reads the change, and the docs promise they keep their bands in every replay."""
+    from muse_stream.kafka.watermark import effective_time
+
+    earliest = effective_time(settings)
+    if from_time is None:
+        return earliest
+    if from_time < earliest:
+        raise ConfigError(f"tenants set: --from {utc(from_time)} is before {utc(earliest)} (epoch ms {earliest}), "
+                          "the earliest a band change may start: earlier events are on the input topics already "
+                          "and keep their bands in every replay; give --from at or after it, or leave --from "
+                          "out; nothing was written")
+    return from_time
 
 
 def _check_no_collision(settings: Settings, tenant_id: str, topic: str) -> None:
@@ -194,10 +230,10 @@ def _as_shown(raw: bytes | None) -> object:
 def _bands_text(cfg: TenantConfig) -> str:
     """The bands in force now, then each change still ahead (`; from <UTC time>: ...`)."""
     now, ahead = bands_in_force(cfg)
-    return format_bands(now) + "".join(f"; from {_utc(p.from_time)}: {format_bands(p.bands)}" for p in ahead)
+    return format_bands(now) + "".join(f"; from {utc(p.from_time)}: {format_bands(p.bands)}" for p in ahead)
 
 
-def _utc(ms: int) -> str:
+def utc(ms: int) -> str:
     import datetime as dt
 
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -210,6 +246,6 @@ def summaries(settings: Settings) -> list[dict]:
              "bands_text": _bands_text(cfg), "refused": reg.refused.get(tid)}
             for tid, cfg in sorted(reg.tenants.items())]
     for tid in sorted(set(reg.refused) - set(reg.tenants)):
-        rows.append({"tenant_id": tid, "state": "refused", "intents": [], "bands": {}, "bands_text": "-",
-                     "decision_topic": "-", "refused": reg.refused[tid]})
+        rows.append({"tenant_id": tid, "state": "refused", "intents": [], "bands": {}, "bands_text": None,
+                     "decision_topic": None, "refused": reg.refused[tid]})
     return rows

@@ -58,6 +58,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from muse_stream.commands import tenant_edit as edit
     from muse_stream.config import load_settings
+    from muse_stream.models.bands import format_bands
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
     if args.action == "list":
@@ -75,12 +76,16 @@ def run(args: argparse.Namespace) -> int:
                   "seed it again; delete it there", file=sys.stderr)
         return 0
     if args.action in ("suspend", "resume"):
-        rec = edit.apply_change(settings, args.tenant_id, suspended=args.action == "suspend")
+        rec, _ = edit.apply_change(settings, args.tenant_id, suspended=args.action == "suspend")
         print(f"tenant {rec.tenant_id} {'suspended: its events go to dead letters as tenant_suspended' if rec.suspended else 'resumed: its events are scored again'}")
         return 0
     change = edit.parse_set(args)
-    rec = edit.apply_change(settings, args.tenant_id, **change)
+    rec, replaced = edit.apply_change(settings, args.tenant_id, **change)
     print(f"tenant {rec.tenant_id} written to {settings.topics.tenants}")
+    # A band change replaces the changes the record held from its time on: said here, never silently.
+    for p in replaced:
+        print(f"replaced the pending band change from {edit.utc(p.from_time)} ({p.from_time}): "
+              f"{format_bands(p.bands) or 'no bands'}")
     _print_tenant(settings, edit.describe(settings, rec.tenant_id))
     return 0
 
@@ -98,8 +103,8 @@ def _list(settings, as_json: bool) -> int:
     # Each column as wide as its widest cell (a pending band change or a long id included), so the output topic
     # stays in its column, as `column -t` would align it.
     cells = [("tenant", "state", "intents", "bands", "output topic")]
-    cells += [(r["tenant_id"], r["state"], ",".join(r["intents"]) or "-", r["bands_text"], r["decision_topic"])
-              for r in rows]
+    cells += [(r["tenant_id"], r["state"], ",".join(r["intents"]) or "-", r["bands_text"] or "-",
+               r["decision_topic"] or "-") for r in rows]
     widths = [max(len(c[k]) for c in cells) for k in range(4)]
     for c in cells:
         print("  ".join(f"{v:{w}}" for v, w in zip(c, widths)) + "  " + c[4])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from muse_stream.bandspec import BandRate
 from muse_stream.cli import main
 from muse_stream.kafka.clients import producer_config
 from muse_stream.kafka.producer import OutputProducer
@@ -13,7 +14,7 @@ from muse_stream.kafka.topics import TopicSpec, create_topics
 from muse_stream.models.quantile import ReferenceDistribution
 from muse_stream.models.store import read_models
 from muse_stream.tenants import read_tenants
-from tests.fixtures.helpers import publish_model, write_config
+from tests.fixtures.helpers import event, produce, publish_model, write_config
 
 pytestmark = pytest.mark.kafka
 
@@ -71,7 +72,12 @@ def test_refusals_name_the_field_and_write_nothing(stack, tmp_path, capsys):
     before = read_tenants(stack)
     create_topics(stack, [TopicSpec("elsewhere.made." + stack.topics.events, 1)])
     cases = [
-        (["--band", "review=150%"], "a rate is above 0% and below 100%"),
+        (["--band", "review=150%"], "a rate band is at least 0.0001% (1e-6) and below 100%"),
+        # Below the floor: a reference cannot resolve it, and publish/deploy would wait for ever.
+        (["--band", "review=1e-9%"], "got rate 1e-11: an intent's reference cannot resolve a smaller share"),
+        # --from takes an event time only, and its message says so (no offset:N, start or end).
+        (["--band", "review=1%", "--from", "yesterday"], "'yesterday': expected an event time (epoch ms or ISO-8601)\n"),
+        (["--band", "review=1%", "--from", "offset:x"], "expected an event time (epoch ms or ISO-8601)\n"),
         (["--band", "review=1.5"], "bands.review.threshold"),
         (["--output-topic", stack.topics.decisions_topic("globex")], "is tenant 'globex''s decision topic"),
         (["--output-topic", stack.topics.models], "is the models topic"),
@@ -147,6 +153,7 @@ def test_a_hand_written_record_naming_an_unknown_intent_is_refused_and_the_previ
     rows = {r["tenant_id"]: r for r in _json(capsys)}
     assert rows["acme"]["intents"] == ["card_fraud"] and rows["acme"]["refused"] == why
     assert rows["handbad"]["state"] == "refused" and rows["handbad"]["refused"] == why
+    assert rows["handbad"]["decision_topic"] is None and rows["handbad"]["bands_text"] is None  # as `show`
 
     # `show` of a tenant with refused records only: the record and why, as `list` reports it.
     assert main(["tenants", "show", "handbad", "--config", cfg]) == 0
@@ -160,3 +167,38 @@ def test_a_hand_written_record_naming_an_unknown_intent_is_refused_and_the_previ
     capsys.readouterr()
     rec = read_tenants(stack)["acme"]
     assert rec.intents == before.intents and rec.bands == {**before.bands, "review": 0.6}
+
+
+def test_a_band_change_starts_at_the_watermark_or_later_and_names_the_pending_change_it_replaces(stack, tmp_path,
+                                                                                                 capsys):
+    cfg = write_config(stack, tmp_path / "muse.toml")
+    t0 = 1_700_000_000_000
+    produce(stack, [event(i, "acme", t0=t0) for i in range(5)])  # scored, or about to be: event times < t0 + 5
+    earliest = t0 + 5 + stack.runtime.change_lead_ms  # what the default --from would use
+    before = read_tenants(stack)["acme"]
+
+    def tset(*opts) -> int:
+        return main(["tenants", "set", "acme", *opts, "--config", cfg])
+
+    # Earlier than the default would re-band events already scored: refused in one line naming the earliest.
+    for when in ("2020-01-01T00:00:00Z", str(earliest - 1)):
+        assert tset("--band", "review=3%", "--from", when) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"(epoch ms {earliest}), the earliest a band change may start" in err, err
+    assert read_tenants(stack)["acme"] == before
+
+    # A change ahead, then an earlier one: it replaces the later one and says so, with its bands.
+    y2030, y2099 = 1_893_456_000_000, 4_070_908_800_000
+    assert tset("--band", "review=5%", "--from", "2099-01-01T00:00:00Z") == 0
+    assert "replaced" not in capsys.readouterr().out
+    assert tset("--band", "review=10%", "--from", "2030-01-01T00:00:00Z") == 0
+    out = capsys.readouterr().out
+    assert f"replaced the pending band change from 2099-01-01T00:00:00Z ({y2099}): " in out and "review=5%" in out
+    rec = read_tenants(stack)["acme"]
+    # The new bands edit those in force before 2030 (the replaced change's are not carried over).
+    assert [(p.from_time, p.bands) for p in rec.band_periods()] == [
+        (None, before.bands), (y2030, {**before.bands, "review": BandRate(rate=0.1)})]
+    # Setting the bands a pending period already holds, at an earlier time, moves them there.
+    assert tset("--band", "review=10%", "--from", str(earliest)) == 0
+    assert f"replaced the pending band change from 2030-01-01T00:00:00Z ({y2030})" in capsys.readouterr().out
+    assert [p.from_time for p in read_tenants(stack)["acme"].band_periods()] == [None, earliest]
