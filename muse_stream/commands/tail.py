@@ -128,19 +128,39 @@ def _wanted(rec: dict, tenant: str | None, reason: str | None) -> bool:
 def _topic_for(args: argparse.Namespace, settings) -> tuple[str, str | None]:
     """The topic to read, and the tenant filter still to apply (None when the topic is the tenant's own)."""
     from muse_stream.errors import ConfigError
-    from muse_stream.tenants import read_tenants
+    from muse_stream.tenants import read_tenant_registry
 
     if args.topic:
         return args.topic, args.tenant
     if args.reason:  # dead letters are on the dead-letter topic, whichever tenant's they are
         return settings.topics.deadletter, args.tenant
     if args.tenant:
-        tenants = read_tenants(settings)
-        if args.tenant not in tenants:
-            raise ConfigError(f"no tenant {args.tenant!r} on {settings.topics.tenants} "
-                              f"(tenants: {', '.join(sorted(tenants)) or 'none'})")
-        return settings.output_topic(tenants[args.tenant]), None
+        reg = read_tenant_registry(settings)
+        if args.tenant in reg.tenants:
+            return settings.output_topic(reg.tenants[args.tenant]), None
+        if args.tenant in reg.refused:
+            # Only refused records: the tenant's decisions, if any, are where its refused record says (the
+            # topic it would have), or on its default decision topic. Reading them changes nothing.
+            return _refused_topic(settings, args.tenant, reg.refused_records.get(args.tenant)), None
+        raise ConfigError(f"no tenant {args.tenant!r} on {settings.topics.tenants} "
+                          f"(tenants: {', '.join(sorted(reg.tenants)) or 'none'})")
     raise ConfigError("tail needs a TOPIC, --tenant ID or --reason R")
+
+
+def _refused_topic(settings, tenant: str, raw: bytes | None) -> str:
+    """The output_topic a refused record names, when it is a usable topic name; else the default one."""
+    import orjson
+
+    from muse_stream.config import TenantConfig
+
+    try:
+        named = orjson.loads(raw or b"null")
+        named = named.get("output_topic") if isinstance(named, dict) else None
+        if isinstance(named, str) and named:
+            return settings.output_topic(TenantConfig(tenant_id=tenant, intents=("-",), output_topic=named))
+    except (orjson.JSONDecodeError, ValueError):
+        pass  # not JSON, or no valid topic name: the default is where its decisions would be
+    return settings.topics.decisions_topic(tenant)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,12 +171,8 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, bootstrap=args.bootstrap)
     check_cluster(settings)  # no cluster: one line naming the address, exit 2
     topic, tenant = _topic_for(args, settings)
-    try:
-        return _tail(settings, topic, args, tenant)
-    except BrokenPipeError:
-        # `tail ... | head`: the reader left; that is the end, not an error.
-        sys.stderr.close()
-        return 0
+    # A closed pipe (`tail ... | head`) ends here as in every command: cli.main turns BrokenPipeError into 141.
+    return _tail(settings, topic, args, tenant)
 
 
 def _tail(settings, topic: str, args: argparse.Namespace, tenant: str | None) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import sys
 
 import orjson
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from muse_stream.cli import main
 from muse_stream.kafka.clients import producer_config
 from muse_stream.kafka.producer import OutputProducer
+from muse_stream.kafka.topics import TopicSpec, create_topics
 from muse_stream.scoring.deadletter import Reason, headers
 from tests.commands.doc_examples import example
 from tests.fixtures.helpers import write_config
@@ -21,7 +24,7 @@ def _lines(capsys) -> list[dict]:
     return [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
-def test_tail_shows_a_committed_decision_and_not_an_aborted_one(stack, tmp_path, capsys):
+def test_tail_shows_a_committed_decision_and_not_an_aborted_one(stack, tmp_path, capsys, monkeypatch):
     cfg = write_config(stack, tmp_path / "muse.toml")
     topic = stack.topics.decisions_topic("acme")
     p = OutputProducer(producer_config(stack, transactional_id=f"{stack.runtime.transactional_id_prefix}-t"),
@@ -44,6 +47,28 @@ def test_tail_shows_a_committed_decision_and_not_an_aborted_one(stack, tmp_path,
     (doc,) = [orjson.loads(line) for line in shown]
     assert doc["topic"] == "muse.decisions.acme"
     assert {**out[0], "topic": doc["topic"], "timestamp": doc["timestamp"]} == doc
+
+    # A reader that left (`tail ... | true`): 141, as every other command under a closed pipe, not 0.
+    r, w = os.pipe()
+    os.close(r)
+    with os.fdopen(w, "w") as closed:
+        monkeypatch.setattr(sys, "stdout", closed)
+        assert main(["tail", "--tenant", "acme", "--from-beginning", "--config", cfg]) == 141
+    monkeypatch.undo()
+
+
+def test_tail_of_a_tenant_with_only_a_refused_record_reads_its_default_decision_topic(stack, tmp_path, capsys):
+    cfg = write_config(stack, tmp_path / "muse.toml")
+    topic = stack.topics.decisions_topic("handbad")  # its decisions from before its record was refused
+    create_topics(stack, [TopicSpec(topic, 1)])
+    p = OutputProducer(producer_config(stack), name="test writer")
+    p.produce(stack.topics.tenants, orjson.dumps({"tenant_id": "handbad", "intents": ["nope"]}), b"handbad")
+    p.produce(topic, orjson.dumps({"event_id": "e-9", "tenant_id": "handbad", "band": "review"}), b"e-9")
+    p.flush(30)
+    assert main(["tail", "--tenant", "handbad", "--from-beginning", "--config", cfg]) == 0
+    assert [(r["topic"], r["key"]) for r in _lines(capsys)] == [(topic, "e-9")]
+    assert main(["tail", "--tenant", "nobody", "--from-beginning", "--config", cfg]) == 2
+    assert "no tenant 'nobody'" in capsys.readouterr().err
 
 
 def test_tail_dead_letters_by_reason_with_headers_and_printable_bytes(stack, tmp_path, capsys):
