@@ -211,7 +211,8 @@ class TenantRegistry:
         return tl.groups(self._bands_of(tl, tenant_id, intent), event_times)
 
     def latest_bands(self, tenant_id: str, intent: str) -> Bands | None:
-        """The tenant's newest bands (its timeline's last period) on `intent`'s scale, for telemetry and drift."""
+        """The tenant's newest bands (its timeline's last period, perhaps not in force yet) on `intent`'s scale.
+        Telemetry does not use them: each scored group carries the thresholds that acted on it."""
         tl = self._timelines.get(tenant_id)
         return None if tl is None else self._bands_of(tl, tenant_id, intent)[-1]
 
