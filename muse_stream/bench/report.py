@@ -127,7 +127,8 @@ def evaluate_targets(report: dict) -> list[dict]:
     sw = swap.get("swap") or {}
     rss = [r.get("peak_rss_mb_max") for r in [*tp, *lat, swap] if r.get("kind") != "ceiling"]
     rss = [x for x in rss if x is not None]
-    checks = [r.get("check", {}).get("exactly_once") for r in [*tp, *lat, swap] if r]
+    state_runs = (report.get("state") or {}).get("runs") or []
+    checks = [r.get("check", {}).get("exactly_once") for r in [*tp, *lat, swap, *state_runs] if r]
     ab = report.get("telemetry_ab") or telemetry_ab(tp) or {}
 
     def t(name, value, limit, ok):
@@ -157,7 +158,7 @@ def evaluate_targets(report: dict) -> list[dict]:
     v = max(rss) if rss else None
     out.append(t("peak RSS per worker MB (two intents loaded)", v, "<= 300", None if v is None else v <= 300))
     out.append(t("every run: each input exactly one output", all(checks) if checks else None, "true",
-                 bool(checks) and all(c is True for c in checks)))
+                 all(c is True for c in checks) if checks else None))
     return out
 
 

@@ -145,6 +145,10 @@ def test_ratios_and_targets():
     assert met["every run"] is False  # one duplicate
     unmeasured = evaluate_targets(_report(throughput=[], latency=[], swap=None))
     assert all(t["met"] is None for t in unmeasured[:7])
+    assert unmeasured[-1]["met"] is None  # no run, no verdict (a --state-only report once said NO)
+    state_only = evaluate_targets(_report(throughput=[], latency=[], swap=None, state={"runs": [
+        {"run": "state-on", "check": {"exactly_once": True}}, {"run": "state-off", "check": {"exactly_once": False}}]}))
+    assert state_only[-1]["target"].startswith("every run") and state_only[-1]["met"] is False  # the state runs count
 
 
 def test_telemetry_cost_from_interleaved_pairs():
