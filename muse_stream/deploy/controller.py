@@ -117,7 +117,8 @@ class Deployer:
         if incumbent is None or self.intent not in reg.references:
             raise ModelError(f"intent {self.intent!r} has no active version: deploy replaces an incumbent; "
                              "publish the first version with `muse-stream publish --activate`")
-        self._check_features(path, features, reg.versions[(self.intent, incumbent)])
+        self._check_features(path, features, reg.versions[(self.intent, incumbent)],
+                             reject=reg.unknown_features(self.intent).reject)
         started = now_ms()
 
         def also(reg: ModelRegistry, version, _act) -> list[tuple[bytes, bytes]]:
@@ -148,7 +149,7 @@ class Deployer:
         self.say(self._registered)
         return self._registered
 
-    def _check_features(self, path: Path, features: list[str], incumbent) -> None:
+    def _check_features(self, path: Path, features: list[str], incumbent, *, reject: bool) -> None:
         """A feature the incumbent does not read: under unknown_features = "reject" the workers dead-letter every
         event carrying it, so the candidate would be shadow-scored on it missing and refused far later for
         near-constant scores; refused here instead. Under "ignore", events may carry it: said, not refused."""
@@ -157,8 +158,7 @@ class Deployer:
         if not new:
             return
         names = ", ".join(new[:10]) + (f" (and {len(new) - 10} more)" if len(new) > 10 else "")
-        policy = next((i.unknown_features for i in self.s.intents if i.name == self.intent), "reject")
-        if policy == "reject":
+        if reject:
             raise ModelError(f"{path.name} reads {names}, which {incumbent.name} does not: intent {self.intent} "
                              "dead-letters events carrying features its active version does not know "
                              "(unknown_features = \"reject\"), so they can never be present; nothing registered")
@@ -180,13 +180,12 @@ class Deployer:
         the deployment needs its pairs: else the window never fills and the deploy waits for ever. `setting`:
         the shadow record as followed while collecting (else the models topic is read once)."""
         if setting is not None:
-            if setting.version() == rec.candidate:
-                return
-            sh = read_models(self.s).shadows.get(self.intent)
+            current = setting.version()
         else:
             sh = read_models(self.s).shadows.get(self.intent)
-            if sh is not None and sh.version == rec.candidate:
-                return
+            current = None if sh is None else sh.version
+        if current == rec.candidate:
+            return
 
         def step(reg: ModelRegistry):
             on_topic = reg.deployments.get((self.intent, rec.deployment))
@@ -197,7 +196,7 @@ class Deployer:
                                                                 set_at=now_ms())))], None
 
         write_models(self.s, self.intent, step)
-        was = "off" if sh is None or sh.version is None else f"{self.intent}@{sh.version}"
+        was = "off" if current is None else f"{self.intent}@{current}"
         self.out(f"{clock(now_ms())}  {rec.name}  {rec.state:11} the shadow of {self.intent} was {was}, not "
                  f"{self.intent}@{rec.candidate}: set again")
 
