@@ -19,7 +19,7 @@ from muse_stream.featurespec import StateSpec
 # Shipped inside the package, so an installed muse-stream runs from any folder; config/muse.toml links here.
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "defaults" / "muse.toml"
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a tenant or intent id (tenants.py reads topic names with it)
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,185}$")
 
 
@@ -79,7 +79,7 @@ class TopicSettings(_Frozen):
         if not topic.startswith(self.decisions_prefix):
             return None
         rest = topic[len(self.decisions_prefix):]
-        return rest if _ID_RE.match(rest) else None
+        return rest if ID_RE.match(rest) else None
 
     @field_validator("extra_inputs")
     @classmethod
@@ -153,7 +153,7 @@ class TenantConfig(_Frozen):
     @field_validator("tenant_id")
     @classmethod
     def _tid(cls, v: str) -> str:
-        if not _ID_RE.match(v):
+        if not ID_RE.match(v):
             raise ValueError("tenant_id must be 1-64 letters, digits, '_' or '-'")
         return v
 
@@ -206,7 +206,7 @@ class IntentConfig(_Frozen):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _ID_RE.match(v):
+        if not ID_RE.match(v):
             raise ValueError("intent name must be 1-64 letters, digits, '_' or '-'")
         return v
 
@@ -266,9 +266,8 @@ class Settings(_Frozen):
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
             raise ValueError(f"tenant ids repeated: {sorted(dup)}")
-        known = {i.name for i in self.intents}
         for t in self.tenants:
-            unknown = [i for i in t.intents if known and i not in known]
+            unknown = [i for i in t.intents if not self.knows_intent(i)]
             if unknown:
                 raise ValueError(f"tenant {t.tenant_id!r} names unknown intents {unknown}")
         return self
@@ -302,6 +301,11 @@ class Settings(_Frozen):
 
     def output_topic(self, tenant: TenantConfig) -> str:
         return tenant.output_topic or self.topics.decisions_topic(tenant.tenant_id)
+
+    def knows_intent(self, name: str) -> bool:
+        """Whether the configuration names intent `name`; one that names no intents knows every intent (the
+        models topic decides). The one rule of the config's tenants, tenant records, validate and deploy."""
+        return not self.intents or any(i.name == name for i in self.intents)
 
     def with_overrides(self, **sections: dict) -> Settings:
         """A copy with some fields of some sections replaced, validated again."""

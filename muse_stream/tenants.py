@@ -18,7 +18,6 @@ before writing it with the same rule (TenantRegistry.record_problem), each tenan
 from __future__ import annotations
 
 import logging
-import re
 import time
 
 import numpy as np
@@ -26,7 +25,7 @@ import orjson
 from pydantic import ValidationError
 
 from muse_stream.bandspec import BandPeriod, BandRate
-from muse_stream.config import Settings, TenantConfig, error_text
+from muse_stream.config import ID_RE, Settings, TenantConfig, error_text
 from muse_stream.errors import ConfigError
 from muse_stream.kafka.table import fenced_write, read_table
 from muse_stream.kafka.watermark import effective_time
@@ -34,7 +33,6 @@ from muse_stream.models.bands import Bands, ReferenceLookup, band_table, format_
 from muse_stream.models.quantile import ReferenceDistribution
 
 logger = logging.getLogger(__name__)
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a tenant id, as config.TenantConfig checks it
 # The bytes of a refused record kept for `tenants show`: enough for any real record, bounded for a hostile one.
 REFUSED_KEPT = 64 * 1024
 
@@ -191,7 +189,7 @@ class TenantRegistry:
             return f"{topic!r} is a state changelog topic"
         prefix = collision_key(t.decisions_prefix)
         other = key[len(prefix):] if key.startswith(prefix) else None
-        if other is not None and other != cfg.tenant_id and _ID_RE.match(other):
+        if other is not None and other != cfg.tenant_id and ID_RE.match(other):
             return f"{topic!r} is tenant {other!r}'s decision topic{alike(t.decisions_topic(other))}"
         for claimed, owner in self._claims.items():
             if owner != cfg.tenant_id and collision_key(claimed) == key:
@@ -233,13 +231,11 @@ class TenantRegistry:
 
 
 def intents_problem(settings: Settings, cfg: TenantConfig) -> str | None:
-    """Why `cfg` names an intent the configuration does not (settings.intents), or None. A configuration that
-    names no intents knows every one, as config.Settings' own check of the tenants it seeds reads it."""
-    known = {i.name for i in settings.intents}
-    unknown = [i for i in cfg.intents if known and i not in known]
+    """Why `cfg` names an intent the configuration does not (Settings.knows_intent), or None."""
+    unknown = [i for i in cfg.intents if not settings.knows_intent(i)]
     if not unknown:
         return None
-    return f"{unknown} are not in the config's intents {sorted(known)}"
+    return f"{unknown} are not in the config's intents {sorted(i.name for i in settings.intents)}"
 
 
 def bands_in_force(cfg: TenantConfig, at_ms: int | None = None) -> tuple[dict, list[BandPeriod]]:

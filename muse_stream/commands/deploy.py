@@ -34,7 +34,6 @@ def run(args: argparse.Namespace) -> int:
     from muse_stream.config import load_settings
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
-    known = {i.name for i in settings.intents}
     if args.abort:
         if not args.intent or args.model or args.watch or args.calibration:
             raise ConfigError("deploy --abort takes --intent INTENT and nothing else")
@@ -46,10 +45,11 @@ def run(args: argparse.Namespace) -> int:
     if args.watch is None:
         if not args.model or not args.intent:
             raise ConfigError("deploy needs MODEL and --intent INTENT (or --watch DIR)")
-        if known and args.intent not in known:
-            raise ConfigError(f"intent {args.intent!r} is not in the configuration (intents: {sorted(known)})")
+        if not settings.knows_intent(args.intent):
+            raise ConfigError(f"intent {args.intent!r} is not in the configuration "
+                              f"(intents: {sorted(i.name for i in settings.intents)})")
         # publish's own check, so a directory is called one here too (the readers would say "not found").
-        from muse_stream.commands.publish import _check_file as check_file
+        from muse_stream.commands.publish import check_file
 
         check_file("model", args.model)
         check_file("--calibration", args.calibration)

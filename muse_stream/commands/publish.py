@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.intent:
         _check_intent(settings, args.intent)
         for flag, path in (("--booster", args.booster), ("--calibration", args.calibration)):
-            _check_file(flag, path)
+            check_file(flag, path)
     tenants = list(read_tenants(settings).values()) or list(settings.tenants)
     if args.from_shadow:
         from muse_stream.commands.models import parse_ref
@@ -90,7 +90,7 @@ def _check_intent(settings, intent: str) -> None:
                           f"({', '.join(known) or 'none named'}); nothing was published")
 
 
-def _check_file(flag: str, path: str | None) -> None:
+def check_file(flag: str, path: str | None) -> None:
     """A missing or unreadable file is one line naming it (its content is checked where it is parsed)."""
     import os
 
