@@ -19,5 +19,11 @@ setup(
             sources=["muse_stream/scoring/_treeshap.c"],
             optional=True,
         ),
+        # The boosters' predictions from compiled trees (scoring/forest.py); without it, XGBoost's inplace_predict.
+        Extension(
+            "muse_stream.scoring._forest",
+            sources=["muse_stream/scoring/_forest.c"],
+            optional=True,
+        ),
     ]
 )

@@ -14,8 +14,8 @@ stamp=".venv/.muse-installed"
 # The stamp covers the build's inputs (a changed C source is rebuilt) and whether the C extension was there
 # after the install: if it goes missing (git clean), the next run rebuilds it; where none could be compiled,
 # the pure-Python path runs and nothing is retried.
-src="$(cat pyproject.toml setup.py muse_stream/scoring/_native.c muse_stream/scoring/_treeshap.c | sha256sum | cut -c1-16)-${MUSE_EXTRAS:-test}"
-built() { if ls muse_stream/scoring/_native*.so muse_stream/scoring/_treeshap*.so >/dev/null 2>&1; then echo native; else echo python; fi; }
+src="$(cat pyproject.toml setup.py muse_stream/scoring/_native.c muse_stream/scoring/_treeshap.c muse_stream/scoring/_forest.c | sha256sum | cut -c1-16)-${MUSE_EXTRAS:-test}"
+built() { if ls muse_stream/scoring/_native*.so muse_stream/scoring/_treeshap*.so muse_stream/scoring/_forest*.so >/dev/null 2>&1; then echo native; else echo python; fi; }
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$src-$(built)" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q -e ".[${MUSE_EXTRAS:-test}]"

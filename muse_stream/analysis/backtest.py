@@ -33,6 +33,7 @@ from muse_stream.models.tabular import read_table
 from muse_stream.models.transform import ScoreTransform, fit_score_transform
 from muse_stream.scoring.columns import contract_pass
 from muse_stream.scoring.contract import Router, feature_matrix, over_limit
+from muse_stream.scoring.forest import raw_scores
 from muse_stream.tenants import Bands, TenantRegistry, read_tenants
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def range_events(batches: Iterable[list], intent: str, tenants: Mapping[str, Ten
 
 def served(model: LoadedModel, x: np.ndarray, tenants: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(raw, served) scores of a loaded version, each tenant through its own map where it has one."""
-    raw = np.asarray(model.predict(x), dtype=np.float64)
+    raw = np.asarray(raw_scores(model, x), dtype=np.float64)
     return raw, model.transform.apply(raw, tenants)
 
 

@@ -42,6 +42,7 @@ from muse_stream.errors import ModelError
 from muse_stream.models.feature_contract import UnknownFeatures
 from muse_stream.models.registry import LoadedModel, ModelRegistry
 from muse_stream.scoring.deadletter import Reason
+from muse_stream.scoring.forest import raw_scores
 
 MAX_EVENT_TIME = 2**62  # epoch ms; beyond it an event time is garbage (and would overflow int64 arithmetic)
 NUMBER_TYPES = frozenset({float, int, type(None)})  # what a feature value may be; bool is not int here
@@ -343,7 +344,7 @@ def model_outputs(model: LoadedModel, x: np.ndarray
     """Step 4 of the contract, for a group's float32 matrix: (float64 raw scores of the rows the version
     scored, their row indices or None when it scored every row, [(row, rejection)] for each row it did not)."""
     try:
-        raw = np.asarray(model.predict(x), dtype=np.float64)
+        raw = np.asarray(raw_scores(model, x), dtype=np.float64)
         if raw.shape != (len(x),):
             raise ModelError(f"predict gave shape {raw.shape} for {len(x)} rows, not one score per row")
     except MemoryError:

@@ -15,6 +15,7 @@ import orjson
 from muse_stream.config import Settings
 from muse_stream.errors import ModelError
 from muse_stream.models.registry import ModelRegistry
+from muse_stream.scoring.forest import raw_scores
 from muse_stream.scoring.scorer import BatchOutput
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class ShadowScorer:
                     parts.append(x)
             x = np.concatenate(parts) if len(parts) > 1 else parts[0]
             try:
-                shadow_raw = np.asarray(model.predict(x), dtype=np.float64)
+                shadow_raw = np.asarray(raw_scores(model, x), dtype=np.float64)
                 if shadow_raw.shape != (len(x),):
                     raise ModelError(f"predict gave shape {shadow_raw.shape} for {len(x)} rows")
             except MemoryError:
