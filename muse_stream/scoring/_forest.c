@@ -87,12 +87,26 @@ static void block_avx2(Py_ssize_t nb, Py_ssize_t n_trees, int depth, const uint3
         __m256i idx[V];
         for (int k = 0; k < nv; k++) idx[k] = _mm256_setzero_si256();
         for (int level = 0; level < depth; level++) {
+            /* A level of at most eight nodes (the first four) is one register: its nodes and splits are
+             * permuted into place, not gathered. */
+            const int first = (1 << level) - 1, few = first + 8 <= n_inner && level <= 3;
+            const __m256i lvl_n = few ? _mm256_loadu_si256((const __m256i *)(nd + first)) : _mm256_setzero_si256();
+            const __m256 lvl_s = few ? _mm256_loadu_ps(th + first) : _mm256_setzero_ps();
+            const __m256i at = _mm256_set1_epi32(first);
             for (int k = 0; k < nv; k++) {
-                const __m256i n = _mm256_i32gather_epi32(nd, idx[k], 4);
+                __m256i n;
+                __m256 s;
+                if (few) {
+                    const __m256i rel = _mm256_sub_epi32(idx[k], at);
+                    n = _mm256_permutevar8x32_epi32(lvl_n, rel);
+                    s = _mm256_permutevar8x32_ps(lvl_s, rel);
+                } else {
+                    n = _mm256_i32gather_epi32(nd, idx[k], 4);
+                    s = _mm256_i32gather_ps(th, idx[k], 4);
+                }
                 _Static_assert(B == 32, "a feature's column starts at feature * 32");
                 const __m256i col = _mm256_add_epi32(_mm256_slli_epi32(_mm256_and_si256(n, low31), 5), lane[k]);
                 const __m256 v = _mm256_i32gather_ps(xb, col, 4);
-                const __m256 s = _mm256_i32gather_ps(th, idx[k], 4);
                 const __m256i lt = _mm256_castps_si256(_mm256_cmp_ps(v, s, _CMP_LT_OQ));
                 const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
                 const __m256i dleft = _mm256_srai_epi32(n, 31);
