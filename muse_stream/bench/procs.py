@@ -97,7 +97,7 @@ def _held(w, between, go):
 
 
 def _child(kind: str, settings: Settings, slot: int, output_topics: list[str], gate, reports, verbose: bool,
-           cpus: set[int] | None = None, go=None) -> None:
+           cpus: set[int] | None = None, go=None, measure=None) -> None:
     from muse_stream.logs import setup_logging
     from muse_stream.worker.supervisor import _die_with_parent
 
@@ -127,6 +127,8 @@ def _child(kind: str, settings: Settings, slot: int, output_topics: list[str], g
         w = _worker_class()(settings, slot=slot, stop=stop)
     if go is not None:
         w.between_batches = _held(w, w.between_batches, go)
+    if measure is not None:
+        threading.Thread(target=_measure_from, args=(w, *measure, stop), daemon=True).start()
 
     def _watch_assignment():
         while not stop.is_set():
@@ -148,6 +150,15 @@ def _child(kind: str, settings: Settings, slot: int, output_topics: list[str], g
     }))
 
 
+def _measure_from(w, measure, since, stop: threading.Event) -> None:
+    """Once the bench has set where its warm-up ends (`since`, epoch ms), the in-worker latency counts only
+    batches of events written after it: the same events as the end-to-end latency's."""
+    while not stop.is_set():
+        if measure.wait(0.2):
+            w.stats.in_worker.since_ms = int(since.value)
+            return
+
+
 @dataclass
 class WorkerGroup:
     """W worker processes of one run: start (gated), wait for assignment, sample, stop, collect."""
@@ -165,9 +176,10 @@ class WorkerGroup:
         self._gate = ctx.Event()
         self._go = ctx.Event() if self.hold else None
         self._reports = ctx.Queue()
+        self._measure = (ctx.Event(), ctx.Value("d", 0.0))
         self.procs = [ctx.Process(target=_child, name=f"bench-{self.kind}-{i}",
                                   args=(self.kind, self.settings, i, self.output_topics, self._gate,
-                                        self._reports, self.verbose, self.cpus, self._go))
+                                        self._reports, self.verbose, self.cpus, self._go, self._measure))
                       for i in range(self.workers)]
         self.pids: dict[int, int] = {}
         self.assigned_at: dict[int, float] = {}
@@ -211,6 +223,12 @@ class WorkerGroup:
             p.start()
         self._wait_for("import", lambda: len(self.pids) == self.workers, timeout)
         self._gate.set()
+
+    def measure_from(self, since_ms: float) -> None:
+        """Every worker's in-worker latency counts only events written at or after since_ms (epoch ms)."""
+        event, value = self._measure
+        value.value = since_ms
+        event.set()
 
     def wait_assigned(self, timeout: float = 60.0) -> None:
         self._wait_for("join the group", lambda: len(self.assigned_at) == self.workers, timeout)

@@ -58,6 +58,14 @@ def latency_floor_lines(report: dict) -> list[str]:
                      f"(copy: {iwf.get('p50_us')} / {iwf.get('p99_us')} us)")
     if lines:
         lines = ["Against the floor (same loop, clients, rate and reader; scoring replaced by a copy)", *lines, ""]
+    pinned = [r for r in lat if r.get("pinned_cores") and (r.get("latency_ms") or {}).get("p99") is not None]
+    if pinned:
+        lines.append("The worker on a core of its own (the broker, the load generator and the reader on the other)")
+        for r in pinned:
+            a, iw = r["latency_ms"], (r.get("loop") or {}).get("in_worker") or {}
+            lines.append(f"{r['guarantee']}: p50 {a['p50']} / p99 {a['p99']} ms; in the worker, consume -> produce "
+                         f"p50 {iw.get('p50_us')} / p99 {iw.get('p99_us')} us")
+        lines.append("")
     return lines
 
 

@@ -185,9 +185,11 @@ def _activation_write_time(settings: Settings, intent: str, timeout: float = 15.
 
 
 def latency_run(ctx: BenchContext, name: str, *, guarantee: str, rate: float, seconds: float, warmup: float,
-                swap_at: float | None = None, swap_version: int | None = None, kind: str = "runtime") -> dict:
+                swap_at: float | None = None, swap_version: int | None = None, kind: str = "runtime",
+                cpus: set[int] | None = None) -> dict:
     """One worker on a fresh input topic; a paced producer offers `rate` events/s for `seconds`. With kind
-    "ceiling", the worker copies instead of scoring: the floor, what Kafka and the loop cost on their own."""
+    "ceiling", the worker copies instead of scoring: the floor, what Kafka and the loop cost on their own. With
+    `cpus`, the worker is pinned to them (the caller pins the broker and this process elsewhere)."""
     input_topic = f"{ctx.prefix}{name}.in"
     s = ctx.settings_for(name, guarantee=guarantee, input_topic=input_topic)
     ctx.create(s, [TopicSpec(input_topic, ctx.partitions)])
@@ -198,13 +200,15 @@ def latency_run(ctx: BenchContext, name: str, *, guarantee: str, rate: float, se
                     "seconds": seconds, "warmup_s": warmup, "events": n}
     reader = LatencyReader(s, [*outs, s.topics.deadletter], n, watch_model=watch)
     reader.start()
-    group = WorkerGroup(kind, s, 1, output_topics=outs, verbose=ctx.verbose)
+    group = WorkerGroup(kind, s, 1, output_topics=outs, verbose=ctx.verbose, cpus=cpus)
     send = np.full(n, np.nan)
     swap: dict = {}
     try:
         group.start()
         group.wait_assigned(60)
         time.sleep(1.0)  # the consumer fetches its start offsets after the assignment
+        # The in-worker latency leaves out the warm-up's events, as the end-to-end figure does.
+        group.measure_from((time.time() + warmup) * 1000.0)
         achieved = _paced_produce(ctx, s, input_topic, n, rate, send, group,
                                   swap_at=swap_at, on_swap=lambda: _swap(s, swap_version, swap))
         result["achieved_events_per_s"] = round(achieved)

@@ -84,16 +84,28 @@ def run_latency(ctx: BenchContext, report: dict, groups: list[str], say: Callabl
             plan.append((f"latency-{tag}", guarantee, None, "runtime"))
     if "swap" not in skip:
         plan.append(("swap", "exactly-once", max(warmup + 1.0, seconds * 0.4), "runtime"))
-    for name, guarantee, swap_at, kind in plan:
+    plan = [(*step, None) for step in plan]
+    if "latency" not in skip and "pinned" not in skip and can_pin(ctx.broker_pid):
+        # The same, with the worker on a core of its own: what the worker costs when it does not wait for a core
+        # the broker, the load generator and the reader share with it.
+        plan += [(f"latency-{tag}-pinned", guarantee, None, "runtime", "pinned")
+                 for guarantee, tag in (("exactly-once", "eos"), ("at-least-once", "alo"))]
+    for name, guarantee, swap_at, kind, pinned in plan:
         # The swap run goes on 3 s past the swap: the activate call alone can take most of a second on a busy
         # machine, and a run that ends first sees no decision by the new version.
         run_s = seconds if swap_at is None else max(seconds, swap_at + 3.0)
         say(f"run {name}: {'copy only' if kind == 'ceiling' else 'scoring'}, {guarantee}, {rate:g} events/s offered "
-            f"for {run_s:g} s")
+            f"for {run_s:g} s{', worker pinned to its own core' if pinned else ''}")
         groups.append(f"{ctx.prefix}{name}")
         try:
-            r = latency_run(ctx, name, guarantee=guarantee, rate=rate, seconds=run_s, warmup=warmup,
-                            swap_at=swap_at, swap_version=swap_version, kind=kind)
+            if pinned:
+                with kafka_side_pinned(ctx.broker_pid) as cores:
+                    r = latency_run(ctx, name, guarantee=guarantee, rate=rate, seconds=run_s, warmup=warmup,
+                                    kind=kind, cpus=cores)
+                r["pinned_cores"] = sorted(cores)
+            else:
+                r = latency_run(ctx, name, guarantee=guarantee, rate=rate, seconds=run_s, warmup=warmup,
+                                swap_at=swap_at, swap_version=swap_version, kind=kind)
             iw = (r.get("loop") or {}).get("in_worker") or {}
             say(f"  p99 {r['latency_ms']['p99']} ms, in-worker p99 {iw.get('p99_us')} us; "
                 f"check: {'ok' if r['check']['exactly_once'] else r['check']}")

@@ -143,6 +143,16 @@ def test_ratios_and_targets():
     assert met["telemetry cost"] is None  # no run without telemetry
     assert met["peak RSS per worker MB (two intents loaded)"] is False  # 310 > 300
     assert met["every run"] is False  # one duplicate
+    # A pinned run (the worker on its own core) is reported beside the others, never taken for a target.
+    pinned = _report()
+    add_ratios(pinned["throughput"])
+    pinned["throughput"].insert(0, {"run": "runtime-eos-1-pinned", "kind": "runtime", "workers": 1,
+                                    "guarantee": "exactly-once", "events_per_s": 10, "ratio_to_ceiling": 0.01,
+                                    "pinned_cores": [1]})
+    pinned["latency"].insert(0, {"run": "latency-alo-pinned", "kind": "runtime", "guarantee": "at-least-once",
+                                 "latency_ms": {"p50": 1.0, "p99": 2.0}, "pinned_cores": [1],
+                                 "loop": {"in_worker": {"p50_us": 10.0, "p99_us": 20.0}}})
+    assert [t["value"] for t in evaluate_targets(pinned)] == [t["value"] for t in evaluate_targets(r)]
     unmeasured = evaluate_targets(_report(throughput=[], latency=[], swap=None))
     assert all(t["met"] is None for t in unmeasured[:7])
     assert unmeasured[-1]["met"] is None  # no run, no verdict (a --state-only report once said NO)
@@ -200,7 +210,8 @@ def test_bench_end_to_end_small(bootstrap, tmp_path):
                                         "latency-alo", "swap"]
     # the workers' own timers came back, and the in-process stage breakdown ran
     for r in runs[2:6]:
-        assert r["loop"]["in_worker"]["events"] >= 2000 and r["loop"]["in_worker"]["p99_us"] > 0, r["run"]
+        # 2,000 events offered; the in-worker figure leaves out the first 0.5 s, as the end-to-end one does
+        assert 1000 <= r["loop"]["in_worker"]["events"] < 2000 and r["loop"]["in_worker"]["p99_us"] > 0, r["run"]
     assert report["throughput"][1]["loop"]["us_per_event"]["score"] > 0
     assert set(report["stages"]["by_batch_size"]) == {"2000", "25"}
     for r in runs:
