@@ -39,12 +39,12 @@ class InWorkerLatency:
 
     def __init__(self) -> None:
         self.counts = [0] * (len(self.EDGES_NS) + 1)
-        # Batches whose first event was written before this (Kafka timestamp, epoch ms) are not counted: the
-        # bench leaves out its warm-up's events, as its end-to-end figure does.
-        self.since_ms = 0
+        # When set, batches whose first event was written before it (Kafka timestamp, epoch ms) are not
+        # counted: the bench leaves out its warm-up's events, as its end-to-end figure does.
+        self.since_ms: int | None = None
 
     def add(self, t_taken_ns: int, t_produced_ns: int, events: int, first_ms: int = 0) -> None:
-        if first_ms >= self.since_ms:
+        if self.since_ms is None or first_ms >= self.since_ms:
             self.counts[bisect_left(self.EDGES_NS, t_produced_ns - t_taken_ns)] += events
 
 

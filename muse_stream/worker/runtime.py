@@ -245,7 +245,7 @@ def run_worker(settings: Settings, slot: int, heartbeat=None) -> int:
 def settle_heap() -> None:
     """Take the worker's long-lived objects (registries, models, tables: everything alive once its models are
     loaded) out of the cyclic collector's reach. Without it, a full collection walked them all every few
-    seconds, 20-35 ms inside whichever batch it fell in: the whole tail of the in-worker latency. Objects
+    seconds, 20-35 ms inside whichever batch it fell in. Objects
     still go when their last reference does; a cycle among them waits for the next call, which first puts
     everything back and collects (after a model or tenant change, between batches)."""
     gc.unfreeze()
