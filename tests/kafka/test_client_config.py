@@ -53,6 +53,12 @@ def test_operator_settings_win_over_tuning_but_not_over_what_correctness_require
         assert conf["acks"] == "all" and conf["enable.idempotence"] is True  # never weakened
     consumer = input_consumer_config(s, slot=0)
     assert consumer["fetch.wait.max.ms"] == 3
+    # A transactional producer retries after 10 ms (a transaction begun while the last one's markers are
+    # written waits this long), unless the operator says otherwise; other producers keep librdkafka's default.
+    assert producer_config(Settings(), transactional_id="t")["retry.backoff.ms"] == 10
+    assert "retry.backoff.ms" not in producer_config(Settings())
+    mine = s.with_overrides(kafka={"client": {"retry.backoff.ms": 250}})
+    assert producer_config(mine, transactional_id="t")["retry.backoff.ms"] == 250
     assert consumer["isolation.level"] == "read_committed" and consumer["enable.auto.commit"] is False
 
 
