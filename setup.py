@@ -1,5 +1,6 @@
-"""The optional compiled part of muse-stream: the scorer's batch scanner and decision writer in C
-(muse_stream/scoring/_native.c). Everything else is in pyproject.toml.
+"""The optional compiled parts of muse-stream, in C: the scorer's batch scanner and decision writer
+(muse_stream/scoring/_native.c), reason codes' TreeSHAP tables (_treeshap.c) and the boosters' compiled trees
+(_forest.c). Everything else is in pyproject.toml.
 
 optional=True: where no C compiler works, the build says so and installs the package without it, and the
 scorer runs its pure-Python path (muse_stream/scoring/native.py says which path is active)."""

@@ -13,8 +13,9 @@
  * The arithmetic is XGBoost's own (CPU predictor, 3.x): x < threshold goes left, compared in float32, NaN takes
  * the default; a row's margin starts at the base margin and adds each tree's leaf in float32, in tree order;
  * binary:logistic's base margin is -logf(1/p - 1) and its output 1 / (expf(min(-margin, 88.7)) + 1), in
- * float. forest.py
- * refuses a model whose outputs on a probe differ from XGBoost's by a single bit.
+ * float. Not reproduced: XGBoost's clamp of a base score outside [1e-6, 1 - 1e-6], which training never
+ * writes; forest.py refuses any model whose outputs on a probe differ from XGBoost's by a single bit, such a
+ * hand-edited one included.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -6,8 +6,10 @@ Each tree becomes a complete binary tree of the forest's depth in heap order, so
 of the same branch-free arithmetic, done for a block of rows at once. A version gets a Forest only when:
 - the extension was built and MUSE_PURE_PYTHON is not set (native.load_extension, as for the other extensions);
 - the booster is gbtree with one output, numerical splits and objective binary:logistic or reg:logistic
-  (treeshap_tables.read_trees checks the first three);
-- its depth is at most MAX_DEPTH and the layout under MAX_BYTES;
+  (treeshap_tables.learner_trees checks the first three);
+- its depth is at most MAX_DEPTH, its JSON under MAX_JSON_BYTES, the layout under MAX_BYTES and not more than
+  SPARSE slots per node of the model (trees far shallower than the deepest would make the walk slower than
+  XGBoost's);
 - on a probe of rows that meet every split's threshold exactly, just below it and missing, its outputs equal
   XGBoost's `inplace_predict` to the bit.
 
@@ -26,12 +28,14 @@ import numpy as np
 import orjson
 
 from muse_stream.scoring.native import load_extension
-from muse_stream.scoring.treeshap_tables import Unsupported, read_trees
+from muse_stream.scoring.treeshap_tables import Unsupported, learner_trees
 
 logger = logging.getLogger(__name__)
 
 MAX_DEPTH = 12  # 4,095 node slots per tree; deeper (lossguide) trees are XGBoost's to walk
-MAX_BYTES = 64 * 1024 * 1024
+MAX_BYTES = 64 * 1024 * 1024  # the layout's arrays
+MAX_JSON_BYTES = 64 * 1024 * 1024  # the model's JSON, parsed at load: a larger one keeps XGBoost's own walk
+SPARSE = 64  # at most this many slots of the layout per node: beyond ~100 the walk was slower than XGBoost
 LOGISTIC = ("binary:logistic", "reg:logistic")
 PROBE_ROWS = 512
 
@@ -107,13 +111,13 @@ def compile_booster(booster, n_features: int) -> tuple[Forest | None, str]:
         return None, _WHY
     try:
         forest = layout(bytes(booster.save_raw("json")), n_features)
+        mismatch = check(forest, booster)
     except MemoryError:
         raise
     except Unsupported as e:
         return None, str(e)
-    except Exception as e:  # noqa: BLE001 - not a model we can read: XGBoost's own call decides
+    except Exception as e:  # noqa: BLE001 - not a model we can read or run: XGBoost's own call decides
         return None, f"its model does not read as trees: {type(e).__name__}: {str(e)[:200]}"
-    mismatch = check(forest, booster)
     if mismatch:
         return None, mismatch
     return forest, ""
@@ -123,58 +127,75 @@ def layout(raw_json: bytes, n_features: int) -> Forest:
     """The Forest of a booster's JSON model; Unsupported says why a model is outside it. Every tree counts, as in
     the workers' inplace_predict calls, which give no iteration range: XGBoost 2 and later predict with the
     whole model even when training stopped early and recorded a best_iteration."""
-    trees = read_trees(raw_json, n_features)
-    learner = orjson.loads(raw_json)["learner"]
+    if len(raw_json) > MAX_JSON_BYTES:
+        raise Unsupported(f"a model JSON of {len(raw_json) >> 20} MB, above the compiled path's "
+                          f"{MAX_JSON_BYTES >> 20} MB")
+    try:
+        learner = orjson.loads(raw_json)["learner"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+        raise Unsupported(f"the model JSON does not parse as an XGBoost learner ({type(e).__name__}: {e})") from None
+    trees = learner_trees(learner, n_features)
     objective = learner.get("objective", {}).get("name")
     if objective not in LOGISTIC:
         raise Unsupported(f"objective {objective!r}: only {' and '.join(LOGISTIC)}")
     base = str(learner["learner_model_param"].get("base_score", "0.5")).strip("[]").split(",")
     if len(base) != 1:
         raise Unsupported("more than one base score")
-    depths = [_depth(t) for t in trees]
-    depth = max([1, *depths])
+    placed = [_slots(t) for t in trees]
+    depth = max([1, *(int(level.max()) for _, level, _ in placed)])
     if depth > MAX_DEPTH:
         raise Unsupported(f"trees {depth} deep, above the compiled path's {MAX_DEPTH}")
     n_inner, n_leaf = (1 << depth) - 1, 1 << depth
-    if len(trees) * (n_inner + n_leaf) * 4 > MAX_BYTES:
-        raise Unsupported(f"a layout above {MAX_BYTES >> 20} MB")
+    nbytes = len(trees) * (2 * n_inner + n_leaf) * 4  # nodes and thresholds per internal slot, a leaf value each
+    if nbytes > MAX_BYTES:
+        raise Unsupported(f"a layout of {nbytes:,} bytes, above the compiled path's {MAX_BYTES:,}")
+    real = sum(len(slot) for slot, _, _ in placed)
+    if len(trees) * (n_inner + n_leaf) > SPARSE * real:
+        # Trees much shallower than the deepest (lossguide, chains) fill few of their slots: the walk would take
+        # `depth` steps through mostly empty memory, slower than XGBoost's own.
+        raise Unsupported(f"{real:,} nodes in {len(trees) * (n_inner + n_leaf):,} slots of a depth-{depth} layout: "
+                          f"too sparse for the compiled path (more than {SPARSE} slots a node)")
     nodes = np.zeros((len(trees), n_inner), dtype=np.uint32)
     thresholds = np.zeros((len(trees), n_inner), dtype=np.float32)
     leaves = np.zeros((len(trees), n_leaf), dtype=np.float32)
-    for k, tree in enumerate(trees):
-        _place(tree, depth, nodes[k], thresholds[k], leaves[k])
+    for k, (tree, (slot, level, ids)) in enumerate(zip(trees, placed)):
+        _place(tree, depth, slot, level, ids, nodes[k], thresholds[k], leaves[k])
     return Forest(n_features, depth, nodes, thresholds, leaves, float(np.float32(base[0])))
 
 
-def _depth(tree: dict) -> int:
-    """The depth of the tree's deepest leaf (a one-leaf tree: 0)."""
-    left, right = tree["left_children"], tree["right_children"]
-    deepest, stack = 0, [(0, 0)]
-    while stack:
-        node, d = stack.pop()
-        if left[node] == -1:
-            deepest = max(deepest, d)
-        else:
-            stack += [(left[node], d + 1), (right[node], d + 1)]
-    return deepest
+def _slots(tree: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each reachable node's heap slot and level, and its id, breadth first (one numpy step per level)."""
+    left = np.asarray(tree["left_children"], dtype=np.int64)
+    right = np.asarray(tree["right_children"], dtype=np.int64)
+    ids, slots, levels = [np.zeros(1, np.int64)], [np.zeros(1, np.int64)], [np.zeros(1, np.int64)]
+    frontier, at, lv = ids[0], slots[0], 0
+    while frontier.size and lv <= MAX_DEPTH:
+        inner = left[frontier] != -1
+        parents, pslot = frontier[inner], at[inner]
+        frontier = np.concatenate([left[parents], right[parents]])
+        at = np.concatenate([2 * pslot + 1, 2 * pslot + 2])
+        lv += 1
+        ids.append(frontier)
+        slots.append(at)
+        levels.append(np.full(frontier.size, lv, np.int64))
+    return np.concatenate(slots), np.concatenate(levels), np.concatenate(ids)
 
 
-def _place(tree: dict, depth: int, nodes: np.ndarray, thresholds: np.ndarray, leaves: np.ndarray) -> None:
-    """One tree into heap slots; a leaf above the last level fills every leaf slot under its own slot."""
-    left, right = tree["left_children"], tree["right_children"]
-    feat, cond, dleft = tree["split_indices"], tree["split_conditions"], tree["default_left"]
-    n_inner = len(nodes)
-    stack = [(0, 0, 0)]  # (XGBoost's node id, heap slot, level)
-    while stack:
-        node, slot, level = stack.pop()
-        if left[node] == -1:
-            span = 1 << (depth - level)
-            first = (slot + 1) * span - 1 - n_inner  # the leftmost leaf slot below `slot`
-            leaves[first:first + span] = cond[node]  # a leaf's condition is its value
-            continue
-        nodes[slot] = int(feat[node]) | (int(bool(dleft[node])) << 31)
-        thresholds[slot] = cond[node]
-        stack += [(left[node], 2 * slot + 1, level + 1), (right[node], 2 * slot + 2, level + 1)]
+def _place(tree: dict, depth: int, slot: np.ndarray, level: np.ndarray, ids: np.ndarray, nodes: np.ndarray,
+           thresholds: np.ndarray, leaves: np.ndarray) -> None:
+    """One tree into its heap slots; a leaf above the last level fills every leaf slot under its own slot."""
+    left = np.asarray(tree["left_children"], dtype=np.int64)[ids]
+    cond = np.asarray(tree["split_conditions"], dtype=np.float64)[ids].astype(np.float32)
+    is_leaf = left == -1
+    inner = ~is_leaf
+    feat = np.asarray(tree["split_indices"], dtype=np.uint32)[ids[inner]]
+    dleft = np.asarray(tree["default_left"], dtype=np.uint32)[ids[inner]] != 0
+    nodes[slot[inner]] = feat | (dleft.astype(np.uint32) << np.uint32(31))
+    thresholds[slot[inner]] = cond[inner]  # a split in float32, as XGBoost compares it
+    span = np.int64(1) << (depth - level[is_leaf])
+    first = (slot[is_leaf] + 1) * span - 1 - len(nodes)  # the leftmost leaf slot below each leaf's slot
+    offsets = np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span)
+    leaves[np.repeat(first, span) + offsets] = np.repeat(cond[is_leaf], span)  # a leaf's condition is its value
 
 
 def probe_rows(forest: Forest, seed: int = 0) -> np.ndarray:
@@ -192,7 +213,9 @@ def probe_rows(forest: Forest, seed: int = 0) -> np.ndarray:
         pick = t[rng.integers(0, t.size, PROBE_ROWS)]
         kind = rng.integers(0, 4, PROBE_ROWS)
         below = np.nextafter(pick, np.float32(-np.inf))
-        spread = (rng.normal(size=PROBE_ROWS) * (float(t.std()) + 1.0) + float(t.mean())).astype(np.float32)
+        t64 = t.astype(np.float64)
+        with np.errstate(over="ignore"):  # thresholds near float32's limit: a spread value may round to inf
+            spread = (rng.normal(size=PROBE_ROWS) * (float(t64.std()) + 1.0) + float(t64.mean())).astype(np.float32)
         x[:, f] = np.select([kind == 0, kind == 1, kind == 2], [pick, below, np.float32(np.nan)], spread)
     return x
 

@@ -81,9 +81,17 @@ def read_trees(raw_json: bytes, n_features: int) -> list[dict]:
     """The trees of a booster's JSON model (booster.save_raw("json")), checked to be within the fast path."""
     try:
         learner = orjson.loads(raw_json)["learner"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+        raise Unsupported(f"the model JSON does not parse as an XGBoost learner ({type(e).__name__}: {e})") from None
+    return learner_trees(learner, n_features)
+
+
+def learner_trees(learner: dict, n_features: int) -> list[dict]:
+    """read_trees for a model JSON's "learner" object already parsed."""
+    try:
         gb = learner["gradient_booster"]
         params = learner["learner_model_param"]
-    except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise Unsupported(f"the model JSON does not parse as an XGBoost learner ({type(e).__name__}: {e})") from None
     if gb.get("name") != "gbtree":
         raise Unsupported(f"booster {gb.get('name')!r}: only gbtree (dart weighs its trees, gblinear has none)")

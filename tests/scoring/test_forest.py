@@ -103,6 +103,26 @@ def test_models_outside_the_compiled_path_score_through_xgboost_and_say_why():
     assert compiled is None and f"above the compiled path's {forest.MAX_DEPTH}" in why
 
 
+def test_sparse_or_oversized_layouts_and_a_wrong_width_fall_back_with_a_reason(monkeypatch):
+    # lossguide trees of 16 leaves reach depth 11-12: a complete layout would be mostly empty slots, walked
+    # more slowly than XGBoost walks the trees themselves
+    sparse = _train({"max_depth": 12, "grow_policy": "lossguide", "max_leaves": 16}, 40, cols=30)
+    compiled, why = forest.compile_booster(sparse, 30)
+    assert compiled is None and "too sparse for the compiled path" in why, why
+    booster = _train({"max_depth": 5}, 30)
+    # a width that is not the booster's: a reason, never an exception
+    compiled, why = forest.compile_booster(booster, 13)
+    assert compiled is None and "XGBoostError" in why
+    assert forest.compile_booster(booster, 11) == (None, "a split on a feature index beyond the model's 11 features")
+    # the byte cap counts every array the walk reads: exactly at the cap is taken, a byte less is not
+    fits, _ = forest.compile_booster(booster, 12)
+    monkeypatch.setattr(forest, "MAX_BYTES", fits.nbytes)
+    assert forest.compile_booster(booster, 12)[0] is not None
+    monkeypatch.setattr(forest, "MAX_BYTES", fits.nbytes - 1)
+    compiled, why = forest.compile_booster(booster, 12)
+    assert compiled is None and "above the compiled path's" in why
+
+
 def test_a_layout_that_differs_from_xgboost_by_one_bit_is_refused():
     booster = _train({"max_depth": 4}, 20)
     compiled, _ = forest.compile_booster(booster, 12)
