@@ -88,19 +88,27 @@ static void block_avx2(Py_ssize_t nb, Py_ssize_t n_trees, int depth, const uint3
         __m256i idx[V];
         for (int k = 0; k < nv; k++) idx[k] = _mm256_setzero_si256();
         for (int level = 0; level < depth; level++) {
-            /* A level of at most eight nodes (the first four) is one register: its nodes and splits are
-             * permuted into place, not gathered. */
-            const int first = (1 << level) - 1, few = first + 8 <= n_inner && level <= 3;
-            const __m256i lvl_n = few ? _mm256_loadu_si256((const __m256i *)(nd + first)) : _mm256_setzero_si256();
-            const __m256 lvl_s = few ? _mm256_loadu_ps(th + first) : _mm256_setzero_ps();
-            const __m256i at = _mm256_set1_epi32(first);
+            /* A level of at most sixteen nodes (the first five) is one or two registers: its nodes and splits
+             * are permuted into place (from two halves, blended, for the fifth), not gathered. */
+            const int first = (1 << level) - 1, width = level <= 3 ? 8 : 16;
+            const int few = level <= 4 && first + width <= n_inner;
+            const __m256i lo_n = few ? _mm256_loadu_si256((const __m256i *)(nd + first)) : _mm256_setzero_si256();
+            const __m256 lo_s = few ? _mm256_loadu_ps(th + first) : _mm256_setzero_ps();
+            const int two = few && width == 16;
+            const __m256i hi_n = two ? _mm256_loadu_si256((const __m256i *)(nd + first + 8)) : lo_n;
+            const __m256 hi_s = two ? _mm256_loadu_ps(th + first + 8) : lo_s;
+            const __m256i at = _mm256_set1_epi32(first), seven = _mm256_set1_epi32(7);
             for (int k = 0; k < nv; k++) {
                 __m256i n;
                 __m256 s;
                 if (few) {
+                    /* the permutes read the low three bits of rel; the blend takes the upper half for rel >= 8 */
                     const __m256i rel = _mm256_sub_epi32(idx[k], at);
-                    n = _mm256_permutevar8x32_epi32(lvl_n, rel);
-                    s = _mm256_permutevar8x32_ps(lvl_s, rel);
+                    const __m256i upper = _mm256_cmpgt_epi32(rel, seven);
+                    n = _mm256_blendv_epi8(_mm256_permutevar8x32_epi32(lo_n, rel),
+                                           _mm256_permutevar8x32_epi32(hi_n, rel), upper);
+                    s = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo_s, rel), _mm256_permutevar8x32_ps(hi_s, rel),
+                                         _mm256_castsi256_ps(upper));
                 } else {
                     n = _mm256_i32gather_epi32(nd, idx[k], 4);
                     s = _mm256_i32gather_ps(th, idx[k], 4);
