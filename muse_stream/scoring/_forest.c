@@ -88,27 +88,45 @@ static void block_avx2(Py_ssize_t nb, Py_ssize_t n_trees, int depth, const uint3
         __m256i idx[V];
         for (int k = 0; k < nv; k++) idx[k] = _mm256_setzero_si256();
         for (int level = 0; level < depth; level++) {
-            /* A level of at most sixteen nodes (the first five) is one or two registers: its nodes and splits
-             * are permuted into place (from two halves, blended, for the fifth), not gathered. */
-            const int first = (1 << level) - 1, width = level <= 3 ? 8 : 16;
-            const int few = level <= 4 && first + width <= n_inner;
-            const __m256i lo_n = few ? _mm256_loadu_si256((const __m256i *)(nd + first)) : _mm256_setzero_si256();
-            const __m256 lo_s = few ? _mm256_loadu_ps(th + first) : _mm256_setzero_ps();
-            const int two = few && width == 16;
-            const __m256i hi_n = two ? _mm256_loadu_si256((const __m256i *)(nd + first + 8)) : lo_n;
-            const __m256 hi_s = two ? _mm256_loadu_ps(th + first + 8) : lo_s;
-            const __m256i at = _mm256_set1_epi32(first), seven = _mm256_set1_epi32(7);
+            /* A level of at most 32 nodes (the first six) is one to four registers: its nodes and splits are
+             * permuted into place (from the registers' eight-node quarters, blended by the index's bits 3 and
+             * 4), not gathered. */
+            const int first = (1 << level) - 1, width = level <= 3 ? 8 : 1 << level;
+            const int few = level <= 5 && first + width <= n_inner;
+            __m256i q_n[4];
+            __m256 q_s[4];
+            for (int h = 0; h < 4; h++) {
+                const int from = few && 8 * h < width ? first + 8 * h : first;  /* unused quarters repeat the first */
+                q_n[h] = few ? _mm256_loadu_si256((const __m256i *)(nd + from)) : _mm256_setzero_si256();
+                q_s[h] = few ? _mm256_loadu_ps(th + from) : _mm256_setzero_ps();
+            }
+            const __m256i at = _mm256_set1_epi32(first), eight = _mm256_set1_epi32(8);
+            const __m256i sixteen = _mm256_set1_epi32(16);
             for (int k = 0; k < nv; k++) {
                 __m256i n;
                 __m256 s;
                 if (few) {
-                    /* the permutes read the low three bits of rel; the blend takes the upper half for rel >= 8 */
+                    /* the permutes read the low three bits of rel; bit 3 picks within a pair, bit 4 the pair */
                     const __m256i rel = _mm256_sub_epi32(idx[k], at);
-                    const __m256i upper = _mm256_cmpgt_epi32(rel, seven);
-                    n = _mm256_blendv_epi8(_mm256_permutevar8x32_epi32(lo_n, rel),
-                                           _mm256_permutevar8x32_epi32(hi_n, rel), upper);
-                    s = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo_s, rel), _mm256_permutevar8x32_ps(hi_s, rel),
-                                         _mm256_castsi256_ps(upper));
+                    const __m256i b3 = _mm256_cmpeq_epi32(_mm256_and_si256(rel, eight), eight);
+                    const __m256i b4 = _mm256_cmpeq_epi32(_mm256_and_si256(rel, sixteen), sixteen);
+                    const __m256i n01 = _mm256_blendv_epi8(_mm256_permutevar8x32_epi32(q_n[0], rel),
+                                                           _mm256_permutevar8x32_epi32(q_n[1], rel), b3);
+                    const __m256 s01 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(q_s[0], rel),
+                                                        _mm256_permutevar8x32_ps(q_s[1], rel),
+                                                        _mm256_castsi256_ps(b3));
+                    if (width > 16) {
+                        const __m256i n23 = _mm256_blendv_epi8(_mm256_permutevar8x32_epi32(q_n[2], rel),
+                                                               _mm256_permutevar8x32_epi32(q_n[3], rel), b3);
+                        const __m256 s23 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(q_s[2], rel),
+                                                            _mm256_permutevar8x32_ps(q_s[3], rel),
+                                                            _mm256_castsi256_ps(b3));
+                        n = _mm256_blendv_epi8(n01, n23, b4);
+                        s = _mm256_blendv_ps(s01, s23, _mm256_castsi256_ps(b4));
+                    } else {
+                        n = n01;
+                        s = s01;
+                    }
                 } else {
                     n = _mm256_i32gather_epi32(nd, idx[k], 4);
                     s = _mm256_i32gather_ps(th, idx[k], 4);
