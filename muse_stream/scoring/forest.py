@@ -10,8 +10,8 @@ of the same branch-free arithmetic, done for a block of rows at once. A version 
 - its depth is at most MAX_DEPTH, its JSON under MAX_JSON_BYTES, the layout under MAX_BYTES and not more than
   SPARSE slots per node of the model (trees far shallower than the deepest would make the walk slower than
   XGBoost's);
-- on a probe of rows that meet every split's threshold exactly, just below it and missing, its outputs equal
-  XGBoost's `inplace_predict` to the bit.
+- on a probe of rows aimed at its splits (thresholds exactly, the float just below, missing), its outputs
+  equal XGBoost's `inplace_predict` to the bit.
 
 Otherwise the version scores through XGBoost, and the worker's log says why. A booster is compiled once, on
 its first prediction (BatchScorer.warm_loaded makes that happen between batches), and kept as long as it lives.
@@ -33,7 +33,7 @@ from muse_stream.scoring.treeshap_tables import Unsupported, learner_trees
 logger = logging.getLogger(__name__)
 
 MAX_DEPTH = 12  # 4,095 node slots per tree; deeper (lossguide) trees are XGBoost's to walk
-MAX_BYTES = 64 * 1024 * 1024  # the layout's arrays
+MAX_BYTES = 8 * 1024 * 1024  # the layout's arrays: deeper layouts walk out of the caches, slower than XGBoost
 MAX_JSON_BYTES = 64 * 1024 * 1024  # the model's JSON, parsed at load: a larger one keeps XGBoost's own walk
 SPARSE = 64  # at most this many slots of the layout per node: beyond ~100 the walk was slower than XGBoost
 LOGISTIC = ("binary:logistic", "reg:logistic")
@@ -64,6 +64,8 @@ class Forest:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """float32 probabilities for a C-ordered float32 matrix of n_features columns."""
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise ValueError(f"rows of shape {x.shape} for a forest of {self.n_features} features")
         out = np.empty(len(x), dtype=np.float32)
         if len(x):
             EXT.predict(x, self.n_features, self.depth, self.nodes, self.thresholds, self.leaves, self.base_prob,
@@ -160,7 +162,11 @@ def layout(raw_json: bytes, n_features: int) -> Forest:
     leaves = np.zeros((len(trees), n_leaf), dtype=np.float32)
     for k, (tree, (slot, level, ids)) in enumerate(zip(trees, placed)):
         _place(tree, depth, slot, level, ids, nodes[k], thresholds[k], leaves[k])
-    return Forest(n_features, depth, nodes, thresholds, leaves, float(np.float32(base[0])))
+    # XGBoost clamps the base score into [1e-6, 1 - 1e-6] before taking its logit (a score of 0 or 1 would have
+    # none); training never writes one outside, a hand-edited model may.
+    p = np.float32(base[0])
+    p = min(max(p, np.float32(1e-6)), np.float32(1.0) - np.float32(1e-6))
+    return Forest(n_features, depth, nodes, thresholds, leaves, float(p))
 
 
 def _slots(tree: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -199,8 +205,10 @@ def _place(tree: dict, depth: int, slot: np.ndarray, level: np.ndarray, ids: np.
 
 
 def probe_rows(forest: Forest, seed: int = 0) -> np.ndarray:
-    """Rows that meet the forest's splits where they can go either way: each cell, at random, a threshold of
-    its feature, the float just below one, a missing value or a value spread around the thresholds."""
+    """Rows aimed at the forest's splits where they can go either way: each cell, at random, one of its
+    feature's thresholds, the float just below one, a missing value or a value spread around the thresholds
+    (a sample of the splits, not all of them: the arithmetic is the same at every split, and the tests compare
+    whole data sets)."""
     rng = np.random.default_rng(seed)
     n = forest.n_features
     x = np.zeros((PROBE_ROWS, n), dtype=np.float32)

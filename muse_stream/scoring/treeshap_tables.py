@@ -106,7 +106,10 @@ def learner_trees(learner: dict, n_features: int) -> list[dict]:
             raise Unsupported("vector leaves (multi-target trees)")
         if any(int(s) != 0 for s in t.get("split_type", ())) or t.get("categories_nodes"):
             raise Unsupported("categorical splits")
-        if any(int(f) >= n_features or int(f) < 0 for f in t["split_indices"]):
+        # Only the splits that are nodes: pruning (the exact method with gamma) leaves deleted nodes in the
+        # arrays as unreachable leaves whose split index is 2^31 - 1.
+        if any((int(f) >= n_features or int(f) < 0) and int(lc) != -1
+               for f, lc in zip(t["split_indices"], t["left_children"])):
             raise Unsupported(f"a split on a feature index beyond the model's {n_features} features")
     return trees
 

@@ -53,6 +53,8 @@ MODELS = {
     "base score 0.02": ({"max_depth": 4, "base_score": 0.02}, 25),
     "reg:logistic, eta 1": ({"max_depth": 3, "objective": "reg:logistic", "eta": 1.0}, 15),
     "one-leaf trees (gamma)": ({"max_depth": 3, "gamma": 1e6}, 5),
+    # pruning keeps deleted nodes in the JSON as unreachable leaves whose split index is 2^31 - 1
+    "exact method pruned by gamma": ({"max_depth": 6, "tree_method": "exact", "gamma": 1.0}, 20),
 }
 
 
@@ -121,6 +123,21 @@ def test_sparse_or_oversized_layouts_and_a_wrong_width_fall_back_with_a_reason(m
     monkeypatch.setattr(forest, "MAX_BYTES", fits.nbytes - 1)
     compiled, why = forest.compile_booster(booster, 12)
     assert compiled is None and "above the compiled path's" in why
+
+
+@pytest.mark.parametrize("base", [1e-9, 5e-7, 0.9999995, 0.99999999])
+def test_a_base_score_outside_xgboosts_clamp_is_clamped_as_xgboost_does(base):
+    booster = _train({"max_depth": 3}, 10)
+    model = orjson.loads(booster.save_raw("json"))
+    model["learner"]["learner_model_param"]["base_score"] = f"[{base!r}]"
+    edited = xgb.Booster()
+    edited.load_model(bytearray(orjson.dumps(model)))
+    compiled, why = forest.compile_booster(edited, 12)
+    assert compiled is not None, why
+    rows = _rows(compiled, seed=4)
+    assert _same_bits(compiled.predict(rows), edited.inplace_predict(rows, validate_features=False))
+    with pytest.raises(ValueError, match="rows of shape"):
+        compiled.predict(rows.reshape(len(rows), 3, 4))  # XGBoost refuses a 3-D matrix too
 
 
 def test_a_layout_that_differs_from_xgboost_by_one_bit_is_refused():

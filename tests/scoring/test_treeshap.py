@@ -83,6 +83,17 @@ def test_fast_contributions_equal_pred_contribs_for_every_row_and_feature(depth,
         assert np.array_equal(order_c, order_np) and np.array_equal(values_c, values_np)
 
 
+def test_a_model_pruned_by_the_exact_method_keeps_its_tables():
+    """Pruning leaves deleted nodes in the JSON (unreachable leaves with split index 2^31 - 1): not a reason to
+    fall back to pred_contribs."""
+    booster = _booster(5, 30, 6, seed=3, tree_method="exact", gamma=1.0)
+    ex = treeshap.explainer(booster, 6)
+    assert ex.tables is not None, ex.why_not
+    x = _rows(ex.tables, 6, seed=3)
+    want = xgb_contributions(booster, x)
+    assert np.all(np.abs(treeshap.contributions(ex.tables, x, EXT).astype(np.float64) - want) <= _tol(want))
+
+
 def test_the_c_ranking_breaks_ties_by_column_and_puts_nan_last_as_numpy_does():
     rng = np.random.default_rng(8)
     sums = rng.choice([-1.0, 0.0, -0.0, 0.5, 2.0, 1e-9, np.nan], size=(400, 7))
