@@ -13,7 +13,19 @@ logger = logging.getLogger(__name__)
 
 def can_pin(broker_pid: int | None) -> bool:
     """Pinning needs a local broker whose pid we know, two cores or more, and sched_setaffinity."""
-    return bool(broker_pid) and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+    return not why_not_pin(broker_pid)
+
+
+def why_not_pin(broker_pid: int | None) -> str:
+    """"" when the bench can pin, else which of its needs is missing."""
+    if not hasattr(os, "sched_setaffinity"):
+        return "this platform cannot pin processes to cores (no sched_setaffinity)"
+    if len(os.sched_getaffinity(0)) < 2:
+        return "fewer than 2 usable cores"
+    if not broker_pid:
+        return ("the broker's pid is unknown (pinning needs a broker on this machine started by `muse-stream "
+                "kafka start` or by the bench itself)")
+    return ""
 
 
 def _tasks(pid: int | str) -> list[int]:

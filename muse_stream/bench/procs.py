@@ -128,7 +128,7 @@ def _child(kind: str, settings: Settings, slot: int, output_topics: list[str], g
     if go is not None:
         w.between_batches = _held(w, w.between_batches, go)
     if measure is not None:
-        threading.Thread(target=_measure_from, args=(w, *measure, stop), daemon=True).start()
+        threading.Thread(target=_measure_from, args=(w, measure, stop), daemon=True).start()
 
     def _watch_assignment():
         while not stop.is_set():
@@ -150,12 +150,14 @@ def _child(kind: str, settings: Settings, slot: int, output_topics: list[str], g
     }))
 
 
-def _measure_from(w, measure, since, stop: threading.Event) -> None:
-    """Once the bench has set where its warm-up ends (`since`, epoch ms), the in-worker latency counts only
-    batches of events written after it: the same events as the end-to-end latency's."""
-    while not stop.is_set():
-        if measure.wait(0.2):
-            w.stats.in_worker.since_ms = int(since.value)
+def _measure_from(w, since, stop: threading.Event) -> None:
+    """Once the bench has set where its warm-up ends (`since`, epoch ms; 0 until then), the in-worker latency
+    counts only batches of events written after it: the same events as the end-to-end latency's. A raw shared
+    value, polled: an Event's set() could block forever on a lock a killed worker held in its wait."""
+    while not stop.wait(0.05):
+        value = since.value
+        if value > 0:
+            w.stats.in_worker.since_ms = int(value)
             return
 
 
@@ -176,7 +178,7 @@ class WorkerGroup:
         self._gate = ctx.Event()
         self._go = ctx.Event() if self.hold else None
         self._reports = ctx.Queue()
-        self._measure = (ctx.Event(), ctx.Value("d", 0.0))
+        self._measure = ctx.RawValue("d", 0.0)
         self.procs = [ctx.Process(target=_child, name=f"bench-{self.kind}-{i}",
                                   args=(self.kind, self.settings, i, self.output_topics, self._gate,
                                         self._reports, self.verbose, self.cpus, self._go, self._measure))
@@ -226,9 +228,7 @@ class WorkerGroup:
 
     def measure_from(self, since_ms: float) -> None:
         """Every worker's in-worker latency counts only events written at or after since_ms (epoch ms)."""
-        event, value = self._measure
-        value.value = since_ms
-        event.set()
+        self._measure.value = since_ms
 
     def wait_assigned(self, timeout: float = 60.0) -> None:
         self._wait_for("join the group", lambda: len(self.assigned_at) == self.workers, timeout)

@@ -16,6 +16,7 @@ from muse_stream.bench.report_sections import (
     telemetry_section,
 )
 from muse_stream.bench.report_table import table
+from muse_stream.errors import ConfigError
 
 SCHEMA = "muse-stream-bench/1"
 
@@ -245,6 +246,20 @@ def format_report(report: dict) -> str:
 
 def _models(models: list[dict]) -> str:
     return ", ".join("{} ({} trees, depth {})".format(m["model"], m["trees"], m["depth"]) for m in models)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """ConfigError unless the report can be written there (its folder made if missing)."""
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        existed = p.exists()
+        with open(p, "ab"):
+            pass
+        if not existed:
+            p.unlink()
+    except OSError as e:
+        raise ConfigError(f"--json: cannot write {path}: {e.strerror or e}") from None
 
 
 def write_json(report: dict, path: str | os.PathLike) -> Path:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from muse_stream.bench.pinning import can_pin, kafka_side_pinned
+from muse_stream.bench.pinning import can_pin, kafka_side_pinned, why_not_pin
 from muse_stream.bench.runs import BenchContext, latency_run, throughput_run
 from muse_stream.errors import MuseError
 
@@ -47,7 +47,8 @@ def run_throughput(ctx: BenchContext, report: dict, groups: list[str], say: Call
     if "pinned" in skip:
         return
     if not can_pin(ctx.broker_pid):
-        report["pinned"] = {"skipped": "needs a local broker started here or found by its pid, 2+ cores, Linux"}
+        report["pinned"] = {"skipped": why_not_pin(ctx.broker_pid)}
+        say(f"pinned runs skipped: {report['pinned']['skipped']}")
         return
     with kafka_side_pinned(ctx.broker_pid) as cores:
         report["pinned"] = {"worker_cores": sorted(cores), "note": "broker and bench on one core, workers on the rest"}
@@ -85,6 +86,8 @@ def run_latency(ctx: BenchContext, report: dict, groups: list[str], say: Callabl
     if "swap" not in skip:
         plan.append(("swap", "exactly-once", max(warmup + 1.0, seconds * 0.4), "runtime"))
     plan = [(*step, None) for step in plan]
+    if "latency" not in skip and "pinned" not in skip and not can_pin(ctx.broker_pid):
+        say(f"pinned latency runs skipped: {why_not_pin(ctx.broker_pid)}")
     if "latency" not in skip and "pinned" not in skip and can_pin(ctx.broker_pid):
         # The same, with the worker on a core of its own: what the worker costs when it does not wait for a core
         # the broker, the load generator and the reader share with it.
@@ -109,6 +112,9 @@ def run_latency(ctx: BenchContext, report: dict, groups: list[str], say: Callabl
             iw = (r.get("loop") or {}).get("in_worker") or {}
             say(f"  p99 {r['latency_ms']['p99']} ms, in-worker p99 {iw.get('p99_us')} us; "
                 f"check: {'ok' if r['check']['exactly_once'] else r['check']}")
+            if r.get("achieved_events_per_s", rate) < 0.95 * rate:
+                say(f"  the load generator sent {r['achieved_events_per_s']:,} events/s, not the {rate:g} offered: "
+                    "these figures are at that rate")
         except MuseError as e:
             r = {"run": name, "kind": kind, "guarantee": guarantee, "error": str(e)}
             report["errors"].append(f"{name}: {e}")

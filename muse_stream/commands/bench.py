@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from muse_stream.bench.report import (
         add_ratios,
+        check_writable,
         evaluate_targets,
         format_report,
         machine_info,
@@ -139,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
             or args.ab_pairs < 1 or args.stage_events < 1):
         raise ConfigError("--events, --partitions, --workers, --rate, --latency-seconds, --ab-pairs and "
                           "--stage-events must be positive")
-    if args.warmup >= args.latency_seconds:
-        raise ConfigError("--warmup must be shorter than --latency-seconds")
+    if not 0 <= args.warmup < args.latency_seconds:
+        raise ConfigError("--warmup must be at least 0 and shorter than --latency-seconds")
     loaded = load_settings(args.config, bootstrap=args.bootstrap)
     given = bool(args.bootstrap or os.environ.get("MUSE_BOOTSTRAP") or args.config)
     started_at = datetime.now(UTC)
@@ -148,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     run_id = started_at.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     prefix = f"bench.{run_id}."
     json_path = args.json or os.path.join("out", "bench", f"bench-{run_id}.json")
+    check_writable(json_path)  # before minutes of runs, not after them
 
     data = loaded.model_dump()
     data["tenants"] = [t.model_dump() for t in TENANTS]
@@ -221,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
                       pairs=args.state_pairs, timeout=max(300.0, args.state_events / 2000.0))
     except KeyboardInterrupt:
         report["errors"].append("interrupted")
+        print(f"muse-stream bench: interrupted; the partial report goes to {json_path}", file=sys.stderr)
         raise
     finally:
         report["telemetry_ab"] = telemetry_ab(report["throughput"])

@@ -237,3 +237,22 @@ def test_in_worker_histogram_percentiles_err_high_never_low():
     assert figs["us_per_event"] == {"consume": 1.0, "process": 10.0, "commit": 40.0}
     assert figs["events_per_batch"] == 25.0 and figs["events_per_commit"] == 50.0 and figs["commit_ms_mean"] == 2.0
     assert figs["in_worker"]["events"] == 100 and figs["in_worker"]["p99_us"] == p99
+
+
+def test_bad_arguments_stop_the_bench_before_any_run(tmp_path, capsys):
+    """One line and exit 2, before the models are trained or the broker is asked anything: a report path that
+    cannot be written (it used to fail after the whole run, losing the report), a negative warm-up (it used to
+    count the last second only), an unknown run to skip."""
+    from muse_stream.cli import main
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    dead = ["--bootstrap", "127.0.0.1:1"]
+    for argv, needle in (
+            (["--json", str(blocker / "x.json")], f"--json: cannot write {blocker / 'x.json'}"),
+            (["--warmup", "-1"], "--warmup must be at least 0"),
+            (["--skip", "latency-eos-pinned"], "--skip: unknown run(s) ['latency-eos-pinned']")):
+        assert main(["bench", *dead, *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
