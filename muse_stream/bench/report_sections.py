@@ -75,12 +75,16 @@ def telemetry_section(report: dict) -> list[str]:
         return []
     st = ((report.get("stages") or {}).get("by_batch_size") or {})
     inproc = ", ".join(f"{v.get('telemetry_share_of_scorer_pct')}% at batches of {k}" for k, v in st.items())
+    if ab["runs_without"]:
+        costs = [(f"  worker CPU per 1k events: {ab['cpu_s_per_1k_with']} s with, {ab['cpu_s_per_1k_without']} s "
+                  f"without: cost {ab['cost_by_cpu']}"),
+                 (f"  events/s (medians): {ab['events_per_s_with']} with, {ab['events_per_s_without']} without: "
+                  f"cost {ab['cost_by_rate']} (moves with whatever else has the cores)")]
+    else:
+        costs = ["  no run without telemetry (skipped): its cost by CPU and events/s is not measured"]
     return [("Telemetry cost (exactly-once, 1 worker; interleaved runs with: "
             f"{', '.join(ab['runs_with'])}; without: {', '.join(ab['runs_without']) or '-'})"),
-            (f"  worker CPU per 1k events: {ab['cpu_s_per_1k_with']} s with, {ab['cpu_s_per_1k_without']} s without: "
-            f"cost {ab['cost_by_cpu']}"),
-            (f"  events/s (medians): {ab['events_per_s_with']} with, {ab['events_per_s_without']} without: "
-            f"cost {ab['cost_by_rate']} (moves with whatever else has the cores)"),
+            *costs,
             f"  timed in the worker: {ab['timed_share_of_loop']} of the loop's wall time"
             + (f"; in process: {inproc} of the scorer's time" if inproc else ""), ""]
 

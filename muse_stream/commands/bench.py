@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 import uuid
@@ -193,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
     }
     groups: list[str] = []
     say = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    # A SIGTERM (`timeout`, a CI job's end) stops the run as Ctrl-C does: workers stopped, topics deleted, the
+    # partial report written.
+    previous_term = signal.signal(signal.SIGTERM, _interrupt)
     try:
         ctx.create(base, [TopicSpec(base.topics.models, 1, COMPACTED), TopicSpec(base.topics.tenants, 1, COMPACTED),
                           TopicSpec(base.topics.events, args.partitions)])
@@ -245,8 +249,13 @@ def run(args: argparse.Namespace) -> int:
                 logger.warning("could not delete the bench topics (%s*): %s", prefix, e)
         if started is not None:
             started.stop()
+        signal.signal(signal.SIGTERM, previous_term)
     print(format_report(report))
     if report.get("state"):
         print(format_state(report))
     print(f"JSON report: {path}")
     return 0 if report["ok"] else 1
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

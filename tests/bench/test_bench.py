@@ -256,3 +256,13 @@ def test_bad_arguments_stop_the_bench_before_any_run(tmp_path, capsys):
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_telemetry_section_without_a_run_without_telemetry_says_so_not_none():
+    from muse_stream.bench.report_sections import telemetry_section
+
+    tp = [{"run": "runtime-eos-1", "kind": "runtime", "workers": 1, "guarantee": "exactly-once", "telemetry": True,
+           "events_per_s": 40_000, "cpu_s_per_1k_events": 0.02,
+           "loop": {"us_per_event": {"consume": 2.0, "process": 17.0, "commit": 1.0, "telemetry": 0.4}}}]
+    text = "\n".join(telemetry_section({"telemetry_ab": telemetry_ab(tp)}))
+    assert "no run without telemetry (skipped)" in text and "None" not in text
