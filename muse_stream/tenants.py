@@ -208,12 +208,6 @@ class TenantRegistry:
         tl = self._timelines[tenant_id]
         return tl.groups(self._bands_of(tl, tenant_id, intent), event_times)
 
-    def latest_bands(self, tenant_id: str, intent: str) -> Bands | None:
-        """The tenant's newest bands (its timeline's last period, perhaps not in force yet) on `intent`'s scale.
-        Telemetry does not use them: each scored group carries the thresholds that acted on it."""
-        tl = self._timelines.get(tenant_id)
-        return None if tl is None else self._bands_of(tl, tenant_id, intent)[-1]
-
     def _bands_of(self, tl: BandTimeline, tenant_id: str, intent: str) -> list[Bands]:
         ref = self._references(intent)
         if ref is None and tl.has_rates and (tenant_id, intent) not in self._unresolved_warned:

@@ -84,7 +84,7 @@ def test_a_tenant_on_two_intents_resolves_each_on_its_own_reference():
     assert b.thresholds.tolist() == pytest.approx(REF_B.quantile([0.99, 0.999]).tolist())
     assert b.thresholds[0] > 5 * a.thresholds[0]  # one rate, two very different thresholds
     # Resolved once per reference: the same Bands object every batch.
-    assert reg.band_groups("acme", "a", times)[0][0] is a and reg.latest_bands("acme", "a") is a
+    assert reg.band_groups("acme", "a", times)[0][0] is a and reg.band_groups("acme", "a", times + 1)[0][0] is a
     # The status/show view: as given, as threshold, as reference alert rate, per intent.
     view = describe_bands(cfg, "b", REF_B)
     assert [(r["name"], r["text"]) for r in view] == [("review", "1%"), ("decline", "0.1%")]

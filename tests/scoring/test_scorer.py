@@ -132,7 +132,8 @@ class _BandChangeAt50(TenantRegistry):
         if tenant_id != "acme":
             return super().band_groups(tenant_id, intent, event_times)
         early = np.flatnonzero(event_times < 50)
-        return [(self.EARLY, early), (self.latest_bands("acme", intent), np.flatnonzero(event_times >= 50))]
+        later = super().band_groups("acme", intent, np.array([50]))[0][0]
+        return [(self.EARLY, early), (later, np.flatnonzero(event_times >= 50))]
 
 
 def test_tenant_maps_and_bands_changing_within_a_batch():
