@@ -307,6 +307,13 @@ class Settings(_Frozen):
         models topic decides). The one rule of the config's tenants, tenant records, validate and deploy."""
         return not self.intents or any(i.name == name for i in self.intents)
 
+    def require_intent(self, name: str) -> None:
+        """A ConfigError naming the config's intents unless knows_intent(name): validate's and deploy's check
+        of the intent they are given, before Kafka is asked."""
+        if not self.knows_intent(name):
+            raise ConfigError(f"intent {name!r} is not in the config "
+                              f"(intents: {', '.join(i.name for i in self.intents)})")
+
     def with_overrides(self, **sections: dict) -> Settings:
         """A copy with some fields of some sections replaced, validated again."""
         data = self.model_dump()

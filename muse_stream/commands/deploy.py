@@ -45,9 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.watch is None:
         if not args.model or not args.intent:
             raise ConfigError("deploy needs MODEL and --intent INTENT (or --watch DIR)")
-        if not settings.knows_intent(args.intent):
-            raise ConfigError(f"intent {args.intent!r} is not in the configuration "
-                              f"(intents: {sorted(i.name for i in settings.intents)})")
+        settings.require_intent(args.intent)
         # publish's own check, so a directory is called one here too (the readers would say "not found").
         from muse_stream.commands.publish import check_file
 

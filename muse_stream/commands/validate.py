@@ -108,9 +108,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, bootstrap=args.bootstrap)
     # A misspelt intent is the config's to name, before Kafka is asked: the models topic would only say that it
     # has no active version. (A config naming no intents leaves the models topic to decide, as workers do.)
-    if not settings.knows_intent(args.intent):
-        raise ConfigError(f"intent {args.intent!r} is not in the config "
-                          f"(intents: {', '.join(i.name for i in settings.intents)})")
+    settings.require_intent(args.intent)
     lines = read_lines(args.events_file)  # a bad file is one line before Kafka is touched
     models = read_models(settings, load=True)
     active = models.active_version(args.intent)
