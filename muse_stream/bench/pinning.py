@@ -11,13 +11,9 @@ from contextlib import contextmanager
 logger = logging.getLogger(__name__)
 
 
-def can_pin(broker_pid: int | None) -> bool:
-    """Pinning needs a local broker whose pid we know, two cores or more, and sched_setaffinity."""
-    return not why_not_pin(broker_pid)
-
-
 def why_not_pin(broker_pid: int | None) -> str:
-    """"" when the bench can pin, else which of its needs is missing."""
+    """"" when the bench can pin, else which of its needs is missing: pinning needs sched_setaffinity, two cores
+    or more, and a local broker whose pid we know."""
     if not hasattr(os, "sched_setaffinity"):
         return "this platform cannot pin processes to cores (no sched_setaffinity)"
     if len(os.sched_getaffinity(0)) < 2:

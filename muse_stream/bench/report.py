@@ -122,12 +122,12 @@ def evaluate_targets(report: dict) -> list[dict]:
     """The issue's targets, each with its value and whether it is met (None: not measured)."""
     p = report["parameters"]
     tp, lat, swap = report.get("throughput", []), report.get("latency", []), report.get("swap") or {}
-    unpinned = [r for r in tp if not r.get("pinned_cores")]  # a pinned pair is reported, never the target
-    eos1 = _find(unpinned, run="runtime-eos-1") or _find(unpinned, kind="runtime", workers=1,
-                                                         guarantee="exactly-once") or {}
-    shared = [r for r in lat if not r.get("pinned_cores")]  # the targets are the shared machine's runs
-    alo = _find(shared, guarantee="at-least-once", kind="runtime") or {}
-    eosl = _find(shared, guarantee="exactly-once", kind="runtime") or {}
+    # The targets are the shared machine's runs: a pinned run is reported beside them, never taken for one.
+    tp_shared, lat_shared = ([r for r in runs if not r.get("pinned_cores")] for runs in (tp, lat))
+    eos1 = _find(tp_shared, run="runtime-eos-1") or _find(tp_shared, kind="runtime", workers=1,
+                                                          guarantee="exactly-once") or {}
+    alo = _find(lat_shared, guarantee="at-least-once", kind="runtime") or {}
+    eosl = _find(lat_shared, guarantee="exactly-once", kind="runtime") or {}
     sw = swap.get("swap") or {}
     rss = [r.get("peak_rss_mb_max") for r in [*tp, *lat, swap] if r.get("kind") != "ceiling"]
     rss = [x for x in rss if x is not None]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from muse_stream.bench.pinning import can_pin, kafka_side_pinned, why_not_pin
+from muse_stream.bench.pinning import kafka_side_pinned, why_not_pin
 from muse_stream.bench.runs import BenchContext, latency_run, throughput_run
 from muse_stream.errors import MuseError
 
@@ -46,9 +46,10 @@ def run_throughput(ctx: BenchContext, report: dict, groups: list[str], say: Call
         report["throughput"].append(_one(ctx, report, groups, say, name, kind, w, guarantee, tel, timeout, None))
     if "pinned" in skip:
         return
-    if not can_pin(ctx.broker_pid):
-        report["pinned"] = {"skipped": why_not_pin(ctx.broker_pid)}
-        say(f"pinned runs skipped: {report['pinned']['skipped']}")
+    why = why_not_pin(ctx.broker_pid)
+    if why:
+        report["pinned"] = {"skipped": why}
+        say(f"pinned runs skipped: {why}")
         return
     with kafka_side_pinned(ctx.broker_pid) as cores:
         report["pinned"] = {"worker_cores": sorted(cores), "note": "broker and bench on one core, workers on the rest"}
@@ -86,13 +87,15 @@ def run_latency(ctx: BenchContext, report: dict, groups: list[str], say: Callabl
     if "swap" not in skip:
         plan.append(("swap", "exactly-once", max(warmup + 1.0, seconds * 0.4), "runtime"))
     plan = [(*step, None) for step in plan]
-    if "latency" not in skip and "pinned" not in skip and not can_pin(ctx.broker_pid):
-        say(f"pinned latency runs skipped: {why_not_pin(ctx.broker_pid)}")
-    if "latency" not in skip and "pinned" not in skip and can_pin(ctx.broker_pid):
-        # The same, with the worker on a core of its own: what the worker costs when it does not wait for a core
-        # the broker, the load generator and the reader share with it.
-        plan += [(f"latency-{tag}-pinned", guarantee, None, "runtime", "pinned")
-                 for guarantee, tag in (("exactly-once", "eos"), ("at-least-once", "alo"))]
+    if "latency" not in skip and "pinned" not in skip:
+        why = why_not_pin(ctx.broker_pid)
+        if why:
+            say(f"pinned latency runs skipped: {why}")
+        else:
+            # The same, with the worker on a core of its own: what the worker costs when it does not wait for a
+            # core the broker, the load generator and the reader share with it.
+            plan += [(f"latency-{tag}-pinned", guarantee, None, "runtime", "pinned")
+                     for guarantee, tag in (("exactly-once", "eos"), ("at-least-once", "alo"))]
     for name, guarantee, swap_at, kind, pinned in plan:
         # The swap run goes on 3 s past the swap: the activate call alone can take most of a second on a busy
         # machine, and a run that ends first sees no decision by the new version.
