@@ -2,7 +2,7 @@
  * one depth, walked branch-free for a block of rows at a time (muse_stream/scoring/forest.py lays them out,
  * checks them against XGBoost and loads this).
  *
- * predict(x, n_cols, depth, nodes, thresholds, leaves, base_prob, logistic, out) -> None
+ * predict(x, n_cols, depth, nodes, thresholds, leaves, base_prob, out) -> None
  *
  * x: float32 rows (n_rows x n_cols, C order), NaN = missing; out: float32 (n_rows). A tree is 2^depth - 1
  * internal nodes in heap order (node i's children are 2i + 1 and 2i + 2) and 2^depth leaves; a leaf of XGBoost's
@@ -162,10 +162,9 @@ static PyObject *predict(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer bx = {0}, bn = {0}, bt = {0}, bl = {0}, bo = {0};
     Py_ssize_t n_cols;
-    int depth, logistic;
+    int depth;
     double base_prob;
-    if (!PyArg_ParseTuple(args, "y*niy*y*y*dpw*", &bx, &n_cols, &depth, &bn, &bt, &bl, &base_prob, &logistic,
-                          &bo))
+    if (!PyArg_ParseTuple(args, "y*niy*y*y*dw*", &bx, &n_cols, &depth, &bn, &bt, &bl, &base_prob, &bo))
         return NULL;
     PyObject *result = NULL;
     float *xb = NULL;
@@ -189,7 +188,7 @@ static PyObject *predict(PyObject *self, PyObject *args) {
         goto done;
     }
     const float p = (float)base_prob;
-    const float base = logistic ? -logf(1.0f / p - 1.0f) : p;
+    const float base = -logf(1.0f / p - 1.0f);
     const float *x = bx.buf;
     float *out = bo.buf;
     Py_BEGIN_ALLOW_THREADS
@@ -201,7 +200,7 @@ static PyObject *predict(PyObject *self, PyObject *args) {
         for (Py_ssize_t r = 0; r < nb; r++) {
             const float m = acc[r];
             /* XGBoost's sigmoid: the exponent capped at 88.7 (expf's float range), then 1 / (e + 1 + 1e-16) */
-            out[r0 + r] = logistic ? 1.0f / (expf(fminf(-m, 88.7f)) + 1.0f + 1e-16f) : m;
+            out[r0 + r] = 1.0f / (expf(fminf(-m, 88.7f)) + 1.0f + 1e-16f);
         }
     }
     Py_END_ALLOW_THREADS

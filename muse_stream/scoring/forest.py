@@ -68,8 +68,7 @@ class Forest:
             raise ValueError(f"rows of shape {x.shape} for a forest of {self.n_features} features")
         out = np.empty(len(x), dtype=np.float32)
         if len(x):
-            EXT.predict(x, self.n_features, self.depth, self.nodes, self.thresholds, self.leaves, self.base_prob,
-                        True, out)
+            EXT.predict(x, self.n_features, self.depth, self.nodes, self.thresholds, self.leaves, self.base_prob, out)
         return out
 
 
