@@ -52,7 +52,8 @@ class InWorkerLatency:
 class LoopStats:
     """Counters of the loop; a job may extend it with its own. The *_ns figures are wall time spent in each
     step (time.perf_counter_ns), summed per batch, never per event; `in_worker` is the per-event latency
-    inside the worker (see InWorkerLatency), which the job records because only it knows when it produced."""
+    inside the worker (see InWorkerLatency), which the job records (batch_produced) because only it knows when it
+    produced."""
 
     events_in: int = 0
     batches: int = 0
@@ -66,6 +67,10 @@ class LoopStats:
     batch_taken_ns: int = 0  # when the current batch's next_batch returned (perf_counter_ns)
     batch_first_ms: int = 0  # the current batch's first event's Kafka timestamp (epoch ms)
     in_worker: InWorkerLatency = field(default_factory=InWorkerLatency)
+
+    def batch_produced(self, t_produced_ns: int, events: int) -> None:
+        """The current batch's last output was produced at t_produced_ns: its events' in-worker latency."""
+        self.in_worker.add(self.batch_taken_ns, t_produced_ns, events, self.batch_first_ms)
 
     def figures(self) -> dict:
         """Every counter as plain data (what a bench worker reports back)."""

@@ -199,7 +199,7 @@ class Worker:
         write_dead_letters(self.producer, self.settings.topics.deadletter, out.dead)
         t_produced = time.perf_counter_ns()
         st = self.stats
-        st.in_worker.add(st.batch_taken_ns, t_produced, len(msgs), st.batch_first_ms)
+        st.batch_produced(t_produced, len(msgs))
         st.score_ns += t_scored - t_score
         st.produce_ns += t_produced - t_scored
         st.add(out)
