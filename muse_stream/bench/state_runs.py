@@ -85,7 +85,7 @@ def run_state(ctx: BenchContext, report: dict, groups: list[str], say: Callable[
               entities: int, pairs: int, timeout: float) -> None:
     """report["state"]: the runs, their comparison, the in-process step, the restore; failures recorded."""
     from muse_stream.bench.state import run as step_run
-    from muse_stream.state.engine import changelog_topic
+    from muse_stream.kafka.topics import changelog_topic
 
     topic = f"{ctx.prefix}state.in"
     out: dict = {"spec": SPEC, "events": events, "entities": entities, "runs": []}

@@ -33,8 +33,14 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
+def changelog_topic(settings: Settings, input_topic: str) -> str:
+    """The compacted changelog of the entity-state stores of one input topic, for this consumer group."""
+    return f"{settings.runtime.group_id}.{input_topic}.state-changelog"
+
+
 def planned_topics(settings: Settings) -> list[TopicSpec]:
-    """Every topic the configuration names: input, compacted models and tenants, dead letters, decisions."""
+    """Every topic the configuration names: input, compacted models and tenants, dead letters, decisions, each
+    intent's shadow topic, and with entity state the changelog of each input (partitions matching it)."""
     t = settings.topics
     specs = [
         *(TopicSpec(name, t.events_partitions) for name in t.inputs),
@@ -43,6 +49,9 @@ def planned_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.deadletter, t.decisions_partitions),
     ]
     specs += [TopicSpec(settings.output_topic(tenant), t.decisions_partitions) for tenant in settings.tenants]
+    specs += [TopicSpec(t.shadow_topic(i.name), t.decisions_partitions) for i in settings.intents]
+    if any(i.state is not None for i in settings.intents):
+        specs += [TopicSpec(changelog_topic(settings, name), t.events_partitions, COMPACTED) for name in t.inputs]
     return specs
 
 

@@ -32,7 +32,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from muse_stream.config import Settings
 from muse_stream.errors import AbortRequired
 from muse_stream.kafka.clients import make_consumer, reader_config
-from muse_stream.kafka.topics import COMPACTED, TopicSpec, create_topics
+from muse_stream.kafka.topics import COMPACTED, TopicSpec, changelog_topic, create_topics
 from muse_stream.state import batch
 from muse_stream.state.reading import read_rows
 from muse_stream.state.store import PartitionStore, restore
@@ -42,10 +42,6 @@ logger = logging.getLogger(__name__)
 _NAN = math.nan
 SWEEP_PER_BATCH = 128  # keys examined per store and batch: a pass over 1M entities in ~8,000 batches
 MAX_RECORD_BYTES = 512 * 1024
-
-
-def changelog_topic(settings: Settings, input_topic: str) -> str:
-    return f"{settings.runtime.group_id}.{input_topic}.state-changelog"
 
 
 def state_folder(settings: Settings, slot: int) -> Path:
