@@ -12,8 +12,6 @@ from muse_stream.bench.runs import BenchContext, latency_run, throughput_run
 from muse_stream.errors import MuseError
 
 logger = logging.getLogger(__name__)
-RUNS = ("ceiling", "runtime", "no-telemetry", "runtime-w", "pinned", "runtime-alo", "floor", "latency", "swap",
-        "stages")
 
 
 def throughput_plan(skip: set[str], workers: int, ab_pairs: int) -> list[tuple[str, str, int, str, bool]]:

@@ -242,8 +242,9 @@ def test_in_worker_histogram_percentiles_err_high_never_low():
 def test_bad_arguments_stop_the_bench_before_any_run(tmp_path, capsys):
     """One line and exit 2, before the models are trained or the broker is asked anything: a report path that
     cannot be written (it used to fail after the whole run, losing the report), a negative warm-up (it used to
-    count the last second only), an unknown run to skip."""
+    count the last second only), an unknown run to skip, every run skipped (it used to exit 1 unexplained)."""
     from muse_stream.cli import main
+    from muse_stream.commands.bench import RUNS
 
     blocker = tmp_path / "afile"
     blocker.write_text("")
@@ -251,7 +252,8 @@ def test_bad_arguments_stop_the_bench_before_any_run(tmp_path, capsys):
     for argv, needle in (
             (["--json", str(blocker / "x.json")], f"--json: cannot write {blocker / 'x.json'}"),
             (["--warmup", "-1"], "--warmup must be at least 0"),
-            (["--skip", "latency-eos-pinned"], "--skip: unknown run(s) ['latency-eos-pinned']")):
+            (["--skip", "latency-eos-pinned"], "--skip: unknown run(s) ['latency-eos-pinned']"),
+            (["--skip", ",".join(RUNS)], "--skip leaves no run to make")):
         assert main(["bench", *dead, *argv]) == 2, argv
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err, err
