@@ -19,6 +19,7 @@ from muse_stream.bench.report_table import table
 from muse_stream.errors import ConfigError
 
 SCHEMA = "muse-stream-bench/1"
+TARGET_RATE = 5000.0  # events/s offered, at which the latency targets are set (the default --rate)
 
 
 def machine_info() -> dict:
@@ -142,15 +143,21 @@ def evaluate_targets(report: dict) -> list[dict]:
     out = [t("exactly-once, 1 worker: events/s", v, ">= 50000", None if v is None else v >= 50_000)]
     v = eos1.get("ratio_to_ceiling")
     out.append(t("exactly-once, 1 worker / ceiling", v, ">= 0.5", None if v is None else v >= 0.5))
+    # The latency targets are set at 5,000 events/s: another --rate is reported, never judged.
+    rate = p["offered_rate"]
+    at = f"at {rate:g} ev/s" + ("" if rate == TARGET_RATE else f" (targets are at {TARGET_RATE:g})")
+
+    def judged(v, limit):
+        return None if v is None or rate != TARGET_RATE else v <= limit
+
     v = (alo.get("latency_ms") or {}).get("p99")
-    out.append(t(f"at-least-once p99 ms at {p['offered_rate']:g} ev/s", v, "<= 10", None if v is None else v <= 10))
+    out.append(t(f"at-least-once p99 ms {at}", v, "<= 10", judged(v, 10)))
     v = (eosl.get("latency_ms") or {}).get("p99")
-    out.append(t(f"exactly-once p99 ms at {p['offered_rate']:g} ev/s", v, "<= 50", None if v is None else v <= 50))
+    out.append(t(f"exactly-once p99 ms {at}", v, "<= 50", judged(v, 50)))
     iw = [((r.get("loop") or {}).get("in_worker") or {}).get("p99_us") for r in (alo, eosl)]
     iw = [x for x in iw if x is not None]
     v = max(iw) if iw else None
-    out.append(t(f"in-worker consume -> produce p99 us at {p['offered_rate']:g} ev/s", v, "<= 1000",
-                 None if v is None else v <= 1000))
+    out.append(t(f"in-worker consume -> produce p99 us {at}", v, "<= 1000", judged(v, 1000)))
     v = sw.get("activation_to_first_new_decision_ms")
     chk = swap.get("check") or {}
     swap_ok = None if v is None else (v <= 1000 and chk.get("exactly_once") is True

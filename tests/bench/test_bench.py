@@ -153,6 +153,12 @@ def test_ratios_and_targets():
                                  "latency_ms": {"p50": 1.0, "p99": 2.0}, "pinned_cores": [1],
                                  "loop": {"in_worker": {"p50_us": 10.0, "p99_us": 20.0}}})
     assert [t["value"] for t in evaluate_targets(pinned)] == [t["value"] for t in evaluate_targets(r)]
+    # At another offered rate the latency figures are reported, never judged (the targets are at 5,000/s).
+    slow = _report()
+    slow["parameters"]["offered_rate"] = 500.0
+    by_rate = {t["target"]: t for t in evaluate_targets(slow)}
+    lat_rows = [t for name, t in by_rate.items() if "(targets are at 5000)" in name]
+    assert len(lat_rows) == 3 and all(t["met"] is None and t["value"] is not None for t in lat_rows)
     unmeasured = evaluate_targets(_report(throughput=[], latency=[], swap=None))
     assert all(t["met"] is None for t in unmeasured[:7])
     assert unmeasured[-1]["met"] is None  # no run, no verdict (a --state-only report once said NO)
