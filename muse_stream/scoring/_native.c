@@ -7,7 +7,7 @@
  * string values without escapes or control characters; event_time an integer in [0, 2^62]; intent a plain
  * string or null; features an object of distinct plain keys whose values are null, integers of at most 15
  * digits (exact in a double) or decimal numbers read with a correctly rounded conversion; other top-level
- * keys with a plain scalar value. Whatever orjson would read differently, or
+ * keys (at most 16, each named once) with a plain scalar value. Whatever orjson would read differently, or
  * refuse, is never in that set, so both paths agree by construction on what the scanner accepts.
  *
  * decisions(): the decision bytes of a tenant's rows from the template pieces the scorer prepares, the same
@@ -353,11 +353,13 @@ static int scan_features(Scan *s, Cur *c, Py_ssize_t row) {
 enum { K_EID = 1, K_TID = 2, K_INTENT = 4, K_TIME = 8, K_FEATS = 16 };
 
 typedef struct { const char *eid, *tid, *intent; Py_ssize_t eid_n, tid_n, intent_n; long long time; } Head;
+#define MAX_OTHER 16  /* top-level fields besides the contract's that an event may carry and still be scanned */
 
 /* One event: 1 accepted (its head in *h, its features pushed), 0 not sure, -1 out of memory. */
 static int scan_event(Scan *s, const char *buf, Py_ssize_t len, Py_ssize_t row, Head *h) {
     Cur c = {buf, buf + len};
-    int seen = 0;
+    int seen = 0, n_other = 0;
+    const char *other[MAX_OTHER]; Py_ssize_t other_n[MAX_OTHER];  /* the fields the contract does not read */
     h->intent = NULL; h->intent_n = 0;
     if (!expect(&c, '{')) return 0;
     for (;;) {
@@ -393,6 +395,11 @@ static int scan_event(Scan *s, const char *buf, Py_ssize_t len, Py_ssize_t row, 
         }
         default: {  /* a field the contract does not read: a plain scalar, else not sure */
             const char *vs; Py_ssize_t vn;
+            /* Named twice (the contract refuses it, as ambiguous), or too many to check: not sure. */
+            if (n_other == MAX_OTHER) return 0;
+            for (int j = 0; j < n_other; j++)
+                if (other_n[j] == kn && memcmp(other[j], k, kn) == 0) return 0;
+            other[n_other] = k; other_n[n_other++] = kn;
             if (!plain_string(&c, &vs, &vn) && !literal(&c, "null", 4) && !literal(&c, "true", 4)
                 && !literal(&c, "false", 5) && number(&c, &iv, &dv, &nd) == NUM_NO) return 0;
         }

@@ -28,6 +28,7 @@ tests/scoring/test_contract.py holds the two to agreeing on every kind of event.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import operator
 from collections.abc import Mapping
@@ -88,7 +89,8 @@ def parse_event(raw: bytes | None, max_event_bytes: int) -> Event | Rejection:
             if (type(eid) is str and eid and type(tid) is str and type(et) is int and 0 <= et <= MAX_EVENT_TIME
                     and type(feats) is dict and (intent is None or type(intent) is str)):
                 types = set(map(type, feats.values()))
-                if NUMBER_TYPES.issuperset(types):
+                if NUMBER_TYPES.issuperset(types) and (raw.count(b":") == len(ev) + len(feats)
+                                                       or repeated_key(raw, ev) is None):
                     if _NONE in types:
                         feats = {k: (_NAN if v is None else v) for k, v in feats.items()}
                     return _new_event(Event, (eid, tid, intent, et, feats))
@@ -108,6 +110,10 @@ def explain(raw: bytes | None, max_event_bytes: int) -> Rejection | None:
         return Rejection(Reason.MALFORMED_JSON, str(e)[:200])
     if type(ev) is not dict:
         return Rejection(Reason.NOT_AN_OBJECT, f"event is a JSON {type(ev).__name__}")
+    twice = repeated_key(raw, ev)
+    if twice is not None:
+        return Rejection(Reason.MALFORMED_JSON, f"field {twice!r} appears more than once in one object (which one "
+                                                "counts differs between JSON parsers)")
     missing = [k for k in REQUIRED if ev.get(k) is None]
     if missing:
         return Rejection(Reason.MISSING_FIELD, "missing: " + ", ".join(missing))
@@ -133,6 +139,35 @@ def explain(raw: bytes | None, max_event_bytes: int) -> Rejection | None:
     if bad is not None:
         return Rejection(Reason.WRONG_TYPE, f"feature {bad!r} is not a number")
     return None
+
+
+def repeated_key(raw: bytes, ev: dict) -> str | None:
+    """The first name that occurs twice in one object of the event, or None. orjson keeps a repeated name's
+    last value and other parsers its first, so an event naming "tenant_id" twice could be routed to one tenant
+    here and read as another's upstream: such an event is refused, never guessed at.
+
+    Cheap first: every name is followed by a colon, so when the colons are no more than the names of the
+    parsed objects, no name repeats (parse_event tests that before calling). Otherwise (a colon inside a
+    string, a nested value, a repeat) the pairs are read again, in order, with the standard library."""
+    try:
+        top = json.loads(raw, object_pairs_hook=_Pairs)
+    except (ValueError, RecursionError):  # orjson read it; the standard library differs only on extremes
+        return None
+    stack = [top]
+    while stack:
+        node = stack.pop()
+        if type(node) is _Pairs:
+            names = [k for k, _ in node]
+            if len(set(names)) != len(names):
+                return next(k for i, k in enumerate(names) if k in names[:i])
+            stack += [v for _, v in node]
+        elif type(node) is list:
+            stack += node
+    return None
+
+
+class _Pairs(list):
+    """An object's (name, value) pairs as sent, repeats kept (repeated_key)."""
 
 
 # ---- routing --------------------------------------------------------------------------------------

@@ -73,6 +73,14 @@ CASES = [
     (_raw(features={"f0": {"nested": 1}}), "wrong_type"),
     (_raw(features={"f0": [1.0]}), "wrong_type"),
     (b'{"pad": "' + b"x" * MAX_BYTES + b'"}', "event_too_large"),
+    # A name given twice: orjson keeps the last value, other parsers the first; refused, never guessed at.
+    (b'{"event_id":"e","tenant_id":"acme","tenant_id":"zed","event_time":5,"features":{}}', "malformed_json"),
+    (b'{"event_id":"e","tenant_\\u0069d":"acme","tenant_id":"zed","event_time":5,"features":{}}', "malformed_json"),
+    (b'{"event_id":"e","tenant_id":"acme","card_id":"a","card_id":"b","event_time":5,"features":{}}',
+     "malformed_json"),
+    (b'{"event_id":"e","tenant_id":"acme","event_time":5,"features":{"f0":1,"f0":"x"}}', "malformed_json"),
+    (b'{"event_id":"e","tenant_id":"acme","event_time":5,"features":{},"meta":{"a":1,"a":2}}', "malformed_json"),
+    (b'{"event_id":"e:1","tenant_id":"a:b","event_time":5,"features":{"f0":1},"meta":{"a":[{"b":1}]}}', None),
 ]
 
 
@@ -99,6 +107,8 @@ def test_rejection_details_say_what_is_wrong():
     both = explain(_raw(event_id=1, intent=2), MAX_BYTES).detail
     assert "event_id must be a non-empty string" in both and "intent must be a string" in both
     assert explain(b"x" * (MAX_BYTES + 1), MAX_BYTES).detail == f"{MAX_BYTES + 1} bytes > {MAX_BYTES}"
+    twice = b'{"event_id":"e","tenant_id":"acme","tenant_id":"zed","event_time":5,"features":{}}'
+    assert explain(twice, MAX_BYTES).detail.startswith("field 'tenant_id' appears more than once")
 
 
 # ---- routing ------------------------------------------------------------------------------------------------
