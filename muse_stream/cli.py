@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         # devnull so the interpreter's own flush at exit does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as e:
+        # The output cannot be written (a full disk: `tail > /dev/full`), or another file refused: one line, as
+        # for every other error, and nothing more at the interpreter's exit flush.
+        where = f": {e.filename}" if e.filename else ""
+        print(f"muse-stream: error: {e.strerror or e}{where}", file=sys.stderr)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
     import orjson
 
     from muse_stream.config import load_settings
@@ -48,12 +50,18 @@ def run(args: argparse.Namespace) -> int:
     from muse_stream.telemetry.status_screen import make_console, render
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
-    workers = args.workers or settings.runtime.workers
+    workers = settings.runtime.workers if args.workers is None else args.workers
     if workers < 1 or args.slot < 0:
         raise ConfigError("--workers must be >= 1 and --slot >= 0")
+    if args.lag_window is not None and not args.lag_window >= 0:
+        raise ConfigError(f"--lag-window must be >= 0 seconds, not {args.lag_window}")
+    for url in args.endpoint:
+        u = urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ConfigError(f"--endpoint {url!r} is not an http(s) URL such as http://host:9400")
     check_cluster(settings)  # no cluster, or refused credentials: one line and a non-zero exit (cli.main)
     urls = args.endpoint or worker_urls(settings, workers=workers, first_slot=args.slot)
-    window = default_lag_window(settings) if args.lag_window is None else max(0.0, args.lag_window)
+    window = default_lag_window(settings) if args.lag_window is None else args.lag_window
     report = collect(settings, urls, timeout=args.timeout, lag_window_s=window)
     if args.json:
         import sys

@@ -33,6 +33,20 @@ def test_status_against_a_dead_address_is_one_line_and_non_zero_within_15s(capsy
     assert err.count("\n") == 1 and f"cannot reach Kafka at {dead}" in err
 
 
+def test_status_refuses_bad_arguments_in_one_line_before_asking_anyone(capsys):
+    """An endpoint that is not a URL used to end in a ValueError traceback; --workers 0 and a negative
+    --lag-window used to be taken silently as the defaults."""
+    dead = ["--bootstrap", "127.0.0.1:1"]
+    for argv, needle in ((["--endpoint", "garbage"], "--endpoint 'garbage' is not an http(s) URL"),
+                         (["--workers", "0"], "--workers must be >= 1"),
+                         (["--lag-window", "-1"], "--lag-window must be >= 0 seconds")):
+        t0 = time.monotonic()
+        assert main(["status", *dead, *argv]) == 2, argv
+        assert time.monotonic() - t0 < 5  # refused before any cluster is asked
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
+
+
 @pytest.mark.kafka
 def test_status_is_unhealthy_when_no_worker_answers_and_the_input_is_stalled(stack, tmp_path, capsys):
     s = stack.with_overrides(telemetry={"metrics_port": free_port()})  # no worker listens there

@@ -55,6 +55,13 @@ def test_tail_shows_a_committed_decision_and_not_an_aborted_one(stack, tmp_path,
         monkeypatch.setattr(sys, "stdout", closed)
         assert main(["tail", "--tenant", "acme", "--from-beginning", "--config", cfg]) == 141
     monkeypatch.undo()
+    # An output that cannot be written (a full disk): one line and exit 1, not a traceback.
+    with open("/dev/full", "w") as full:
+        monkeypatch.setattr(sys, "stdout", full)
+        assert main(["tail", "--tenant", "acme", "--from-beginning", "--config", cfg]) == 1
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert "muse-stream: error: No space left on device" in err and "Traceback" not in err
 
 
 def test_tail_of_a_tenant_with_only_a_refused_record_reads_its_default_decision_topic(stack, tmp_path, capsys):
