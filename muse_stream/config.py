@@ -26,6 +26,20 @@ _PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,185}$")
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _as_written(cls, v, info):
+        """A setting is the type it is written as (pydantic would read `max_events = true` as 1 and
+        `max_wait_ms = "50"` as 50, hiding a mistake): an int is fine for a float; a flag is true or false."""
+        kind = _SCALAR_KIND.get(cls.model_fields[info.field_name].annotation)
+        if type(v) is not bool if kind == _FLAG else kind and (type(v) is bool or isinstance(v, str)):
+            raise ValueError(f"must be {kind}, not {type(v).__name__} {v!r}")
+        return v
+
+
+_FLAG = "true or false"
+_SCALAR_KIND = {int: "a number", float: "a number", int | None: "a number", float | None: "a number", bool: _FLAG}
+
 
 def _check_topic(name: str) -> str:
     if not _TOPIC_RE.match(name) or name in {".", ".."}:
@@ -262,10 +276,11 @@ class Settings(_Frozen):
 
     @model_validator(mode="after")
     def _unique(self) -> Settings:
-        ids = [t.tenant_id for t in self.tenants]
-        dup = {i for i in ids if ids.count(i) > 1}
-        if dup:
-            raise ValueError(f"tenant ids repeated: {sorted(dup)}")
+        for what, ids in (("tenant ids", [t.tenant_id for t in self.tenants]),
+                          ("intent names", [i.name for i in self.intents])):
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            if dup:
+                raise ValueError(f"{what} repeated: {dup}")
         for t in self.tenants:
             unknown = [i for i in t.intents if not self.knows_intent(i)]
             if unknown:
@@ -332,11 +347,6 @@ def error_text(err: ValidationError, top: str = "(top level)") -> str:
     return f"{'.'.join(str(p) for p in first['loc']) or top}: {why}"
 
 
-def _format_error(path: Path, err: ValidationError) -> str:
-    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{path}: {error_text(err)}{more}"
-
-
 def load_settings(path: str | os.PathLike | None = None, *, bootstrap: str | None = None) -> Settings:
     """Read and validate a config file. `bootstrap` (or MUSE_BOOTSTRAP) overrides kafka.bootstrap_servers."""
     p = Path(path) if path is not None else DEFAULT_CONFIG
@@ -356,7 +366,8 @@ def load_settings(path: str | os.PathLike | None = None, *, bootstrap: str | Non
     try:
         return Settings.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_error(p, e)) from None
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise ConfigError(f"{p}: {error_text(e)}{more}") from None
 
 
 def _toml_value(v) -> str:

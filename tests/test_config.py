@@ -66,6 +66,30 @@ def test_duplicate_tenants_refused(tmp_path: Path):
         load_settings(p)
 
 
+def test_duplicate_intents_refused(tmp_path: Path):
+    p = tmp_path / "c.toml"
+    p.write_text("[[intents]]\nname='card'\n[[intents]]\nname='card'\nunknown_features='ignore'\n")
+    with pytest.raises(ConfigError, match=r"intent names repeated: \['card'\]"):
+        load_settings(p)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[batch]\nmax_events = true", "batch.max_events: must be a number, not bool True"),
+    ("[batch]\nmax_wait_ms = '50'", "batch.max_wait_ms: must be a number, not str '50'"),
+    ("[runtime]\nworkers = true", "runtime.workers: must be a number"),
+    ("[topics]\nreplication_factor = '3'", "topics.replication_factor: must be a number"),
+    ("[telemetry]\nenabled = 1", "telemetry.enabled: must be true or false, not int 1"),
+])
+def test_a_setting_of_the_wrong_type_is_refused_not_coerced(tmp_path: Path, text, needle):
+    p = tmp_path / "c.toml"
+    p.write_text(text + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(p)
+    assert needle in str(e.value)
+    p.write_text("[runtime]\nmax_abs_feature = 5\n[telemetry]\nenabled = false\n")  # an int for a float is fine
+    assert load_settings(p).runtime.max_abs_feature == 5.0
+
+
 def test_dump_toml_round_trips(tmp_path: Path):
     from muse_stream.config import dump_toml
 
