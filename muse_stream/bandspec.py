@@ -3,6 +3,7 @@ periods of a band timeline. Validated here, resolved on an intent's reference in
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import pydantic
@@ -30,14 +31,28 @@ class BandRate(_Frozen):
     def _rate(cls, v: float) -> float:
         if v < 1.0 and not v < MIN_RATE:
             return v
-        why = "" if v >= 1.0 else ": an intent's reference cannot resolve a smaller share of events"
+        why = "" if v >= 1.0 or math.isnan(v) else ": an intent's reference cannot resolve a smaller share of events"
         raise ValueError(f"a rate band is {RATE_RANGE}, got rate {v:g}{why}")
 
 
+def _threshold(v):
+    """A threshold may also be written as `{ threshold = 0.9 }`, the shape of a rate band's `{ rate = 0.05 }`."""
+    if isinstance(v, dict):
+        if set(v) != {"threshold"}:
+            raise ValueError(f"a band is a threshold (0.9 or {{ threshold = 0.9 }}) or an alert rate "
+                             f"({{ rate = 0.05 }}), not {v}")
+        v = v["threshold"]
+    if isinstance(v, float) and math.isnan(v):
+        raise ValueError("a threshold is a number from 0 to 1 on the intent's reference scale, not nan")
+    return v
+
+
 # A threshold on the reference scale or an alert rate, told apart by shape: a refusal names the one meant.
-BandSpec = Annotated[Annotated[float, Field(ge=0.0, le=1.0), pydantic.Tag("threshold")]
+BandSpec = Annotated[Annotated[float, pydantic.BeforeValidator(_threshold), Field(ge=0.0, le=1.0),
+                               pydantic.Tag("threshold")]
                      | Annotated[BandRate, pydantic.Tag("rate")],
-                     pydantic.Discriminator(lambda v: "rate" if isinstance(v, (dict, BandRate)) else "threshold")]
+                     pydantic.Discriminator(lambda v: "rate" if isinstance(v, BandRate) or (
+                         isinstance(v, dict) and "rate" in v) else "threshold")]
 
 
 def _check_bands(v: dict[str, BandSpec]) -> dict[str, BandSpec]:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from muse_stream.config import DEFAULT_CONFIG, TenantConfig, load_settings
+from muse_stream.config import DEFAULT_CONFIG, TenantConfig, error_text, load_settings
 from muse_stream.errors import ConfigError
 
 
@@ -54,6 +54,16 @@ def test_tenant_validation():
         TenantConfig(tenant_id="a", intents=("x",), default_intent="y")
     with pytest.raises(ValueError, match="tenant_id"):
         TenantConfig(tenant_id="a b", intents=("x",))
+    # A threshold written in a rate's shape is a threshold; a refusal says what is wrong with the one meant.
+    written = TenantConfig(tenant_id="a", intents=("x",), bands={"review": {"threshold": 0.9}})
+    assert written.bands == {"review": 0.9}
+    for band, needle in (({"threshold": -0.1}, "bands.review.threshold: Input should be greater than or equal to 0"),
+                         (float("nan"), "threshold: a threshold is a number from 0 to 1 on the intent's"),
+                         ({"rate": float("nan")}, "a rate band is at least 0.0001% (1e-6) and below 100%, got rate nan\n"),
+                         ({"thresh": 0.9}, "a band is a threshold (0.9 or { threshold = 0.9 }) or an alert rate")):
+        with pytest.raises(ValueError) as e:
+            TenantConfig(tenant_id="a", intents=("x",), bands={"review": band})
+        assert e.value.error_count() == 1 and needle in error_text(e.value) + "\n", str(e.value)
     t = TenantConfig(tenant_id="a", intents=("x", "y"))
     assert t.resolve_intent(None) is None and t.resolve_intent("y") == "y"
     assert TenantConfig(tenant_id="a", intents=("x",)).resolve_intent(None) == "x"
