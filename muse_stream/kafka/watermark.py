@@ -18,6 +18,7 @@ ones in that gap would be scored with the old setting live and the new one in a 
 
 from __future__ import annotations
 
+import logging
 import time
 from functools import partial
 
@@ -27,6 +28,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from muse_stream.config import Settings
 from muse_stream.errors import KafkaOpError
 from muse_stream.kafka.clients import make_consumer, reader_config
+
+logger = logging.getLogger(__name__)
 
 # The event contract's range (scoring dead-letters events outside it); kafka/ does not import scoring.
 _MAX_EVENT_TIME = 2**62
@@ -50,9 +53,23 @@ def event_time_of(value: bytes | None, timestamp: int) -> int:
 
 def effective_time(settings: Settings) -> int:
     """Where a change made now starts in event time: the watermark plus runtime.change_lead_ms (0, the start
-    of time, when the input holds no records yet)."""
+    of time, when the input holds no records yet). A watermark ahead of this machine's clock (a producer
+    stamping events in the future, or in microseconds) delays every change "made now" by as much: said on
+    stderr, so an operator waiting for a rollback knows why and when."""
     w = input_watermark(settings)
+    ahead = ahead_of_clock(w)
+    if ahead:
+        logger.warning("the input topics hold an event stamped %s ahead of this machine's clock (event times "
+                       "more than %d min ahead count as now + %d min): this change applies from event time %d, "
+                       "not now", f"{ahead / 60_000:.0f} min", MAX_AHEAD_MS // 60_000, MAX_AHEAD_MS // 60_000,
+                       w + settings.runtime.change_lead_ms)
     return w + settings.runtime.change_lead_ms if w > 0 else 0
+
+
+def ahead_of_clock(watermark: int, slack_ms: int = 60_000) -> int:
+    """How far (ms) a watermark runs ahead of this machine's clock, when more than `slack_ms`; else 0."""
+    ahead = watermark - int(time.time() * 1000)
+    return ahead if ahead > slack_ms else 0
 
 
 def input_watermark(settings: Settings, topics: list[str] | None = None, *, timeout: float = 30.0) -> int:

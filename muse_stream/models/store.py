@@ -14,7 +14,7 @@ from muse_stream.config import Settings
 from muse_stream.errors import ModelError
 from muse_stream.featurespec import mismatch as state_mismatch
 from muse_stream.kafka.table import fenced_write, read_table
-from muse_stream.kafka.watermark import effective_time, input_watermark
+from muse_stream.kafka.watermark import MAX_AHEAD_MS, ahead_of_clock, effective_time, input_watermark
 from muse_stream.models.records import (
     ActivationRecord,
     ReferenceRecord,
@@ -122,8 +122,12 @@ def _from_time(settings: Settings, activate_at: int | None) -> int:
     if activate_at < watermark:
         # Earlier events were already scored under the current timeline: rewriting it would make every later
         # replay and backtest disagree with what live decided.
+        ahead = ahead_of_clock(watermark)
+        why = (f"; an event there is stamped {ahead // 60_000} min ahead of this machine's clock (times more "
+               f"than {MAX_AHEAD_MS // 60_000} min ahead count as now + {MAX_AHEAD_MS // 60_000} min)"
+               if ahead else "")
         raise ModelError(f"activate_at {activate_at} is before events already on the input topics (event-time "
-                         f"watermark {watermark}): it would change which version scored them; choose a time "
+                         f"watermark {watermark}{why}): it would change which version scored them; choose a time "
                          f">= {watermark}, or activate without a time")
     return activate_at
 

@@ -61,6 +61,32 @@ def test_a_change_made_now_starts_the_lead_past_the_watermark(settings_for, uniq
     assert effective_time(s) == T0 + 11 + 5000
 
 
+def test_an_event_stamped_ahead_of_the_clock_is_named_when_it_delays_a_change(settings_for, unique, caplog):
+    """A producer stamping events in the future (or in microseconds) pushes every change made now up to an
+    hour on: the operator is told why, at the change and at a refused --at."""
+    import time
+
+    from muse_stream.errors import ModelError
+    from muse_stream.kafka.watermark import effective_time
+    from muse_stream.models.store import _from_time
+
+    s = settings_for(unique)
+    ensure_all(s)
+    now = int(time.time() * 1000)
+    _produce(s, s.topics.events, [(0, _ev(now * 1000), now)])  # microseconds by mistake
+    with caplog.at_level("WARNING", logger="muse_stream.kafka.watermark"):
+        at = effective_time(s)
+    assert now + 3_500_000 < at < now + 3_700_000 + s.runtime.change_lead_ms
+    assert "stamped 60 min ahead of this machine's clock" in caplog.text and f"from event time {at}" in caplog.text
+    with pytest.raises(ModelError, match="an event there is stamped 60 min ahead of this machine's clock"):
+        _from_time(s, now)
+    caplog.clear()
+    _produce(s, s.topics.events, [(0, _ev(now), now)])  # fixed: the last record is on time again
+    with caplog.at_level("WARNING", logger="muse_stream.kafka.watermark"):
+        assert effective_time(s) == now + 1 + s.runtime.change_lead_ms
+    assert "ahead" not in caplog.text
+
+
 def test_empty_or_missing_topics_are_the_start_of_time(settings_for, unique):
     s = settings_for(unique)
     assert input_watermark(s) == 0  # the input topic does not exist yet
