@@ -165,3 +165,13 @@ def test_topics_create_refuses_a_collision_before_kafka(tmp_path: Path, capsys):
     assert main(["topics", "create", "--config", str(p), "--bootstrap", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f'muse-stream: error: {p}: topics.models: "sf.events" is also topics.events']
+
+
+def test_kafka_start_refuses_ports_out_of_range_before_launching_anything(capsys):
+    from muse_stream.cli import main
+
+    for argv, needle in ((["--port", "99999"], "--port 99999: port 99999 not within 1..65535"),
+                         (["--port", "65535", "--nodes", "3"], "ports 65535..65540 (the cluster's nodes) not within")):
+        assert main(["kafka", "start", *argv]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err and err.count("\n") == 1, err

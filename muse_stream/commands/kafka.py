@@ -53,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
         return _tool(args)
     if args.nodes is not None and not 1 <= args.nodes <= 9:
         raise BrokerError(f"--nodes must be 1 to 9, not {args.nodes}")
+    last = args.port + 2 * args.nodes - 1 if (args.nodes or 1) > 1 else args.port  # a cluster's controllers follow
+    if args.port < 1 or last > 65535:
+        ports = f"port {args.port}" if last == args.port else f"ports {args.port}..{last} (the cluster's nodes)"
+        raise BrokerError(f"--port {args.port}: {ports} not within 1..65535")
     if args.action == "start" and (args.nodes or 1) > 1:
         cluster = LocalCluster(args.nodes, base_port=args.port)
         status = cluster.start()
