@@ -34,14 +34,21 @@ def _at_least(low: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_stream.config import load_settings
+    from pydantic import ValidationError
+
+    from muse_stream.config import error_text, load_settings
+    from muse_stream.errors import ConfigError
     from muse_stream.logs import setup_logging
     from muse_stream.worker.supervisor import run_workers
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
-    if args.guarantee:
-        settings = settings.with_overrides(runtime={"processing_guarantee": args.guarantee})
-    # `is None`, not `or`: the parser already refuses --workers 0; the config's count is validated >= 1.
-    workers = settings.runtime.workers if args.workers is None else args.workers
+    # The flags are validated as the config's own fields (runtime.workers is 1..256), then win over the file.
+    override = {k: v for k, v in (("processing_guarantee", args.guarantee), ("workers", args.workers)) if v}
+    if override:
+        try:
+            settings = settings.with_overrides(runtime=override)
+        except ValidationError as e:
+            raise ConfigError(f"run: {error_text(e).replace('runtime.workers', '--workers')}") from None
+    workers = settings.runtime.workers
     setup_logging(verbose=args.verbose, fmt=settings.telemetry.log_format)
     return run_workers(settings, workers=workers, first_slot=args.slot, verbose=args.verbose)

@@ -57,3 +57,12 @@ def test_a_worker_fenced_by_another_holder_of_its_slot_says_so(stack, caplog):
         reader.close()
     assert fenced.is_set()
     assert "another worker holds slot 0" in caplog.text
+
+
+def test_run_refuses_more_workers_than_the_config_allows_before_starting_any(capsys):
+    """--workers is held to runtime.workers' own range (1..256); 100,000 used to fork workers without end."""
+    t0 = time.monotonic()
+    assert main(["run", "--workers", "100000", "--bootstrap", "127.0.0.1:1"]) == 2
+    assert time.monotonic() - t0 < 5
+    err = capsys.readouterr().err
+    assert "run: --workers: Input should be less than or equal to 256" in err and err.count("\n") == 1
