@@ -153,10 +153,18 @@ class Deployer:
         """A feature the incumbent does not read: under unknown_features = "reject" the workers dead-letter every
         event carrying it, so the candidate would be shadow-scored on it missing and refused far later for
         near-constant scores; refused here instead. Under "ignore", events may carry it: said, not refused."""
-        known = set(incumbent.features)
+        # The intent's entity-state features are computed by the workers, never carried by events: a candidate
+        # may read any of them. One the config does not compute is refused with the workers' own reason.
+        spec = next((i.state for i in self.s.intents if i.name == self.intent and i.state is not None), None)
+        computed = set(spec.feature_names()) if spec is not None else set()
+        known = set(incumbent.features) | computed
         new = [f for f in features if f not in known]
         if not new:
             return
+        stateful = [f for f in new if spec is not None and f.startswith(spec.prefix + ".")]
+        if stateful:
+            raise ModelError(f"{path.name} reads {', '.join(stateful[:10])}, which intent {self.intent}'s state "
+                             f"does not compute (it computes {', '.join(sorted(computed))}); nothing registered")
         names = ", ".join(new[:10]) + (f" (and {len(new) - 10} more)" if len(new) > 10 else "")
         if reject:
             raise ModelError(f"{path.name} reads {names}, which {incumbent.name} does not: intent {self.intent} "

@@ -26,3 +26,26 @@ def test_deploy_says_a_directory_is_a_directory(tmp_path):
         out, err = p.communicate(timeout=60)
         assert (p.returncode, out) == (2, ""), (flag, err)
         assert err.splitlines() == [f"muse-stream: error: {flag} {tmp_path}: is a directory, not a file"]
+
+
+def test_a_candidate_may_read_every_state_feature_the_intent_computes_and_none_it_does_not():
+    """The workers compute an intent's entity-state features, so a retrained model may read one its incumbent
+    did not (deploy used to refuse it as a feature events would carry); one the config does not compute is
+    refused, saying so."""
+    import pytest
+
+    from muse_stream.config import Settings
+    from muse_stream.deploy.controller import Deployer
+    from muse_stream.errors import ModelError
+
+    s = Settings.model_validate({"intents": [{"name": "cf", "state": {
+        "entity": ["card_id"], "windows": ["10m", "1h"], "aggregates": ["count", "max:amount"]}}]})
+    incumbent = type("V", (), {"features": ("amount", "card_id.count_10m"), "name": "cf@1"})()
+    said = []
+    d = Deployer(s, "cf", out=said.append)
+    d._check_features(Path("m.ubj"), ["amount", "card_id.max_amount_1h"], incumbent, reject=True)
+    assert said == []
+    with pytest.raises(ModelError, match=r"reads card_id.count_5m, which intent cf's state does not compute"):
+        d._check_features(Path("m.ubj"), ["amount", "card_id.count_5m"], incumbent, reject=True)
+    with pytest.raises(ModelError, match=r"reads V9, which cf@1 does not"):
+        d._check_features(Path("m.ubj"), ["amount", "V9"], incumbent, reject=True)
