@@ -58,7 +58,7 @@ class StateEngine:
         self._reader = None
         self._batch: list[tuple[str, int, bytes, bytes | None]] = []
         self._cols: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # intent -> (row positions, features)
-        self._debug: dict[bytes, bytes] = {}
+        self._debug: dict[tuple[str, int, int], bytes] = {}
         self._synced = 0.0
         self.stats = {"late": 0, "duplicates": 0, "wrong_partition_key": 0, "restored_records": 0,
                       "restore_seconds": 0.0, "state_ns": 0, "swept": 0, "capped": 0}
@@ -248,7 +248,8 @@ class StateEngine:
         if spec.debug:
             for pos, i in enumerate(rows.tolist()):
                 if i not in drop:
-                    self._debug[str(cols.eids[i]).encode()] = orjson.dumps(
+                    m = cols.msgs[i]  # keyed by the input record: event ids may repeat across tenants and intents
+                    self._debug[(m.topic(), m.partition(), m.offset())] = orjson.dumps(
                         dict(zip(plan.names, [None if math.isnan(v) else v for v in feats[pos].tolist()])))
         refused.sort(key=lambda r: r[0])
         return refused
@@ -285,7 +286,8 @@ class StateEngine:
             return
         dbg = self._debug
         for n, (topic, key, value) in enumerate(decisions):
-            s = dbg.get(key)
+            src = orjson.loads(value)["source"]  # debug only: one parse per decision
+            s = dbg.get((src["topic"], src["partition"], src["offset"]))
             if s is not None:
                 decisions[n] = (topic, key, value[:-1] + b',"state":' + s + b"}")
 

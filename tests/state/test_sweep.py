@@ -118,3 +118,22 @@ def test_an_oversized_record_keeps_its_newest_entries(tmp_path):
     feats, _ = feed.batch([("c", T0 + 13_000)])
     assert feats[0, 0] == 5.0  # the newest five remain (the 1 m window holds all twelve otherwise)
     e.close()
+
+
+def test_debug_features_go_to_their_own_decision_when_event_ids_repeat_in_a_batch(tmp_path):
+    """The debug "state" of a decision is its own input record's, even when another tenant's event in the same
+    batch has the same event id (it used to be looked up by event id, so one of them showed the other's)."""
+    e = _engine(tmp_path)
+    e.plans["card_fraud"].spec = e.plans["card_fraud"].spec.model_copy(update={"debug": True})
+    rows = [("acme", "c1", T0, "a0"), ("acme", "c1", T0 + 1, "h1"), ("beta", "c2", T0 + 2, "h1")]
+    msgs = [Message(topic="in", partition=0, offset=k, key=card.encode(), value=orjson.dumps({
+        "event_id": eid, "tenant_id": tid, "event_time": t, "card_id": card, "features": {"amount": 2}}))
+        for k, (tid, card, t, eid) in enumerate(rows)]
+    cols = SimpleNamespace(msgs=np.array(msgs, dtype=object), eids=np.array([r[3] for r in rows], dtype=object),
+                           tids=np.array([r[0] for r in rows], dtype=object), times=np.array([r[2] for r in rows]))
+    e.compute(cols, [(MODEL, np.arange(3))])
+    decisions = [(f"out.{tid}", eid.encode(), orjson.dumps({"event_id": eid, "source": {
+        "topic": "in", "partition": 0, "offset": k}})) for k, (tid, _, _, eid) in enumerate(rows)]
+    e.decorate(decisions)
+    counts = [orjson.loads(v)["state"]["card_id.count_1m"] for _, _, v in decisions]
+    assert counts == [0, 1, 0]  # acme's h1 sees acme's a0; beta's h1, another card, sees nothing
