@@ -2,14 +2,23 @@
 
 Decisions go to <prefix><run-id>.decisions.<tenant> and dead letters to <prefix><run-id>.deadletter, never
 to a live topic: a replay whose topics would name a live decision or dead-letter topic is refused.
+
+Entity state: when an intent keeps state, each partition is read from its start, as the live workers read it,
+into stores of the replay's own (a temporary folder; nothing is read from or written to the changelogs), and
+only the range's events are written out. So a replayed event sees the entity state live saw: its features,
+duplicates and late events come out as live's did.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
+
+import orjson
 
 from muse_stream.config import Settings
 from muse_stream.errors import ConfigError
@@ -21,6 +30,8 @@ from muse_stream.models.bands import ReferenceCache
 from muse_stream.models.store import read_models
 from muse_stream.scoring.deadletter import write_dead_letters
 from muse_stream.scoring.scorer import BatchScorer
+from muse_stream.state.engine import StateEngine
+from muse_stream.state.store import PartitionStore
 from muse_stream.tenants import TenantRegistry, read_tenants
 
 logger = logging.getLogger(__name__)
@@ -71,13 +82,21 @@ def run_replay(settings: Settings, *, start: Bound, end: Bound, run_id: str | No
     topics = [f"{dec_prefix}{tid}" for tid in sorted(tenants)] + [dead_topic]
     create_topics(settings, [TopicSpec(t, settings.topics.decisions_partitions) for t in topics],
                   replication_factor=settings.topics.replication_factor)
-    reader = RangeReader(settings, settings.topics.events, start, end)
+    stateful = any(i.state is not None for i in settings.intents)
+    reader = RangeReader(settings, settings.topics.events, Bound("start") if stateful else start, end)
     producer = OutputProducer(producer_config(settings), name="replay producer")
+    folder = tempfile.mkdtemp(prefix="muse-replay-state-") if stateful else None
     t0 = time.monotonic()
     n_in = n_dec = n_dead = 0
     try:
+        first = reader.offsets(start) if stateful else {}
+        if stateful:
+            scorer.state = _replay_state(settings, folder, reader)
         for batch in reader.batches(settings.batch.max_events):
             out = scorer.process(batch, int(time.time() * 1000))
+            if stateful:
+                scorer.state.replayed()
+                batch, out = _in_range(batch, out, first)
             producer.produce_all(out.decisions)
             write_dead_letters(producer, dead_topic, out.dead)
             n_in += len(batch)
@@ -86,5 +105,32 @@ def run_replay(settings: Settings, *, start: Bound, end: Bound, run_id: str | No
         producer.flush(60)  # raises what was not delivered
     finally:
         reader.close()
+        if stateful:
+            if scorer.state is not None:
+                scorer.state.close()
+            shutil.rmtree(folder, ignore_errors=True)
     return ReplayResult(run_id, n_in, n_dec, n_dead, topics, time.monotonic() - t0)
+
+
+def _replay_state(settings: Settings, folder: str, reader: RangeReader) -> StateEngine:
+    """A state engine of the replay's own: one empty store per partition, built from the partition's start."""
+    engine = StateEngine(settings.with_overrides(runtime={"state_dir": folder}), slot=0)
+    for p in reader.starts:
+        engine.stores[(reader.topic, p)] = PartitionStore(engine.folder / f"{reader.topic}-{p}", reader.topic, p)
+    return engine
+
+
+def _in_range(batch: list, out, first: dict[int, int]):
+    """The batch's events at or past the range's first offset of their partition, and their outputs; the
+    earlier ones only built the state."""
+    keep = [m for m in batch if m.offset() >= first[m.partition()]]
+    if len(keep) == len(batch):
+        return batch, out
+    out.dead = [d for d in out.dead if d.msg.offset() >= first[d.msg.partition()]]
+    if keep:
+        src = [orjson.loads(v)["source"] for _, _, v in out.decisions]
+        out.decisions = [d for d, s in zip(out.decisions, src) if s["offset"] >= first[s["partition"]]]
+    else:
+        out.decisions = []
+    return keep, out
 

@@ -66,6 +66,10 @@ class RangeReader:
         self.remaining = {p for p in parts if self.starts[p] < self.ends[p]}
         self.c.assign([TopicPartition(topic, p, self.starts[p]) for p in sorted(self.remaining)])
 
+    def offsets(self, b: Bound) -> dict[int, int]:
+        """Where bound `b` falls in each partition (a range's first offset when `b` starts one)."""
+        return self._resolve(sorted(self.starts), b, first=True)
+
     def _resolve(self, parts: list[int], b: Bound, *, first: bool) -> dict[int, int]:
         lo_hi = {p: self.c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10) for p in parts}
         if b.kind == "start":

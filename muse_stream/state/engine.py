@@ -136,6 +136,13 @@ class StateEngine:
                     return
                 s.set_sync(hi)
 
+    def replayed(self) -> None:
+        """A replay's batch is done (analysis/replay.py): its writes go straight to the replay's own stores; no
+        changelog record is produced and no sync offset recorded."""
+        self._batch = []
+        for s in self.stores.values():
+            s.apply()
+
     def aborted(self) -> None:
         for s in self.stores.values():
             s.drop()
