@@ -187,3 +187,30 @@ def test_replay_refuses_live_topics(stack):
                    prefix=s.topics.decisions_prefix)
     with pytest.raises(MuseError, match="run-id"):
         run_replay(s, start=Bound("start"), end=Bound("end"), run_id="bad id")
+
+
+def test_backtest_of_a_candidate_reading_state_features_points_to_replay(stack, tmp_path):
+    """A backtest reads features from the events; entity-state features are the workers' to compute, so a
+    candidate reading one is refused saying so (it used to say the features were not in the events)."""
+    import xgboost as xgb
+
+    from muse_stream.config import Settings
+    from muse_stream.errors import DataError
+    from tests.fixtures.helpers import FEATURES
+
+    data = stack.model_dump()
+    data["intents"] = [{"name": "card_fraud", "state": {"entity": ["card_id"], "windows": ["10m"],
+                                                        "aggregates": ["count"]}}, {"name": "account_takeover"}]
+    s = Settings.model_validate(data)
+    publish_model(s, "card_fraud", seed=1)
+    produce(s, [event(i, "acme", t0=T0) for i in range(50)])
+    names = [*FEATURES, "card_id.count_10m"]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, len(names)))
+    cand = xgb.train({"objective": "binary:logistic", "max_depth": 2}, xgb.DMatrix(
+        x, label=(x[:, -1] > 0).astype(float), feature_names=names), 3)
+    path = tmp_path / "cand.ubj"
+    cand.save_model(str(path))
+    with pytest.raises(DataError, match=r"reads entity-state features \(card_id.count_10m\), which the workers "
+                                        r"compute and a backtest does not"):
+        run_backtest(s, intent="card_fraud", candidate=str(path), start=Bound("start"), end=Bound("end"))
