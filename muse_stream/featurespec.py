@@ -37,14 +37,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 AGGREGATES = ("count", "sum", "mean", "max", "distinct", "seconds_since_last")
 NEEDS_FIELD = frozenset({"sum", "mean", "max", "distinct"})
 _UNITS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_DUR = re.compile(r"^(\d+)([smhd])$")
+_DUR = re.compile(r"(\d+)([smhd])")  # fullmatch
 MIN_WINDOW_MS, MAX_WINDOW_MS = 60_000, 30 * 86_400_000
-_FIELD = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_FIELD = re.compile(r"[A-Za-z0-9_\-]{1,64}")  # fullmatch: "$" would let a trailing newline through
+# The event contract's own fields: an entity of one of them (but tenant_id) or an aggregate over one means nothing.
+RESERVED = frozenset({"event_id", "tenant_id", "intent", "event_time", "features"})
 
 
 def duration_ms(text: str) -> int:
     """'10m' -> 600000 (units s, m, h, d)."""
-    m = _DUR.match(text.strip())
+    m = _DUR.fullmatch(text) if isinstance(text, str) else None
     if not m:
         raise ValueError(f"{text!r} is not a duration like 90s, 10m, 1h or 7d")
     return int(m.group(1)) * _UNITS[m.group(2)]
@@ -57,14 +59,17 @@ class Aggregate(BaseModel):
 
     @classmethod
     def parse(cls, text: str) -> Aggregate:
-        fn, _, field = text.partition(":")
+        fn, colon, field = text.partition(":")
         if fn not in AGGREGATES:
             raise ValueError(f"aggregate {fn!r} is not one of {', '.join(AGGREGATES)}")
-        if (fn in NEEDS_FIELD) != bool(field):
+        if (fn in NEEDS_FIELD) != bool(field) or (colon and not field):
             raise ValueError(f"aggregate {text!r}: " + ("needs a field, as in sum:amount" if fn in NEEDS_FIELD
                                                        else "takes no field"))
-        if field and not _FIELD.match(field):
+        if field and not _FIELD.fullmatch(field):
             raise ValueError(f"aggregate {text!r}: field must be 1-64 letters, digits, '_' or '-'")
+        if field in RESERVED:
+            raise ValueError(f"aggregate {text!r}: {field!r} is a field of the event contract, not a value to "
+                             "aggregate")
         return cls(fn=fn, field=field or None)
 
     @property
@@ -87,9 +92,12 @@ class StateSpec(BaseModel):
     @field_validator("entity")
     @classmethod
     def _entity(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [f for f in v if not _FIELD.match(f)]
+        bad = [f for f in v if not _FIELD.fullmatch(f)]
         if bad or len(set(v)) != len(v):
             raise ValueError("entity fields must be distinct names of 1-64 letters, digits, '_' or '-'")
+        reserved = [f for f in v if f in RESERVED and f != "tenant_id"]
+        if reserved:
+            raise ValueError(f"entity field {reserved[0]!r} is a field of the event contract, not an entity")
         return v
 
     @field_validator("windows")
@@ -178,9 +186,13 @@ class StateSpec(BaseModel):
                 "lateness": self.lateness}
 
 
-def entity_key(values: list) -> str:
-    """The Kafka key an event of this entity must carry: its entity field values, joined with '|'."""
-    return "|".join(str(v) for v in values)
+def entity_key(values: list) -> str | None:
+    """The Kafka key an event of this entity must carry: its entity field values, joined with '|'; None when a
+    value of a composite entity holds a '|' itself (("a|b", "c") and ("a", "b|c") would be one entity)."""
+    texts = [str(v) for v in values]
+    if len(texts) > 1 and any("|" in t for t in texts):
+        return None
+    return "|".join(texts)
 
 
 def mismatch(model_features: tuple[str, ...], recorded: dict | None, spec: StateSpec | None) -> str | None:

@@ -52,7 +52,8 @@ def read_rows(intent: str, plan: Plan, cols, rows: np.ndarray) -> Rows:
     refused, bad = [], set()
     for j in [j for j, k in enumerate(bkeys) if k is None]:
         refused.append((idx[j], "missing_field",
-                        f"entity field(s) {'+'.join(fields)} missing or not a string or integer", None))
+                        f"entity field(s) {'+'.join(fields)} missing or not a string or integer"
+                        + (", or holding the '|' that joins them" if len(fields) > 1 else ""), None))
         bad.add(j)
     wrong = [j for j, (a, b) in enumerate(zip(mkeys, bkeys)) if b is not None and a != b]
     if spec.wrong_key == "dead_letter":

@@ -70,3 +70,28 @@ def test_registry_refuses_a_differing_version_and_loads_old_records():
     plain = ModelRegistry()  # a registry without the intents' configs (tools) does not check
     plain.apply(version_key("card_fraud", 2), dump(bad))
     assert plain.get("card_fraud", 2).name == "card_fraud@2"
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"windows": [" 10m"]}, "' 10m' is not a duration"),  # it used to name a feature "card_id.count_ 10m"
+    ({"windows": ["10m\n"]}, "is not a duration"),
+    ({"entity": ["card_id\n"]}, "entity fields must be distinct names"),
+    ({"aggregates": ["count:"]}, "aggregate 'count:': takes no field"),
+    ({"entity": ["features"]}, "entity field 'features' is a field of the event contract"),
+    ({"entity": ["event_id"]}, "entity field 'event_id' is a field of the event contract"),
+    ({"aggregates": ["sum:tenant_id"]}, "'tenant_id' is a field of the event contract, not a value to aggregate"),
+])
+def test_odd_state_specs_are_refused_naming_the_fault(change, needle):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=needle.replace("(", r"\(")):
+        StateSpec.model_validate({**SPEC, **change})
+
+
+def test_a_composite_entity_value_holding_the_separator_has_no_key():
+    """("a|b", "c") and ("a", "b|c") would join to one key, one entity: such an event is refused
+    (missing_field, saying why), never merged with another entity's state."""
+    from muse_stream.featurespec import entity_key
+
+    assert entity_key(["a", "c"]) == "a|c" and entity_key(["a|b"]) == "a|b"  # one field: its value is the key
+    assert entity_key(["a|b", "c"]) is None and entity_key(["a", "b|c"]) is None
