@@ -106,10 +106,16 @@ def _delete(settings, topics: list[str], groups: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from muse_stream.errors import ConfigError
+
+    if args.state_events < 1 or args.state_entities < 1 or args.state_pairs < 1 or args.reasons_rounds < 1:
+        raise ConfigError("--state-events, --state-entities, --state-pairs and --reasons-rounds must be positive")
     if args.reasons_only:  # in process, no broker (bench/reasons.py)
         from muse_stream.bench.reasons import run as run_reasons
 
         return run_reasons(args, args.json)
+    from pydantic import ValidationError
+
     from muse_stream.bench.load import (
         INTENTS,
         SWAP_INTENT,
@@ -131,8 +137,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from muse_stream.bench.runs import BenchContext
     from muse_stream.bench.suite import run_latency, run_stages, run_throughput
-    from muse_stream.config import Settings, load_settings
-    from muse_stream.errors import ConfigError
+    from muse_stream.config import Settings, error_text, load_settings
     from muse_stream.kafka.topics import COMPACTED, TopicSpec
     from muse_stream.tenants import put_tenants
 
@@ -171,8 +176,8 @@ def run(args: argparse.Namespace) -> int:
         data["runtime"]["commit_interval_ms"] = args.commit_interval_ms
     try:
         base = Settings.model_validate(data)
-    except ValueError as e:
-        raise ConfigError(f"bench settings: {e}") from None
+    except ValidationError as e:  # --batch-max-events 0: one line naming the field, as for a config file
+        raise ConfigError(f"bench settings: {error_text(e)}") from None
 
     started, broker_pid, broker_version = _broker(base, given)
     factory = EventFactory()
