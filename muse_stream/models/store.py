@@ -77,13 +77,18 @@ def build_version(*, intent: str, version: int, booster_bytes: bytes, features: 
     load, or (given the settings) state features the intent's config does not compute as recorded."""
     if state_spec is None and metadata and isinstance(metadata.get("state_spec"), dict):
         state_spec = metadata["state_spec"]  # where it was recorded before VersionRecord had its own field
+    conf = next((i for i in settings.intents if i.name == intent), None) if settings is not None else None
+    if state_spec is None and conf is not None and conf.state is not None and \
+            set(features) & set(conf.state.feature_names()):
+        # Published without definitions (the CLI, deploy) but reading state features: it was made for the
+        # definitions configured now, so those are recorded, and a later change of them is caught on load.
+        state_spec = conf.state.to_record()
     rec = VersionRecord(intent=intent, version=version, features=tuple(features),
                         booster_b64=base64.b64encode(booster_bytes).decode(), booster_sha256=sha256_hex(booster_bytes),
                         transform=transform, metadata=metadata or {}, created_at=now_ms(),
                         feature_contract=feature_contract, state_spec=state_spec)
     load_version(rec)
     if settings is not None:
-        conf = next((i for i in settings.intents if i.name == intent), None)
         why = state_mismatch(rec.features, rec.state_spec, conf.state if conf is not None else None)
         if why is not None:
             raise ModelError(f"{rec.name}: {why}")

@@ -48,6 +48,17 @@ def test_publish_records_the_spec_and_refuses_another():
     assert "\n" not in str(err.value) and "card_fraud@1" in str(err.value)
     with pytest.raises(ModelError, match="does not compute: card_id.count_5m"):
         _version(["f0", "card_id.count_5m"], None, s)
+    # Published with no definitions (the CLI's publish, deploy) but reading state features: the configured
+    # definitions are recorded, so workers whose config later changes them refuse the version on load.
+    bare = _version(NAMES, None, s)
+    assert bare.state_spec == ours
+    changed = Settings.model_validate({**s.model_dump(), "intents": [{"name": "card_fraud",
+                                                                      "state": {**SPEC, "lateness": "1h"}}]})
+    reg = ModelRegistry(intents=changed.intents)
+    reg.apply(version_key("card_fraud", 1), dump(bare))
+    with pytest.raises(ModelError, match="trained with state definitions"):
+        reg.get("card_fraud", 1)
+    assert _version(["f0"], None, s).state_spec is None  # a version reading no state feature records none
 
 
 def test_registry_refuses_a_differing_version_and_loads_old_records():
