@@ -3,7 +3,8 @@
 Each line of the file is one event, the bytes a producer would publish (a trailing \\r is dropped; blank lines
 are skipped). The events go through the live event contract (scoring/contract.py) with the tenants and the
 models topic as they are now: parse, routing, unknown features under the intent's policy, value limits and the
-version's own outputs. Nothing is written to Kafka.
+version's own outputs; with entity state, the entity field and repeated event ids (a file has no Kafka keys,
+so those are not checked). Nothing is written to Kafka.
 
 Exit codes: 0 every event would be scored; 1 some would be dead-lettered; 2 the file, the config or the
 cluster could not be used (one line on stderr).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -34,6 +36,19 @@ class _Line:
 
     def value(self) -> bytes:
         return self.raw
+
+    # Where entity state (state/reading.py) looks: one partition of one topic, the line as its offset, no key.
+    def topic(self) -> str:
+        return "file"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self.lineno
+
+    def key(self) -> None:
+        return None
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -73,11 +88,13 @@ def _split(data: bytes, name: str) -> list[_Line]:
     return lines
 
 
-def check_events(lines: list[_Line], tenants, models, *, max_event_bytes: int, max_abs_feature: float) -> dict:
+def check_events(lines: list[_Line], tenants, models, *, max_event_bytes: int, max_abs_feature: float,
+                 state=None) -> dict:
     """The live contract over the lines: counts of what would be scored (per version) and dead-lettered (per
-    reason), with the first line and detail of each reason."""
+    reason), with the first line and detail of each reason. `state`: a StateEngine (file_state) when an intent
+    keeps entity state: its refusals (missing_field, duplicate_event) come before the matrix, as live."""
     from muse_stream.scoring import native
-    from muse_stream.scoring.columns import contract_pass
+    from muse_stream.scoring.columns import admit_columns, contract_pass
     from muse_stream.scoring.contract import Router
 
     router = Router(tenants, models)  # the registries do not change while the file is checked
@@ -88,16 +105,44 @@ def check_events(lines: list[_Line], tenants, models, *, max_event_bytes: int, m
         batch = lines[k:k + BATCH]
         # The live scorer's own pass, compiled scanner included where it is built.
         _, groups, refused = contract_pass(batch, router, max_event_bytes, max_abs_feature, native.module())
-        for i, r in refused:
-            dead[r.reason.value] += 1
-            ex = examples.get(r.reason.value)
+        by_state: dict[int, tuple[str, str]] = {}
+        if state is not None:
+            cols, routed, _ = admit_columns(batch, router, max_event_bytes, native.module())
+            by_state = {i: (reason, detail) for i, reason, detail, _ in state.compute(cols, routed)[1]}
+            state.replayed()
+        why = [(i, r.reason.value, r.detail) for i, r in refused if i not in by_state]
+        for i, (reason, detail) in by_state.items():
+            why.append((i, reason, detail))
+        for i, reason, detail in why:
+            dead[reason] += 1
+            ex = examples.get(reason)
             if ex is None or batch[i].lineno < ex["line"]:
-                examples[r.reason.value] = {"line": batch[i].lineno, "detail": r.detail}
+                examples[reason] = {"line": batch[i].lineno, "detail": detail}
         for model, rows, _ in groups:
-            scored[model.name] += int(rows.size)
+            scored[model.name] += int(rows.size) - sum(1 for i in rows.tolist() if i in by_state)
     return {"events": len(lines), "scored": sum(scored.values()), "versions": dict(sorted(scored.items())),
             "dead_letters": {r: dead[r] for r in sorted(dead, key=lambda r: examples[r]["line"])},  # as first met
             "examples": examples}
+
+
+def file_state(settings, folder: str):
+    """A StateEngine over the file as one partition in a temporary store, or None when no intent keeps state.
+    A file has no Kafka keys, so keys are not checked (wrong_key = "count"); a missing or unusable entity
+    field and a repeated event id are found as the workers find them."""
+    from muse_stream.config import Settings
+    from muse_stream.state.engine import StateEngine
+    from muse_stream.state.store import PartitionStore
+
+    if not any(i.state is not None for i in settings.intents):
+        return None
+    data = settings.model_dump()
+    for i in data["intents"]:
+        if i["state"] is not None:
+            i["state"]["wrong_key"] = "count"
+    data["runtime"]["state_dir"] = folder
+    engine = StateEngine(Settings.model_validate(data), slot=0)
+    engine.stores[("file", 0)] = PartitionStore(engine.folder / "file-0", "file", 0)
+    return engine
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,8 +160,15 @@ def run(args: argparse.Namespace) -> int:
     if active is None:
         raise ConfigError(f"intent {args.intent!r} has no active version on {settings.topics.models}: the live "
                           "workers would dead-letter its events (no_active_model)")
-    report = check_events(lines, read_tenants(settings), models, max_event_bytes=settings.runtime.max_event_bytes,
-                          max_abs_feature=settings.runtime.max_abs_feature)
+    with tempfile.TemporaryDirectory(prefix="muse-validate-state-") as folder:
+        state = file_state(settings, folder)
+        try:
+            report = check_events(lines, read_tenants(settings), models,
+                                  max_event_bytes=settings.runtime.max_event_bytes,
+                                  max_abs_feature=settings.runtime.max_abs_feature, state=state)
+        finally:
+            if state is not None:
+                state.close()
     name = f"{args.intent}@{active}"
     policy = models.unknown_features(args.intent)
     report = {"file": str(args.events_file), "intent": args.intent, "active_version": name,

@@ -100,3 +100,29 @@ def test_validate_names_an_intent_the_config_does_not_before_asking_kafka(tmp_pa
     assert (p.returncode, p.stdout) == (2, "")
     assert p.stderr.splitlines() == [("muse-stream: error: intent 'nosuch' is not in the config "
                                       "(intents: card_fraud, account_takeover)")]
+
+
+@pytest.mark.kafka
+def test_validate_of_a_stateful_intent_finds_missing_entities_and_repeated_ids(stack, tmp_path, capsys):
+    """With entity state, the workers dead-letter an event without a usable entity value (missing_field) and a
+    repeated event id (duplicate_event) before scoring; validate used to call them all scored."""
+    from muse_stream.config import Settings
+
+    data = stack.model_dump()
+    data["intents"] = [{"name": "card_fraud", "unknown_features": "ignore", "state": {
+        "entity": ["card_id"], "windows": ["10m"], "aggregates": ["count"]}}, {"name": "account_takeover"}]
+    s = Settings.model_validate(data)
+    _publish(s, tmp_path)
+    cfg = write_config(s, tmp_path / "muse.toml")
+
+    def ev(eid, **extra):
+        return orjson.dumps({"event_id": eid, "tenant_id": "acme", "event_time": 1_700_000_000_000,
+                             "features": {"Amount": 5.0, "V1": 0.1, "V2": 0.2, "V3": 0.3}, **extra}).decode()
+
+    lines = [ev("a", card_id="c1"), ev("b"), ev("c", card_id=None), ev("d", card_id=1.5), ev("a", card_id="c1"),
+             ev("e", card_id=7)]
+    (tmp_path / "ev.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["validate", str(tmp_path / "ev.jsonl"), "--intent", "card_fraud", "--config", cfg, "--json"]) == 1
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["scored"] == 2 and report["dead_letters"] == {"missing_field": 3, "duplicate_event": 1}
+    assert report["examples"]["duplicate_event"]["line"] == 5
