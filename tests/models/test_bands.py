@@ -55,9 +55,11 @@ def test_band_sets_that_cannot_be_ordered_are_refused():
         TenantConfig(tenant_id="a", intents=("x",), bands={"review": 0.5, "decline": 0.5})
     # A rate has a floor, 1e-6: a reference cannot resolve a smaller share (1e-11 gave threshold 0.99 and a
     # publish needing 5e12 calibration events). Config, commands and workers all validate through BandRate.
-    for rate in (0, 1e-9, 9.99e-7, float("nan")):
+    for rate in (0, 1e-9, 9.99e-7):
         with pytest.raises(ValueError, match=r"bands.review.rate.rate\n.*at least 0.0001% \(1e-6\).*cannot resolve"):
             TenantConfig(tenant_id="a", intents=("x",), bands={"review": {"rate": rate}})
+    with pytest.raises(ValueError, match=r"at least 0.0001% \(1e-6\) and below 100%, got rate nan \["):
+        TenantConfig(tenant_id="a", intents=("x",), bands={"review": {"rate": float("nan")}})  # not "too small"
     assert TenantConfig(tenant_id="a", intents=("x",), bands={"review": {"rate": 1e-6}}).bands["review"].rate == 1e-6
     with pytest.raises(ValueError, match=r"bands.review.rate.rate\n.*below 100%, got rate 1\b"):
         TenantConfig(tenant_id="a", intents=("x",), bands={"review": {"rate": 1.0}})
