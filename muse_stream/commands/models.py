@@ -26,7 +26,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument("action", choices=["list", "show", "activate", "rollback", "shadow"])
     p.add_argument("ref", nargs="?", help="INTENT or INTENT@VERSION")
-    p.add_argument("--at", type=int, default=None, metavar="MS", help="activate: from event time MS (epoch ms)")
+    p.add_argument("--at", default=None, metavar="TIME",
+                   help="activate: from this event time (epoch ms or ISO-8601, e.g. 2026-12-01T00:00:00Z)")
     p.add_argument("--off", action="store_true", help="shadow: stop shadow scoring for the intent")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout instead of text")
     p.set_defaults(func=run)
@@ -144,6 +145,7 @@ def _activation_doc(intent: str, act, changed: bool = True) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from muse_stream.config import load_settings
+    from muse_stream.kafka.ranges import parse_event_time
     from muse_stream.models import store as modelstore
     from muse_stream.telemetry.status import check_cluster
 
@@ -152,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"models {args.action} needs INTENT or INTENT@VERSION")
     need_version = args.action == "activate" or (args.action == "shadow" and not args.off)
     intent, ver = parse_ref(args.ref, need_version=need_version) if args.ref else (None, None)
+    at = None if args.at is None else parse_event_time(args.at, "--at")
     # One metadata request before anything else: without it a dead address meant librdkafka's log lines, then
     # an error not naming the address, and (shadow) init_transactions retried for minutes.
     check_cluster(settings)
@@ -171,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action in ("activate", "rollback"):
         if args.action == "activate":
-            act, changed = modelstore.activate_change(settings, intent, ver, activate_at=args.at)
+            act, changed = modelstore.activate_change(settings, intent, ver, activate_at=at)
         else:
             act, changed = modelstore.rollback(settings, intent), True
         doc = _activation_doc(intent, act, changed)

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from muse_stream.bandspec import RATE_RANGE, BandPeriod, BandRate
 from muse_stream.config import Settings, TenantConfig
 from muse_stream.errors import ConfigError
-from muse_stream.kafka.ranges import parse_bound
+from muse_stream.kafka.ranges import parse_event_time
 from muse_stream.models.bands import ReferenceCache, band_ties, format_bands
 from muse_stream.tenants import (
     TenantRegistry,
@@ -63,14 +63,7 @@ def parse_set(args: argparse.Namespace) -> dict:
     if args.output_topic is not None:
         change["output_topic"] = args.output_topic or None
     if args.from_time is not None:
-        # parse_bound also reads offsets and start/end, which mean nothing here: one message for all of it.
-        try:
-            bound = parse_bound(args.from_time, default="end")
-        except ConfigError:
-            bound = None
-        if bound is None or bound.kind != "time":
-            raise ConfigError(f"--from {args.from_time!r}: expected an event time (epoch ms or ISO-8601)")
-        change["from_time"] = bound.value
+        change["from_time"] = parse_event_time(args.from_time, "--from")
     if not change or set(change) == {"from_time"}:
         raise ConfigError("tenants set: nothing to change (give --band, --remove-band, --intents, --default-intent "
                           "or --output-topic)")

@@ -47,6 +47,18 @@ def parse_bound(text: str | None, *, default: str) -> Bound:
     return Bound("time", int(dt.timestamp() * 1000))
 
 
+def parse_event_time(text: str, flag: str) -> int:
+    """An option that takes an event time (epoch ms or ISO-8601, UTC when no zone is given), or a ConfigError
+    naming the option: `models activate --at` and `tenants set --from` read times alike."""
+    try:
+        bound = parse_bound(text, default="end")
+    except ConfigError:
+        bound = None
+    if bound is None or bound.kind != "time":
+        raise ConfigError(f"{flag} {text!r}: expected an event time (epoch ms or ISO-8601)")
+    return bound.value
+
+
 class RangeReader:
     """Reads [start, end) of every partition of a topic in batches."""
 

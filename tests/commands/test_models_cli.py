@@ -114,8 +114,13 @@ def test_activating_the_active_version_writes_nothing_and_rollback_still_goes_ba
     _json(["models", "activate", "card_fraud@2", "--at", "10000", "--json", *cfg], capsys)
     doc = _json(["models", "activate", "card_fraud@2", "--at", "6000", "--json", *cfg], capsys)
     assert (doc["from_time"], doc["previous"], doc["changed"]) == (6000, 1, True)
+    # --at reads an ISO-8601 time as tenants set --from does (5 s after the epoch: earlier again, so written).
+    doc = _json(["models", "activate", "card_fraud@2", "--at", "1970-01-01T00:00:05Z", "--json", *cfg], capsys)
+    assert (doc["from_time"], doc["changed"]) == (5000, True)
+    assert main(["models", "activate", "card_fraud@2", "--at", "soon", *cfg]) == 2
+    assert "--at 'soon': expected an event time (epoch ms or ISO-8601)" in capsys.readouterr().err
     act = read_models(stack).activations["card_fraud"]
-    assert [(e.version, e.from_time) for e in act.timeline] == [(1, None), (2, 6000)] and act.previous == 1
+    assert [(e.version, e.from_time) for e in act.timeline] == [(1, None), (2, 5000)] and act.previous == 1
 
 
 @pytest.mark.kafka
