@@ -41,7 +41,7 @@ from muse_stream.telemetry.server import endpoint_port
 
 def worker_urls(settings: Settings, *, workers: int, first_slot: int = 0) -> list[str]:
     t = settings.telemetry
-    if not t.metrics_port:
+    if not t.metrics_port or not t.enabled:  # without telemetry a worker serves no endpoint
         return []
     host = "127.0.0.1" if t.metrics_host in ("0.0.0.0", "::", "") else t.metrics_host
     return [
@@ -166,7 +166,8 @@ def judge(report: dict) -> dict:
     problems = []
     workers = report["workers"]
     if not workers:
-        problems.append("no worker endpoint to ask: set telemetry.metrics_port or pass --endpoint")
+        problems.append("no worker endpoint to ask: set telemetry.metrics_port (with telemetry.enabled = true) "
+                        "or pass --endpoint")
     for w in workers:
         if not w["up"]:
             problems.append(f"worker at {w['url']} does not answer ({w['error']})")

@@ -61,6 +61,12 @@ def test_status_is_unhealthy_when_no_worker_answers_and_the_input_is_stalled(sta
                 for p in report["health"]["problems"]]
     assert problems == re.findall(r'"((?:worker|input)[^"]+)"', "\n".join(shown))
     assert report["lag"]["stalled"] is True and report["lag"]["grew_by"] == 0
+    # With telemetry off, workers serve no endpoint: status says so, not that a worker does not answer.
+    off = write_config(s.with_overrides(telemetry={"enabled": False}), tmp_path / "off.toml")
+    assert main(["status", "--json", "--lag-window", "0", "--config", off]) == 1
+    problems = orjson.loads(capsys.readouterr().out)["health"]["problems"]
+    assert problems[0].startswith("no worker endpoint to ask: set telemetry.metrics_port (with telemetry.enabled")
+    assert not any("does not answer" in p for p in problems)
 
 
 @pytest.mark.kafka
