@@ -204,7 +204,7 @@ class StateEngine:
     def _intent(self, intent: str, plan: Plan, cols, rows: np.ndarray, drop: set) -> list:
         spec, refused = plan.spec, []
         feats = np.full((len(rows), len(plan.names)), _NAN)
-        got = read_rows(intent, plan, cols, rows)
+        got = read_rows(intent, plan, cols, rows, self.settings.runtime.max_abs_feature)
         kept, code, ents = got.kept, got.code, got.entities
         refused += got.refused
         drop.update(r[0] for r in got.refused)

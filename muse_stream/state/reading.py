@@ -1,9 +1,11 @@
 """The per-event part of a batch's state step, as list comprehensions over the batch (no statement loop): each
 row's entity value, its Kafka key checked against it, its store key and the values the aggregates read.
 
-Where fields are read (featurespec.py): the entity and `distinct` fields at the event's top level; the numeric
-fields at the top level first, then in `features`. A missing distinct value hashes to 0 (one value of its
-own); a missing or non-numeric numeric value is NaN."""
+Where fields are read (featurespec.py): the entity at the event's top level; the numeric and `distinct` fields
+at the top level first, then in `features`. Nothing is coerced, as in the event contract: an entity value that
+is not a string or integer, a numeric value that is not a number, or a distinct value that is not a string or
+number refuses the event (wrong_type), and a numeric value beyond max_abs_feature too (value_too_large). A
+missing (absent or null) distinct value hashes to 0 (one value of its own); a missing numeric value is NaN."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ _value, _key = operator.methodcaller("value"), operator.methodcaller("key")
 _offset, _partition, _topic = (operator.methodcaller("offset"), operator.methodcaller("partition"),
                                operator.methodcaller("topic"))
 _NAN = math.nan
+_NUMBER = (int, float)  # bool is neither here: `type(True) is bool`
 
 
 @dataclass(slots=True)
@@ -35,35 +38,53 @@ class Rows:
     wrong: int  # events whose key is not their entity (refused or only counted, per wrong_key)
 
 
-def read_rows(intent: str, plan: Plan, cols, rows: np.ndarray) -> Rows:
+def read_rows(intent: str, plan: Plan, cols, rows: np.ndarray, max_abs: float = 1e30) -> Rows:
     spec = plan.spec
     fields = spec.entity
     idx = rows.tolist()
     ms = cols.msgs[rows].tolist()
     evs = list(map(orjson.loads, map(_value, ms)))
+    names = "+".join(fields)
     if len(fields) == 1:
         f0 = fields[0]
-        ekeys = [v if type(v) is str else str(v) if type(v) is int else None for v in (ev.get(f0) for ev in evs)]
+        given = [ev.get(f0) for ev in evs]
+        ekeys = [v if type(v) is str else str(v) if type(v) is int else None for v in given]
+        absent = [v is None for v in given]
     else:
-        ekeys = [entity_key(e) if all(type(v) in (str, int) for v in e) else None
-                 for e in ([ev.get(f) for f in fields] for ev in evs)]
+        given = [[ev.get(f) for f in fields] for ev in evs]
+        ekeys = [entity_key(e) if all(type(v) in (str, int) for v in e) else None for e in given]
+        absent = [any(v is None for v in e) for e in given]
+    # Nothing is coerced (as in the event contract): a value of the wrong type is refused, never read as missing.
+    why: dict[int, tuple[str, str]] = {}
+    for j in [j for j, k in enumerate(ekeys) if k is None]:
+        why[j] = (("missing_field", f"entity field(s) {names} missing") if absent[j] else
+                  ("wrong_type", f"entity field(s) {names} must be a string or integer"
+                   + (" without the '|' that joins them" if len(fields) > 1 else "")))
+    nums_in = [[_field(ev, k) for ev in evs] for k in plan.nums]
+    for k, vals in zip(plan.nums, nums_in):
+        for j in [j for j, x in enumerate(vals) if x is not None and not (type(x) in _NUMBER and abs(x) <= max_abs)]:
+            x = vals[j]
+            why.setdefault(j, ("value_too_large", f"{k} {x!r} is beyond max_abs_feature {max_abs:g}")
+                           if type(x) in _NUMBER else ("wrong_type", f"{k} must be a number or null"))
+    dist_in = [[_field(ev, k) for ev in evs] for k in plan.dists]
+    for k, vals in zip(plan.dists, dist_in):
+        for j in [j for j, x in enumerate(vals) if x is not None and type(x) not in (str, *_NUMBER)]:
+            why.setdefault(j, ("wrong_type", f"{k} must be a string, a number or null"))
     bkeys = [None if k is None else k.encode() for k in ekeys]
     mkeys = list(map(_key, ms))
-    refused, bad = [], set()
-    for j in [j for j, k in enumerate(bkeys) if k is None]:
-        refused.append((idx[j], "missing_field",
-                        f"entity field(s) {'+'.join(fields)} missing or not a string or integer"
-                        + (", or holding the '|' that joins them" if len(fields) > 1 else ""), None))
-        bad.add(j)
-    wrong = [j for j, (a, b) in enumerate(zip(mkeys, bkeys)) if b is not None and a != b]
+    refused = [(idx[j], reason, detail, None) for j, (reason, detail) in sorted(why.items())]
+    bad = set(why)
+    wrong = [j for j, (a, b) in enumerate(zip(mkeys, bkeys)) if j not in bad and a != b]
     if spec.wrong_key == "dead_letter":
         for j in wrong:
             refused.append((idx[j], "wrong_partition_key", (f"key {mkeys[j]!r} is not the entity {ekeys[j]!r} "
-                            f"({'+'.join(fields)}): its state would be on another partition"), None))
+                            f"({names}): its state would be on another partition"), None))
             bad.add(j)
     kept = [j for j in range(len(ms)) if j not in bad] if bad else list(range(len(ms)))
     if bad:
-        ms, evs, bkeys = [ms[j] for j in kept], [evs[j] for j in kept], [bkeys[j] for j in kept]
+        ms, bkeys = [ms[j] for j in kept], [bkeys[j] for j in kept]
+        nums_in = [[vals[j] for j in kept] for vals in nums_in]
+        dist_in = [[vals[j] for j in kept] for vals in dist_in]
     tids = cols.tids[rows[kept]].tolist() if bad else cols.tids[rows].tolist()
     head = intent.encode() + b"\0"
     pre = {t: head + str(t).encode() + b"\0" for t in set(tids)}
@@ -72,14 +93,17 @@ def read_rows(intent: str, plan: Plan, cols, rows: np.ndarray) -> Rows:
                                                          [pre[t] + b for t, b in zip(tids, bkeys)])]
     n = len(ms)
     nums = np.empty((len(plan.nums), n))
-    for r, k in enumerate(plan.nums):
-        vals = [ev[k] if k in ev else (ev.get("features") or {}).get(k) for ev in evs]
-        nums[r] = [x if type(x) is float else float(x) if type(x) is int else _NAN for x in vals]
+    for r, vals in enumerate(nums_in):
+        nums[r] = [_NAN if x is None else x for x in vals]
     dists = np.zeros((len(plan.dists), n), dtype=np.int64)
-    for r, k in enumerate(plan.dists):
-        vals = [ev[k] if k in ev else (ev.get("features") or {}).get(k) for ev in evs]
+    for r, vals in enumerate(dist_in):
         there = [j for j, x in enumerate(vals) if x is not None]
         if there:
             dists[r, there] = hash_many([str(vals[j]) for j in there])
     return Rows(np.array(kept, dtype=np.intp), np.array(code, dtype=np.int64), list(ents),
                 np.fromiter(map(_offset, ms), dtype=np.int64, count=n), nums, dists, refused, len(wrong))
+
+
+def _field(ev: dict, k: str):
+    """A state field's value: at the event's top level, else in `features` (None: absent or null)."""
+    return ev[k] if k in ev else (ev.get("features") or {}).get(k)

@@ -137,3 +137,42 @@ def test_debug_features_go_to_their_own_decision_when_event_ids_repeat_in_a_batc
     e.decorate(decisions)
     counts = [orjson.loads(v)["state"]["card_id.count_1m"] for _, _, v in decisions]
     assert counts == [0, 1, 0]  # acme's h1 sees acme's a0; beta's h1, another card, sees nothing
+
+
+def test_state_fields_of_the_wrong_type_are_refused_not_read_as_missing(tmp_path):
+    """Nothing is coerced, as in the event contract: an entity value that is not a string or integer, a
+    numeric field that is not a number (or beyond max_abs_feature), a distinct value that is a list or a
+    flag: each refuses its event with the reason the contract would give (they were scored as missing)."""
+    s = Settings.model_validate({
+        "intents": [{"name": "card_fraud", "state": {"entity": ["card_id"], "windows": ["1m"],
+                                                     "aggregates": ["count", "sum:amount", "distinct:merchant"]}}],
+        "tenants": [{"tenant_id": "acme", "intents": ["card_fraud"], "bands": {"review": 0.9}}],
+        "runtime": {"state_dir": str(tmp_path)}})
+    e = StateEngine(s, slot=0)
+    e.stores[("in", 0)] = PartitionStore(e.folder / "in-0", "in", 0)
+    cases = [({"card_id": "c1", "amount": 5, "merchant": "m"}, None),
+             ({"card_id": "c1", "amount": 2.5, "merchant": 7}, None),
+             ({"card_id": "c2"}, None),  # absent numeric and distinct values: missing, as before
+             ({"amount": 5}, "missing_field"),
+             ({"card_id": 1.5}, "wrong_type"),
+             ({"card_id": True}, "wrong_type"),
+             ({"card_id": "c1", "amount": "12"}, "wrong_type"),
+             ({"card_id": "c1", "amount": True}, "wrong_type"),
+             ({"card_id": "c1", "amount": 1e300}, "value_too_large"),
+             ({"card_id": "c1", "merchant": ["a"]}, "wrong_type"),
+             ({"card_id": "c1", "merchant": False}, "wrong_type")]
+    msgs = []
+    for k, (fields, _) in enumerate(cases):
+        ev = {"event_id": f"e{k}", "tenant_id": "acme", "event_time": T0 + k, **fields, "features": {}}
+        key = str(fields.get("card_id", "")).encode()
+        msgs.append(Message(topic="in", partition=0, offset=k, key=key, value=orjson.dumps(ev)))
+    cols = SimpleNamespace(msgs=np.array(msgs, dtype=object), eids=np.array([f"e{k}" for k in range(len(cases))],
+                                                                              dtype=object),
+                           tids=np.array(["acme"] * len(cases), dtype=object), times=T0 + np.arange(len(cases)))
+    groups, refused = e.compute(cols, [(MODEL, np.arange(len(cases)))])
+    assert {i: reason for i, reason, _, _ in refused} == {k: r for k, (_, r) in enumerate(cases) if r}
+    assert groups[0][1].tolist() == [0, 1, 2]
+    details = {i: d for i, _, d, _ in refused}
+    assert details[4] == "entity field(s) card_id must be a string or integer"
+    assert details[6] == "amount must be a number or null" and "beyond max_abs_feature" in details[8]
+    e.close()
