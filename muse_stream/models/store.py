@@ -105,11 +105,17 @@ def activation_record(reg: ModelRegistry, intent: str, version: int, from_time: 
 
 
 def _activation(reg: ModelRegistry, intent: str, version: int, activate_at: int | None,
-                from_time: int | None) -> ActivationRecord:
+                from_time: int | None, booster_sha256: str | None = None) -> ActivationRecord:
     prev = reg.activations.get(intent)
     # Re-timing the version already active keeps what it replaced: `previous` naming itself would make a
-    # rollback go nowhere and lose the way back.
-    previous = None if prev is None else prev.previous if prev.version == version else prev.version
+    # rollback go nowhere and lose the way back. So does a new map on the active version's own booster (a
+    # deployment's refresh): `rollback` goes back to the model before (when there is one), not to the same
+    # model's older map.
+    sha = booster_sha256 or (reg.versions[(intent, version)].booster_sha256 if (intent, version) in reg.versions
+                             else None)
+    prev_rec = reg.versions.get((intent, prev.version)) if prev is not None else None
+    remap = sha is not None and prev_rec is not None and prev_rec.booster_sha256 == sha and prev.previous is not None
+    previous = None if prev is None else prev.previous if prev.version == version or remap else prev.version
     return ActivationRecord(intent=intent, version=version, activate_at=activate_at, previous=previous,
                             activated_at=now_ms(), timeline=next_timeline(prev, version, from_time))
 
@@ -167,7 +173,7 @@ def publish(settings: Settings, *, intent: str, booster_bytes: bytes, features: 
                 raise ModelError(f"intent {intent!r} has no reference distribution yet and none was given")
             records.append((reference_key(intent), dump(ReferenceRecord(
                 intent=intent, reference=reference, source=reference_source or rec.name, created_at=now_ms()))))
-        act = _activation(reg, intent, version, activate_at, from_time) if activating else None
+        act = _activation(reg, intent, version, activate_at, from_time, rec.booster_sha256) if activating else None
         if act is not None:
             records.append((active_key(intent), dump(act)))
         if shadow:

@@ -10,6 +10,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from muse_stream.kafka.clients import producer_config, reader_config
+from muse_stream.kafka.topics import ensure_all
 from muse_stream.models.records import (
     ActivationRecord,
     TimelineEntry,
@@ -173,3 +174,26 @@ def test_an_activation_cannot_rewrite_which_version_scored_events_already_writte
     assert read_models(s).activations["card_fraud"] == before
     act = activate(s, "card_fraud", 2, activate_at=1_700_000_000_010)  # at the watermark: governs no written event
     assert act.timeline[-1].from_time == 1_700_000_000_010
+
+
+def test_rollback_after_a_new_map_on_the_same_booster_goes_to_the_model_before(stack):
+    """A deployment's refresh publishes the serving booster again with a new map and activates it: `rollback`
+    then goes back to the model the deployment replaced, not to the same booster's older map (it used to
+    toggle between the two)."""
+    s = stack
+    publish_model(s, "card_fraud", seed=1)
+    publish_model(s, "card_fraud", seed=2)  # the deployed model, replacing @1
+    booster = read_models(s).versions[("card_fraud", 2)]
+    remap = publish(s, intent="card_fraud", booster_bytes=booster.booster_bytes(), features=list(booster.features),
+                    transform=booster.transform, activate=True)  # @3: @2's booster, a new map
+    act = read_models(s).activations["card_fraud"]
+    assert (remap.version, act.version, act.previous) == (3, 3, 1)
+    assert rollback(s, "card_fraud").version == 1
+    # With no other model before it, a new map still rolls back to the older map.
+    s2 = s.with_overrides(topics={"models": f"{s.topics.models}.two"})
+    ensure_all(s2)
+    publish_model(s2, "card_fraud", seed=1)
+    only = read_models(s2).versions[("card_fraud", 1)]
+    publish(s2, intent="card_fraud", booster_bytes=only.booster_bytes(), features=list(only.features),
+            transform=only.transform, activate=True)
+    assert read_models(s2).activations["card_fraud"].previous == 1
