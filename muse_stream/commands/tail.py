@@ -29,6 +29,18 @@ from muse_stream.cli import add_config_args
 NO_END_S = 60.0  # without --follow: longest wait for a partition's end (an open transaction holds it back)
 
 
+def _reader_gone(out) -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on the write end)."""
+    import select
+
+    try:
+        p = select.poll()
+        p.register(out.fileno(), select.POLLERR)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
+    except (OSError, ValueError, AttributeError):  # not a file descriptor (a test's buffer), or no poll
+        return False
+
+
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tail", help="print a topic's committed records as JSON lines (decisions, dead letters, any)",
                        description="Print a topic's committed records (read_committed) as JSON lines. Without "
@@ -228,6 +240,8 @@ def _tail(settings, topic: str, args: argparse.Namespace, tenant: str | None) ->
                 out.flush()  # a script reading the pipe sees each batch at once
             if args.count is not None and shown >= args.count:
                 break
+            if follow and not lines and _reader_gone(out):
+                raise BrokenPipeError  # `tail -f | head -1`: stop now, not at the next record's write
             if not follow and todo:
                 # Reached the end of what the consumer may read (read_committed: the last stable offset)?
                 pos = {tp.partition: tp.offset for tp in c.position([TopicPartition(topic, p) for p in todo])}

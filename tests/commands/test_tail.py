@@ -115,3 +115,18 @@ def test_tail_dead_letters_by_reason_with_headers_and_printable_bytes(stack, tmp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'bogus_reason' is not a dead-letter reason" in err
     assert all(r.value in err for r in Reason)
+
+
+def test_tail_follow_stops_when_its_reader_goes_even_with_no_new_record(stack, tmp_path):
+    """`tail --follow | head -1`: once head has left, tail ends (141) within a poll, instead of waiting for a
+    record that may never come to find the pipe closed."""
+    import subprocess
+    import time
+
+    cfg = write_config(stack, tmp_path / "muse.toml")
+    p = subprocess.Popen([sys.executable, "-m", "muse_stream", "tail", stack.topics.deadletter, "--follow",
+                          "--config", cfg], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    time.sleep(3)  # following, nothing to show
+    assert p.poll() is None
+    p.stdout.close()  # the reader goes
+    assert p.wait(timeout=15) == 141
