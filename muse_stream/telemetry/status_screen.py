@@ -233,6 +233,19 @@ def render(report: dict, console) -> None:
     elif any(not b["judged"] for d in report["drift"] for b in d["bands"]):
         console.print("  * too few expected alerts in the window to judge that band")
 
+    stateful = [w for w in report["workers"] if w.get("up") and w.get("state")]
+    if stateful:
+        t = Table(title="Entity state (per worker, since it started)", box=box.SIMPLE_HEAD, title_justify="left")
+        for col in ("worker", "stores", "restored", "late", "duplicates", "wrong key", "swept", "capped"):
+            t.add_column(col, justify="left" if col == "worker" else "right")
+        for w in stateful:
+            st = w["state"]
+            t.add_row(str(w["worker"]["slot"]), str(st["stores"]),
+                      f"{st['restored_records']:,} in {st['restore_seconds']:.1f}s", f"{st['late']:,}",
+                      f"{st['duplicates']:,}", f"{st['wrong_partition_key']:,}", f"{st['swept']:,}",
+                      f"{st['capped']:,}")
+        console.print(t)
+
     features = report.get("feature_drift") or []
     if features:
         t = Table(title="Feature drift (live figures away from the version's feature contract)", box=box.SIMPLE_HEAD,

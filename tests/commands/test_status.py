@@ -111,3 +111,16 @@ def test_status_piped_is_plain_and_whole_and_shows_shadows_and_bands(stack, tmp_
     render(doc, make_console(out))
     (line,) = [ln for ln in out.getvalue().splitlines() if "f3" in ln]
     assert long_id in line and "missing rate" in line and "71.4%" in line and "0.97%" in line
+    # A stateful worker's entity-state figures (its /status "state") are on the screen too, not only in JSON.
+    doc["workers"] = [{"url": "http://127.0.0.1:9400", "up": True, "ready": True, "assignment": [], "lag": [],
+                       "events_per_s": 0.0, "worker": {"slot": 3, "uptime_s": 60.0},
+                       "totals": {"events_in": 0, "dead_letters": 0, "commits": 0, "aborts": 0},
+                       "state": {"stores": 4, "late": 12, "duplicates": 7, "wrong_partition_key": 2,
+                                 "restored_records": 120_500, "restore_seconds": 0.43, "swept": 9, "capped": 0,
+                                 "step_seconds": 1.2}}]
+    out = io.StringIO()
+    render(doc, make_console(out))
+    screen_lines = out.getvalue().splitlines()
+    at = next(i for i, ln in enumerate(screen_lines) if ln.startswith("Entity state"))
+    (row,) = [ln for ln in screen_lines[at:] if "120,500 in 0.4s" in ln]
+    assert row.split() == ["3", "4", "120,500", "in", "0.4s", "12", "7", "2", "9", "0"]
