@@ -85,6 +85,7 @@ class FeatureMonitor:
         self._window = SlidingCounts(drift.window_s)
         self._meta: dict[str, _Meta | None] = {}  # version name -> its contract as arrays (None: no contract)
         self._since: dict[tuple[str, str, str, str], float] = {}  # (tenant, version, feature, kind) departed
+        self._seen: dict[tuple[str, str], float] = {}  # (tenant, version) -> when it last scored an event
         self._fields: set[tuple[str, str]] = set()  # ignored (intent, field) labels in use
         self._next = 0.0
         self.departures: list[Departure] = []  # replaced whole: the endpoint thread reads it
@@ -124,6 +125,7 @@ class FeatureMonitor:
                 with np.errstate(invalid="ignore"):
                     outside = ((xs < meta.low) | (xs > meta.high)).sum(axis=0)  # NaN compares False
                 self._window.add((tid, m.model_name), np.concatenate([[len(xs)], miss, outside]), now)
+                self._seen[(tid, m.model_name)] = now
 
     def _drain_ignored(self) -> None:
         tally = self.models.ignored_features
@@ -166,6 +168,8 @@ class FeatureMonitor:
             if meta is None or counts.size != 1 + 2 * k:
                 continue
             n = int(counts[0])
+            if self._superseded(tid, name, meta.intent):
+                continue  # another version now scores this tenant's events (a swap): nothing live to judge
             if n < self.min_events:
                 # Too few events for a verdict: no change of state.
                 kept = [d for d in self.departures if (d.tenant, d.version) == (tid, name)]
@@ -190,10 +194,18 @@ class FeatureMonitor:
                         current.append(Departure(tid, meta.intent, name, feature, kind, observed, float(base), n,
                                                  self._since[key]))
         for key in list(self._since):
-            if key not in judged:  # the window emptied: nothing left to depart
+            if key not in judged:  # the window emptied, or the version stopped scoring: nothing left to depart
                 self._since.pop(key)
+        self._seen = {k: t for k, t in self._seen.items() if now - t <= self.window_s}
         self.departures = current
         return current
+
+    def _superseded(self, tid: str, name: str, intent: str) -> bool:
+        """Whether another version of the intent has scored one of this tenant's events more than two update
+        intervals after this one's last (a quiet input supersedes nothing)."""
+        last = self._seen.get((tid, name), 0.0)
+        return any(t - last > 2 * self.interval_s for (other_tid, other), t in self._seen.items()
+                   if other_tid == tid and other != name and other.rpartition("@")[0] == intent)
 
     def _state(self, key, on: bool, value: float, bound: float, now: float, intent: str, observed: float,
                base: float, n: int) -> bool:

@@ -99,3 +99,27 @@ def test_a_burst_that_ends_is_judged_on_an_idle_tick_without_another_batch():
     time.sleep(0.25)
     mon.tick(1000.5)  # an idle turn, no batch
     assert [(d.tenant, d.feature, d.kind) for d in mon.departures] == [("acme", "f0", "missing_rate")]
+
+
+def test_a_version_another_took_over_from_departs_no_more_after_a_swap():
+    """After a swap the old version's events stay in the window for window_s; its departures used to stay on
+    the status screen that long, naming a version no longer serving. Once the new version has scored one of
+    the tenant's events more than two update intervals after the old one's last, the old one's departures
+    end; a quiet input alone ends nothing."""
+    rng = np.random.default_rng(1)
+    contract = FeatureContract.from_matrix(FEATURES, rng.normal(size=(2000, 2)).astype(np.float32))
+    model = SimpleNamespace(contract=contract)
+    models = SimpleNamespace(loaded={("card_fraud", 1): model, ("card_fraud", 2): model}, ignored_features={})
+    mon = FeatureMonitor(MetricsHub({"service.name": "test"}), TelemetrySettings(
+        drift={"min_events": 100, "window_s": 3600}, update_interval_s=5), models)
+    live = rng.normal(size=(400, 2))
+    live[:40, 0] = np.nan
+    mon.on_batch(_matrix(live, ["acme"] * 400), 1000.0)
+    assert [d.version for d in mon.evaluate(1000.0)] == ["card_fraud@1"]
+    assert [d.version for d in mon.evaluate(1100.0)] == ["card_fraud@1"]  # quiet, not superseded
+    swapped = _matrix(rng.normal(size=(400, 2)), ["acme"] * 400)
+    swapped.matrices[0].model_name = "card_fraud@2"
+    mon.on_batch(swapped, 1004.0)  # the new version within two intervals of the old one's last event
+    assert [d.version for d in mon.evaluate(1100.0)] == ["card_fraud@1"]  # both may still be scoring
+    mon.on_batch(swapped, 1011.0)
+    assert mon.evaluate(1111.0) == [] and mon.status()["drifted"] is False
