@@ -132,6 +132,7 @@ class ModelRegistry:
         self.deployments: dict[tuple[str, int], DeploymentRecord] = {}  # (intent, deployment): muse_stream/deploy
         self.loaded: dict[tuple[str, int], LoadedModel] = {}
         self.refused: dict[tuple[str, int], str] = {}
+        self.refused_activations: dict[str, int] = {}  # intent -> the version of its last activation refused
         self._pending: dict[str, ActivationRecord] = {}
         self.generation = 0  # bumped whenever what scores an event may have changed
 
@@ -190,6 +191,7 @@ class ModelRegistry:
                 self.get(rec.intent, rec.version)
             except ModelError as err:
                 cur = self.activations.get(rec.intent)
+                self.refused_activations[rec.intent] = rec.version  # named in the dead letters' detail
                 logger.warning("activation of %s@%d refused (%s); %s stays active", rec.intent, rec.version, err,
                                f"{rec.intent}@{cur.version}" if cur else "no version",
                                extra={"fields": {"event": "model_refused", "intent": rec.intent,

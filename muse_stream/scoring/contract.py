@@ -144,11 +144,9 @@ def explain(raw: bytes | None, max_event_bytes: int) -> Rejection | None:
 def repeated_key(raw: bytes, ev: dict) -> str | None:
     """The first name that occurs twice in one object of the event, or None. orjson keeps a repeated name's
     last value and other parsers its first, so an event naming "tenant_id" twice could be routed to one tenant
-    here and read as another's upstream: such an event is refused, never guessed at.
-
-    Cheap first: every name is followed by a colon, so when the colons are no more than the names of the
-    parsed objects, no name repeats (parse_event tests that before calling). Otherwise (a colon inside a
-    string, a nested value, a repeat) the pairs are read again, in order, with the standard library."""
+    here and read as another's upstream: such an event is refused, never guessed at. (Cheap first: every name
+    is followed by a colon, so when the colons are no more than the parsed objects' names, none repeats;
+    parse_event tests that before calling. Otherwise the pairs are read again with the standard library.)"""
     try:
         top = json.loads(raw, object_pairs_hook=_Pairs)
     except (ValueError, RecursionError):  # orjson read it; the standard library differs only on extremes
@@ -205,7 +203,9 @@ def resolve_route(tenants: Mapping[str, TenantConfig], models: ModelRegistry, te
         return Route(intent, version)
     act = models.activations.get(intent)
     if act is None:
-        return Rejection(Reason.NO_ACTIVE_MODEL, f"intent {intent!r} has no active model")
+        v = models.refused_activations.get(intent)
+        why = "" if v is None else f": its activation of {intent}@{v} was refused ({models.refused.get((intent, v))})"
+        return Rejection(Reason.NO_ACTIVE_MODEL, f"intent {intent!r} has no active model{why}"[:300])
     return Route(intent, act.version if len(act.timeline) == 1 else None, act)
 
 

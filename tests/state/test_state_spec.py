@@ -106,3 +106,22 @@ def test_a_composite_entity_value_holding_the_separator_has_no_key():
 
     assert entity_key(["a", "c"]) == "a|c" and entity_key(["a|b"]) == "a|b"  # one field: its value is the key
     assert entity_key(["a|b", "c"]) is None and entity_key(["a", "b|c"]) is None
+
+
+def test_a_refused_activation_is_named_in_the_dead_letters_detail():
+    """With the only activation of an intent refused (its version's state definitions differ from the config),
+    the events' no_active_model detail says so, not just that the intent has no active model."""
+    from muse_stream.models.records import ActivationRecord, TimelineEntry, active_key
+    from muse_stream.scoring.contract import Rejection, resolve_route
+
+    s = _settings()
+    ours = StateSpec.model_validate(SPEC).to_record()
+    bad = _version(NAMES, {**ours, "lateness": "1h"})  # no settings at build: refused only on load
+    reg = ModelRegistry(intents=s.intents)
+    reg.apply(version_key("card_fraud", 1), dump(bad))
+    reg.apply(active_key("card_fraud"), dump(ActivationRecord(intent="card_fraud", version=1, activated_at=0,
+                                                              timeline=(TimelineEntry(version=1),))))
+    got = resolve_route({t.tenant_id: t for t in s.tenants}, reg, "acme", "card_fraud")
+    assert type(got) is Rejection and got.reason.value == "no_active_model"
+    assert got.detail.startswith("intent 'card_fraud' has no active model: its activation of card_fraud@1 was "
+                                 "refused (card_fraud@1: ") and "trained with state definitions" in got.detail
