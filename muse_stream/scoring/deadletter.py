@@ -42,14 +42,16 @@ def headers(reason: Reason, detail: str, topic: str, partition: int, offset: int
 
 
 def write_dead_letters(producer, topic: str, dead: list) -> None:
-    """Produce each dead letter (scorer.DeadLetter) with its original bytes and headers, through an
-    OutputProducer. A value too large for the producer is dropped from the dead letter, which keeps the
-    reason and where the record is, so the record still has its one output."""
+    """Produce each dead letter (scorer.DeadLetter) with its original key, bytes and headers, through an
+    OutputProducer: the producer's own headers first (a trace id, say; but none named muse.*, which only
+    muse-stream writes), then the muse.* ones saying why. A value too large for the producer is dropped from the
+    dead letter, which keeps the reason and where the record is, so the record still has its one output."""
     for d in dead:
         m = d.msg
+        own = [(k, v) for k, v in (m.headers() or []) if not k.startswith("muse.")]
         try:
             producer.produce(topic, m.value(), m.key(),
-                             headers=headers(d.reason, d.detail, m.topic(), m.partition(), m.offset())
+                             headers=own + headers(d.reason, d.detail, m.topic(), m.partition(), m.offset())
                              + (getattr(d, "headers", None) or []))
         except RecordTooLarge:
             size = len(m.value() or b"")
