@@ -81,6 +81,9 @@ class _Hooks(LoopHooks):
     def on_abort(self) -> None:
         self.w.state.aborted()
         self.w.telemetry.on_abort()
+        # An output topic deleted behind the worker's back fails every transaction that writes to it (its
+        # records time out), other tenants' decisions with them: check the topics again before the retry.
+        self.w._known_topics.clear()
 
     def on_rebalance(self, kind: str, partitions) -> None:
         w = self.w
@@ -175,6 +178,8 @@ class Worker:
         if self.models.generation != gen or self.tenants.version != tv:
             self.scorer.warm_loaded()
             settle_heap()
+            self._ensure_output_topics()
+        elif not self._known_topics:  # after an abort
             self._ensure_output_topics()
 
     def _ensure_output_topics(self) -> None:
