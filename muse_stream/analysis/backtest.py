@@ -161,6 +161,11 @@ def run_backtest(settings: Settings, *, intent: str, candidate: str, start: Boun
     """Everything the report needs, as plain data (written out by write_report)."""
     if not 0.05 <= calibration_fraction <= 0.9:
         raise DataError("--calibration-fraction must be within [0.05, 0.9]")
+    if any(i.name == intent and i.state is not None for i in settings.intents):
+        # Its features, duplicates and missing entities come from the workers' state, which a backtest does not
+        # keep: the incumbent's scores and the dead letters would not be live's.
+        raise DataError(f"intent {intent!r} keeps entity state, which a backtest does not compute: replay a range "
+                        "(`muse-stream replay` builds state as live did) or deploy the candidate as a shadow")
     reg = read_models(settings, load=True)  # as live loads it: an activation that does not load is refused
     act = reg.activations.get(intent)
     if act is None:
@@ -177,12 +182,6 @@ def run_backtest(settings: Settings, *, intent: str, candidate: str, start: Boun
         raise DataError(f"the range holds no events of intent {intent!r} ({ev.skipped} others skipped)")
     present = set().union(*(f.keys() for f in ev.features[: min(n, 1000)]))
     missing = [f for f in cand.features if f not in present]
-    spec = next((i.state for i in settings.intents if i.name == intent and i.state is not None), None)
-    stateful = [f for f in missing if spec is not None and f in spec.feature_names()]
-    if stateful:
-        raise DataError(f"candidate {cand.name} reads entity-state features ({', '.join(stateful[:5])}), which the "
-                        "workers compute and a backtest does not: publish it as a shadow, or replay a range "
-                        "(`muse-stream replay` computes state as live did)")
     if missing:
         raise DataError(f"candidate {cand.name}: features {missing[:5]} are not in the events")
     y = load_labels(labels, ev.event_ids) if labels else None
