@@ -28,7 +28,6 @@ tests/scoring/test_contract.py holds the two to agreeing on every kind of event.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import operator
 from collections.abc import Mapping
@@ -44,6 +43,7 @@ from muse_stream.models.feature_contract import UnknownFeatures
 from muse_stream.models.registry import LoadedModel, ModelRegistry
 from muse_stream.scoring.deadletter import Reason
 from muse_stream.scoring.forest import raw_scores
+from muse_stream.scoring.repeats import repeated_key
 
 MAX_EVENT_TIME = 2**62  # epoch ms; beyond it an event time is garbage (and would overflow int64 arithmetic)
 NUMBER_TYPES = frozenset({float, int, type(None)})  # what a feature value may be; bool is not int here
@@ -112,8 +112,7 @@ def explain(raw: bytes | None, max_event_bytes: int) -> Rejection | None:
         return Rejection(Reason.NOT_AN_OBJECT, f"event is a JSON {type(ev).__name__}")
     twice = repeated_key(raw, ev)
     if twice is not None:
-        return Rejection(Reason.MALFORMED_JSON, f"field {twice!r} appears more than once in one object (which one "
-                                                "counts differs between JSON parsers)")
+        return Rejection(Reason.MALFORMED_JSON, twice)
     missing = [k for k in REQUIRED if ev.get(k) is None]
     if missing:
         return Rejection(Reason.MISSING_FIELD, "missing: " + ", ".join(missing))
@@ -139,33 +138,6 @@ def explain(raw: bytes | None, max_event_bytes: int) -> Rejection | None:
     if bad is not None:
         return Rejection(Reason.WRONG_TYPE, f"feature {bad!r} is not a number")
     return None
-
-
-def repeated_key(raw: bytes, ev: dict) -> str | None:
-    """The first name that occurs twice in one object of the event, or None. orjson keeps a repeated name's
-    last value and other parsers its first, so an event naming "tenant_id" twice could be routed to one tenant
-    here and read as another's upstream: such an event is refused, never guessed at. (Cheap first: every name
-    is followed by a colon, so when the colons are no more than the parsed objects' names, none repeats;
-    parse_event tests that before calling. Otherwise the pairs are read again with the standard library.)"""
-    try:
-        top = json.loads(raw, object_pairs_hook=_Pairs)
-    except (ValueError, RecursionError):  # orjson read it; the standard library differs only on extremes
-        return None
-    stack = [top]
-    while stack:
-        node = stack.pop()
-        if type(node) is _Pairs:
-            names = [k for k, _ in node]
-            if len(set(names)) != len(names):
-                return next(k for i, k in enumerate(names) if k in names[:i])
-            stack += [v for _, v in node]
-        elif type(node) is list:
-            stack += node
-    return None
-
-
-class _Pairs(list):
-    """An object's (name, value) pairs as sent, repeats kept (repeated_key)."""
 
 
 # ---- routing --------------------------------------------------------------------------------------

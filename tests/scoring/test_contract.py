@@ -81,6 +81,14 @@ CASES = [
     (b'{"event_id":"e","tenant_id":"acme","event_time":5,"features":{"f0":1,"f0":"x"}}', "malformed_json"),
     (b'{"event_id":"e","tenant_id":"acme","event_time":5,"features":{},"meta":{"a":1,"a":2}}', "malformed_json"),
     (b'{"event_id":"e:1","tenant_id":"a:b","event_time":5,"features":{"f0":1},"meta":{"a":[{"b":1}]}}', None),
+    # Nested past what the repeated-name check reads (the standard library recurses): refused whatever the
+    # caller's stack (1000 levels used to slip through, routed by the last tenant_id).
+    (b'{"event_id":"e","tenant_id":"zed","tenant_id":"acme","deep":' + b"[" * 1000 + b"]" * 1000
+     + b',"event_time":5,"features":{}}', "malformed_json"),
+    (b'{"event_id":"e","tenant_id":"acme","deep":' + b'{"a":' * 150 + b"1" + b"}" * 150
+     + b',"event_time":5,"features":{}}', "malformed_json"),
+    (b'{"event_id":"e","tenant_id":"acme","deep":' + b'{"a":' * 99 + b"1" + b"}" * 99
+     + b',"event_time":5,"features":{}}', None),
 ]
 
 
@@ -109,6 +117,8 @@ def test_rejection_details_say_what_is_wrong():
     assert explain(b"x" * (MAX_BYTES + 1), MAX_BYTES).detail == f"{MAX_BYTES + 1} bytes > {MAX_BYTES}"
     twice = b'{"event_id":"e","tenant_id":"acme","tenant_id":"zed","event_time":5,"features":{}}'
     assert explain(twice, MAX_BYTES).detail.startswith("field 'tenant_id' appears more than once")
+    deep = b'{"event_id":"e","tenant_id":"acme","d":' + b'{"a":' * 150 + b"1" + b"}" * 150 + b',"event_time":5}'
+    assert explain(deep, MAX_BYTES).detail == "nested deeper than 100 levels, too deep to check for repeated names"
 
 
 # ---- routing ------------------------------------------------------------------------------------------------
