@@ -231,7 +231,11 @@ def _tail(settings, topic: str, args: argparse.Namespace, tenant: str | None) ->
                     todo.discard(p)
                 rec = to_record(msg)
                 if _wanted(rec, tenant, args.reason):
-                    lines.append(orjson.dumps(rec))
+                    try:
+                        lines.append(orjson.dumps(rec))
+                    except TypeError:  # nested deeper than orjson writes (it reads more): the value as text
+                        rec["value"], rec["value_format"] = _printable(msg.value(), parse_json=False)
+                        lines.append(orjson.dumps(rec))
                     shown += 1
                     if args.count is not None and shown >= args.count:
                         break

@@ -130,3 +130,18 @@ def test_tail_follow_stops_when_its_reader_goes_even_with_no_new_record(stack, t
     assert p.poll() is None
     p.stdout.close()  # the reader goes
     assert p.wait(timeout=15) == 141
+
+
+def test_tail_prints_a_value_nested_deeper_than_orjson_writes_as_text(stack, tmp_path, capsys):
+    """orjson reads 1,024 levels but writes 254: such a record (a producer's, on the dead-letter topic) used to end
+    tail in a traceback, losing the lines before it. It is printed with its value as text."""
+    cfg = write_config(stack, tmp_path / "muse.toml")
+    deep = b'{"event_id":"d","deep":' + b"[" * 600 + b"]" * 600 + b"}"
+    p = OutputProducer(producer_config(stack), name="test writer")
+    p.produce(stack.topics.deadletter, b'{"event_id":"before"}', b"k0")
+    p.produce(stack.topics.deadletter, deep, b"k1")
+    p.flush(30)
+    assert main(["tail", stack.topics.deadletter, "--from-beginning", "--config", cfg]) == 0
+    out = _lines(capsys)
+    assert [r["key"] for r in out] == ["k0", "k1"]
+    assert out[1]["value"] == deep.decode() and out[1]["value_format"] == "text"
