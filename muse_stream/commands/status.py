@@ -56,8 +56,13 @@ def run(args: argparse.Namespace) -> int:
     if args.lag_window is not None and not args.lag_window >= 0:
         raise ConfigError(f"--lag-window must be >= 0 seconds, not {args.lag_window}")
     for url in args.endpoint:
-        u = urlsplit(url)
-        if u.scheme not in ("http", "https") or not u.hostname:
+        try:
+            u = urlsplit(url)
+            ok = u.scheme in ("http", "https") and bool(u.hostname) and " " not in u.netloc
+            u.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+        except ValueError:
+            ok = False
+        if not ok:
             raise ConfigError(f"--endpoint {url!r} is not an http(s) URL such as http://host:9400")
     check_cluster(settings)  # no cluster, or refused credentials: one line and a non-zero exit (cli.main)
     urls = args.endpoint or worker_urls(settings, workers=workers, first_slot=args.slot)

@@ -38,6 +38,9 @@ def test_status_refuses_bad_arguments_in_one_line_before_asking_anyone(capsys):
     --lag-window used to be taken silently as the defaults."""
     dead = ["--bootstrap", "127.0.0.1:1"]
     for argv, needle in ((["--endpoint", "garbage"], "--endpoint 'garbage' is not an http(s) URL"),
+                         (["--endpoint", "http://[::1"], "--endpoint 'http://[::1' is not an http(s) URL"),
+                         (["--endpoint", "http://host:abc"], "--endpoint 'http://host:abc' is not an http(s) URL"),
+                         (["--endpoint", "http://a b:1"], "--endpoint 'http://a b:1' is not an http(s) URL"),
                          (["--workers", "0"], "--workers must be >= 1"),
                          (["--lag-window", "-1"], "--lag-window must be >= 0 seconds")):
         t0 = time.monotonic()
