@@ -7,11 +7,11 @@ import math
 from typing import Annotated
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from muse_stream.frozen import Frozen
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+_Frozen = Frozen
 
 
 # The smallest alert rate a band may give: 1e-6 (0.0001%). A reference resolves a rate only down to about one
@@ -42,6 +42,8 @@ def _threshold(v):
             raise ValueError(f"a band is a threshold (0.9 or {{ threshold = 0.9 }}) or an alert rate "
                              f"({{ rate = 0.05 }}), not {v}")
         v = v["threshold"]
+    if type(v) is bool or isinstance(v, str):  # not read as 1.0 or parsed: written as a number, or refused
+        raise ValueError(f"a threshold is a number from 0 to 1, not {type(v).__name__} {v!r}")
     if isinstance(v, float) and math.isnan(v):
         raise ValueError("a threshold is a number from 0 to 1 on the intent's reference scale, not nan")
     return v

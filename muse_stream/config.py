@@ -9,12 +9,13 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from muse_stream.bandspec import BandPeriod, BandSet
 from muse_stream.deployspec import DeploySettings
 from muse_stream.errors import ConfigError
 from muse_stream.featurespec import StateSpec
+from muse_stream.frozen import Frozen
 
 # Shipped inside the package, so an installed muse-stream runs from any folder; config/muse.toml links here.
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "defaults" / "muse.toml"
@@ -23,22 +24,7 @@ ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a tenant or intent id (tenants.p
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,185}$")
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _as_written(cls, v, info):
-        """A setting is the type it is written as (pydantic would read `max_events = true` as 1 and
-        `max_wait_ms = "50"` as 50, hiding a mistake): an int is fine for a float; a flag is true or false."""
-        kind = _SCALAR_KIND.get(cls.model_fields[info.field_name].annotation)
-        if type(v) is not bool if kind == _FLAG else kind and (type(v) is bool or isinstance(v, str)):
-            raise ValueError(f"must be {kind}, not {type(v).__name__} {v!r}")
-        return v
-
-
-_FLAG = "true or false"
-_SCALAR_KIND = {int: "a number", float: "a number", int | None: "a number", float | None: "a number", bool: _FLAG}
+_Frozen = Frozen
 
 
 def _check_topic(name: str) -> str:

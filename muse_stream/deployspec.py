@@ -11,11 +11,11 @@ defaults; `[deploy.intents.<name>]` overrides some of them for one intent:
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from muse_stream.frozen import Frozen
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+_Frozen = Frozen
 
 
 class DeployGuards(_Frozen):

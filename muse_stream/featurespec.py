@@ -34,6 +34,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from muse_stream.frozen import Frozen
+
 AGGREGATES = ("count", "sum", "mean", "max", "distinct", "seconds_since_last")
 NEEDS_FIELD = frozenset({"sum", "mean", "max", "distinct"})
 _UNITS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -77,10 +79,9 @@ class Aggregate(BaseModel):
         return self.fn if self.field is None else f"{self.fn}:{self.field}"
 
 
-class StateSpec(BaseModel):
+class StateSpec(Frozen):
     """One intent's entity features, de-duplication and partitioning checks (validated once, frozen)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     entity: tuple[str, ...] = Field(min_length=1, max_length=4)
     windows: tuple[str, ...] = Field(default=("10m", "1h", "24h"), min_length=1, max_length=8)
     aggregates: tuple[str, ...] = Field(default=("count",), min_length=1, max_length=16)

@@ -89,6 +89,16 @@ def test_duplicate_intents_refused(tmp_path: Path):
     ("[runtime]\nworkers = true", "runtime.workers: must be a number"),
     ("[topics]\nreplication_factor = '3'", "topics.replication_factor: must be a number"),
     ("[telemetry]\nenabled = 1", "telemetry.enabled: must be true or false, not int 1"),
+    # The same rule in every settings model: deployment guards, entity state, pins and bands.
+    ("[deploy]\nrefresh = 1", "deploy.refresh: must be true or false"),
+    ("[deploy]\nshadow_events = '500'", "deploy.shadow_events: must be a number"),
+    ("[[intents]]\nname = 'cf'\n[intents.state]\nentity = ['card_id']\ndebug = 1", "state.debug: must be true"),
+    ("[[tenants]]\ntenant_id = 'a'\nintents = ['x']\npinned_versions = { x = '3' }",
+     "pinned_versions: values must be whole numbers, not str '3'"),
+    ("[[tenants]]\ntenant_id = 'a'\nintents = ['x']\nbands = { review = '0.9' }",
+     "a threshold is a number from 0 to 1, not str '0.9'"),
+    ("[[tenants]]\ntenant_id = 'a'\nintents = ['x']\nbands = { review = { rate = true } }",
+     "rate.rate: must be a number, not bool True"),
 ])
 def test_a_setting_of_the_wrong_type_is_refused_not_coerced(tmp_path: Path, text, needle):
     p = tmp_path / "c.toml"
