@@ -26,6 +26,7 @@ from muse_stream.tenants import (
 )
 
 _BAND = re.compile(r"^([A-Za-z0-9_-]{1,64})=(.+)$")
+_NUMBER = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")  # no sign, "_", space or inf
 
 
 def parse_band(text: str) -> tuple[str, float | BandRate]:
@@ -34,6 +35,9 @@ def parse_band(text: str) -> tuple[str, float | BandRate]:
     if m is None:
         raise ConfigError(f"--band {text!r}: expected NAME=P% (an alert rate) or NAME=X (a threshold in [0, 1])")
     name, value = m.group(1), m.group(2).strip()
+    if not _NUMBER.fullmatch(value.removesuffix("%")):  # float() would take "1_0", "-0", " 5 ", "inf"
+        raise ConfigError(f"--band {text!r}: expected NAME=P% (an alert rate) or NAME=X (a threshold in [0, 1]), "
+                          "with P and X plain decimal numbers")
     try:
         if value.endswith("%"):
             return name, BandRate(rate=float(value[:-1]) / 100.0)

@@ -79,6 +79,9 @@ def test_refusals_name_the_field_and_write_nothing(stack, tmp_path, capsys):
         (["--band", "review=1%", "--from", "yesterday"], "'yesterday': expected an event time (epoch ms or ISO-8601)\n"),
         (["--band", "review=1%", "--from", "offset:x"], "expected an event time (epoch ms or ISO-8601)\n"),
         (["--band", "review=1.5"], "bands.review.threshold"),
+        # float() would have taken these (as 10%, -0, 5%, NaN): plain decimal numbers only.
+        *((["--band", b], "with P and X plain decimal numbers") for b in ("review=1_0%", "review=-0", "review=5 %",
+                                                                          "review=nan")),
         (["--output-topic", stack.topics.decisions_topic("globex")], "is tenant 'globex''s decision topic"),
         (["--output-topic", stack.topics.models], "is the models topic"),
         (["--output-topic", "not a topic!"], "output_topic: 'not a topic!' is not a valid Kafka topic"),
