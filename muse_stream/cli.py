@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         print(f"muse-stream: error: {e.strerror or e}{where}", file=sys.stderr)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return 2  # an error, as every other; 1 is status's "unhealthy" and validate's "some dead-lettered"
 
 
 if __name__ == "__main__":

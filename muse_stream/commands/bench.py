@@ -146,10 +146,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--skip: unknown run(s) {sorted(skip - set(RUNS))}; known: {', '.join(RUNS)}")
     if skip >= set(RUNS) and not args.state:
         raise ConfigError("--skip leaves no run to make (add --state for the entity-state section, or skip less)")
-    if (args.events < 1 or args.partitions < 1 or args.workers < 1 or args.rate <= 0 or args.latency_seconds <= 0
-            or args.ab_pairs < 1 or args.stage_events < 1):
-        raise ConfigError("--events, --partitions, --workers, --rate, --latency-seconds, --ab-pairs and "
-                          "--stage-events must be positive")
+    if (args.events < 1 or args.partitions < 1 or args.workers < 1 or not 0 < args.rate < float("inf")
+            or not 0 < args.latency_seconds < float("inf") or args.ab_pairs < 1 or args.stage_events < 1
+            or args.trees < 1):
+        raise ConfigError("--events, --partitions, --workers, --rate, --latency-seconds, --ab-pairs, "
+                          "--stage-events and --trees must be positive (and finite)")
     if not 0 <= args.warmup < args.latency_seconds:
         raise ConfigError("--warmup must be at least 0 and shorter than --latency-seconds")
     loaded = load_settings(args.config, bootstrap=args.bootstrap)

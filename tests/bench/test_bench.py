@@ -264,7 +264,9 @@ def test_bad_arguments_stop_the_bench_before_any_run(tmp_path, capsys):
             (["--state-only", "--state-events", "-1"], "--state-events, --state-entities, --state-pairs and"),
             (["--state-only", "--state-entities", "0"], "--state-events, --state-entities, --state-pairs and"),
             (["--reasons-only", "--reasons-rounds", "0"], "--state-events, --state-entities, --state-pairs and"),
-            (["--batch-max-events", "0"], "bench settings: batch.max_events: Input should be greater than")):
+            (["--batch-max-events", "0"], "bench settings: batch.max_events: Input should be greater than"),
+            (["--rate", "nan"], "--trees must be positive (and finite)"),
+            (["--trees", "0"], "--trees must be positive (and finite)")):
         assert main(["bench", *dead, *argv]) == 2, argv
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err and err.count("\n") == 1, err

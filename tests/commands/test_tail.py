@@ -55,10 +55,10 @@ def test_tail_shows_a_committed_decision_and_not_an_aborted_one(stack, tmp_path,
         monkeypatch.setattr(sys, "stdout", closed)
         assert main(["tail", "--tenant", "acme", "--from-beginning", "--config", cfg]) == 141
     monkeypatch.undo()
-    # An output that cannot be written (a full disk): one line and exit 1, not a traceback.
+    # An output that cannot be written (a full disk): one line and exit 2, not a traceback.
     with open("/dev/full", "w") as full:
         monkeypatch.setattr(sys, "stdout", full)
-        assert main(["tail", "--tenant", "acme", "--from-beginning", "--config", cfg]) == 1
+        assert main(["tail", "--tenant", "acme", "--from-beginning", "--config", cfg]) == 2
     monkeypatch.undo()
     err = capsys.readouterr().err
     assert "muse-stream: error: No space left on device" in err and "Traceback" not in err
