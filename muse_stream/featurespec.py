@@ -39,7 +39,7 @@ from muse_stream.frozen import Frozen
 AGGREGATES = ("count", "sum", "mean", "max", "distinct", "seconds_since_last")
 NEEDS_FIELD = frozenset({"sum", "mean", "max", "distinct"})
 _UNITS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_DUR = re.compile(r"(\d+)([smhd])")  # fullmatch
+_DUR = re.compile(r"([0-9]+)([smhd])")  # fullmatch; [0-9], as \d takes any script's digits
 MIN_WINDOW_MS, MAX_WINDOW_MS = 60_000, 30 * 86_400_000
 _FIELD = re.compile(r"[A-Za-z0-9_\-]{1,64}")  # fullmatch: "$" would let a trailing newline through
 # The event contract's own fields: an entity of one of them (but tenant_id) or an aggregate over one means nothing.

@@ -86,6 +86,7 @@ def test_registry_refuses_a_differing_version_and_loads_old_records():
 @pytest.mark.parametrize("change, needle", [
     ({"windows": [" 10m"]}, "' 10m' is not a duration"),  # it used to name a feature "card_id.count_ 10m"
     ({"windows": ["10m\n"]}, "is not a duration"),
+    ({"windows": ["\uff110m"]}, "is not a duration"),  # a full-width digit
     ({"entity": ["card_id\n"]}, "entity fields must be distinct names"),
     ({"aggregates": ["count:"]}, "aggregate 'count:': takes no field"),
     ({"entity": ["features"]}, "entity field 'features' is a field of the event contract"),
