@@ -179,17 +179,20 @@ class Worker:
             self.scorer.warm_loaded()
             settle_heap()
             self._ensure_output_topics()
-        elif not self._known_topics:  # after an abort
-            self._ensure_output_topics()
+        elif not self._known_topics:  # after an abort: an output topic may have been deleted
+            try:  # bounded, and again next turn if Kafka is away (a broker restart aborts too)
+                self._ensure_output_topics(timeout=5.0)
+            except KafkaOpError as e:
+                logger.warning("worker %d: checking the output topics after an abort: %s", self.slot, e)
 
-    def _ensure_output_topics(self) -> None:
+    def _ensure_output_topics(self, timeout: float = 30.0) -> None:
         t = self.settings.topics
         wanted = {self.scorer.output_topic(tid) for tid in self.tenants.tenants} | {t.deadletter}
         wanted |= {t.shadow_topic(intent) for intent in self.shadow.active()}
         new = wanted - self._known_topics
         if new:
             create_topics(self.settings, [TopicSpec(n, t.decisions_partitions) for n in sorted(new)],
-                          replication_factor=t.replication_factor)
+                          replication_factor=t.replication_factor, timeout=timeout)
             self._known_topics |= new
 
     def process(self, msgs: list) -> None:
