@@ -11,9 +11,6 @@ from pydantic import Field
 
 from muse_stream.frozen import Frozen
 
-_Frozen = Frozen
-
-
 # The smallest alert rate a band may give: 1e-6 (0.0001%). A reference resolves a rate only down to about one
 # over its population, and publish would need ~1/rate calibration events to hold such a reference, so a
 # smaller rate is a deploy that never becomes ready. The one rule: config, `tenants set` and workers use it.
@@ -21,7 +18,7 @@ MIN_RATE = 1e-6
 RATE_RANGE = "at least 0.0001% (1e-6) and below 100%"
 
 
-class BandRate(_Frozen):
+class BandRate(Frozen):
     """A band as an alert rate: the threshold at which this share of the intent's reference alerts (bands.py)."""
 
     rate: float
@@ -72,7 +69,7 @@ def _check_bands(v: dict[str, BandSpec]) -> dict[str, BandSpec]:
 BandSet = Annotated[dict[str, BandSpec], pydantic.AfterValidator(_check_bands)]
 
 
-class BandPeriod(_Frozen):
+class BandPeriod(Frozen):
     """A tenant's bands from an event time on: events with event_time >= from_time use them, until the next
     period's from_time. from_time None: from the start of time."""
 

@@ -24,22 +24,19 @@ ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a tenant or intent id (tenants.p
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,185}$")
 
 
-_Frozen = Frozen
-
-
 def _check_topic(name: str) -> str:
     if not _TOPIC_RE.match(name) or name in {".", ".."}:
         raise ValueError(f"{name!r} is not a valid Kafka topic name")
     return name
 
 
-class KafkaSettings(_Frozen):
+class KafkaSettings(Frozen):
     bootstrap_servers: str = "127.0.0.1:9092"
     # Extra librdkafka settings (security, timeouts) merged into every client; never logged.
     client: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
-class TopicSettings(_Frozen):
+class TopicSettings(Frozen):
     events: str = "muse.events"
     # More input topics the workers read besides `events` (the group subscribes to all of them).
     extra_inputs: tuple[str, ...] = ()
@@ -98,12 +95,12 @@ class TopicSettings(_Frozen):
         return f"{self.shadow_prefix}{intent}"
 
 
-class BatchSettings(_Frozen):
+class BatchSettings(Frozen):
     max_events: int = Field(2000, ge=1, le=1_000_000)
     max_wait_ms: int = Field(50, ge=0, le=60_000)
 
 
-class RuntimeSettings(_Frozen):
+class RuntimeSettings(Frozen):
     group_id: str = "muse-stream"
     processing_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
     workers: int = Field(1, ge=1, le=256)
@@ -134,7 +131,7 @@ class RuntimeSettings(_Frozen):
     shutdown_grace_s: float = Field(20.0, ge=0.5, le=25.0)
 
 
-class TenantConfig(_Frozen):
+class TenantConfig(Frozen):
     """A tenant's routing and thresholds; also the value of its record on the tenants topic."""
 
     tenant_id: str
@@ -193,7 +190,7 @@ class TenantConfig(_Frozen):
         return intent
 
 
-class IntentConfig(_Frozen):
+class IntentConfig(Frozen):
     name: str
     # An event feature the active model does not know: "reject" dead-letters the event (unknown_feature,
     # naming the field), "ignore" scores it without the field and counts the field in a metric.
@@ -211,7 +208,7 @@ class IntentConfig(_Frozen):
         return v
 
 
-class DriftSettings(_Frozen):
+class DriftSettings(Frozen):
     """When a tenant's live reference-scale scores have moved away from the intent's reference."""
 
     enabled: bool = True
@@ -225,7 +222,7 @@ class DriftSettings(_Frozen):
     min_expected_alerts: float = Field(50.0, gt=0)
 
 
-class TelemetrySettings(_Frozen):
+class TelemetrySettings(Frozen):
     # Off: no metrics, traces, drift or endpoint at all (the benchmark measures what they cost).
     enabled: bool = True
     # Worker slot N serves /metrics, /healthz, /readyz and /status on metrics_port + N; 0 = no endpoint.
@@ -250,7 +247,7 @@ class TelemetrySettings(_Frozen):
         return v.rstrip("/") if v else None
 
 
-class Settings(_Frozen):
+class Settings(Frozen):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)

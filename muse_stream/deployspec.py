@@ -15,10 +15,8 @@ from pydantic import Field, model_validator
 
 from muse_stream.frozen import Frozen
 
-_Frozen = Frozen
 
-
-class DeployGuards(_Frozen):
+class DeployGuards(Frozen):
     """One intent's deployment settings (see docs/models.md, "Deploying a model")."""
 
     # The shadow window: at least this many (incumbent, candidate) pairs of live traffic, more when the intent's
