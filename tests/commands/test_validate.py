@@ -104,8 +104,9 @@ def test_validate_names_an_intent_the_config_does_not_before_asking_kafka(tmp_pa
 
 @pytest.mark.kafka
 def test_validate_of_a_stateful_intent_finds_missing_entities_and_repeated_ids(stack, tmp_path, capsys):
-    """With entity state, the workers dead-letter an event without a usable entity value (missing_field) and a
-    repeated event id (duplicate_event) before scoring; validate used to call them all scored."""
+    """With entity state, the workers dead-letter an event without an entity value (missing_field), with one of
+    the wrong type (wrong_type) and a repeated event id (duplicate_event) before scoring; validate used to call
+    them all scored."""
     from muse_stream.config import Settings
 
     data = stack.model_dump()
@@ -124,5 +125,6 @@ def test_validate_of_a_stateful_intent_finds_missing_entities_and_repeated_ids(s
     (tmp_path / "ev.jsonl").write_text("\n".join(lines) + "\n")
     assert main(["validate", str(tmp_path / "ev.jsonl"), "--intent", "card_fraud", "--config", cfg, "--json"]) == 1
     report = orjson.loads(capsys.readouterr().out)
-    assert report["scored"] == 2 and report["dead_letters"] == {"missing_field": 3, "duplicate_event": 1}
+    assert report["scored"] == 2
+    assert report["dead_letters"] == {"missing_field": 2, "wrong_type": 1, "duplicate_event": 1}
     assert report["examples"]["duplicate_event"]["line"] == 5
