@@ -132,21 +132,24 @@ def test_record_too_large_for_the_producer_ends_as_a_dead_letter_without_its_val
     assert b"too large to copy" in h["muse.detail"]
 
 
-def test_a_deleted_decision_topic_is_made_again_and_no_tenant_waits_on_it(stack):
+def test_a_deleted_decision_topic_is_made_again_and_no_tenant_waits_on_it(stack, tmp_path):
     """An operator deletes a live tenant's decision topic: every transaction writing to it failed, other
     tenants' decisions with it, for as long as the worker ran. After the abort the worker checks its output
-    topics again and re-creates the missing one, so every input still ends as exactly one output."""
+    topics again and makes the missing one anew (or, when the broker refuses the abort itself, the supervisor's
+    restart does), so every input still ends as exactly one output."""
     import time
 
     from muse_stream.kafka.topics import existing_topics, make_admin
+    from tests.worker.test_supervisor import RunCommand
 
     s = stack
     publish_model(s, "card_fraud", seed=1)
     reader = TopicReader(s, decision_topics(s) + [s.topics.deadletter])
-    w = ThreadWorker(s)
+    run = RunCommand(s, tmp_path, workers=1)
+    again = None
     try:
         produce(s, [event(i, "acme") for i in range(30)])
-        reader.until(lambda r: len(r) >= 30, timeout=60)
+        reader.until(lambda r: len(r) >= 30, timeout=90)
         topic = s.output_topic(next(t for t in s.tenants if t.tenant_id == "acme"))
         admin = make_admin(s)
         admin.delete_topics([topic])[topic].result(30)
@@ -154,18 +157,19 @@ def test_a_deleted_decision_topic_is_made_again_and_no_tenant_waits_on_it(stack)
         time.sleep(2)
         produce(s, [event(i, "globex") for i in range(30, 60)] + [event(60, "acme")])
         reader = TopicReader(s, [t for t in decision_topics(s) if t != topic] + [s.topics.deadletter])
-        recs = reader.until(lambda r: len(r) >= 30, timeout=90)
-        end = time.monotonic() + 30
+        reader.until(lambda r: len(r) >= 30, timeout=120)
+        end = time.monotonic() + 60
         while topic not in existing_topics(s) and time.monotonic() < end:
             time.sleep(0.5)
-        again = TopicReader(s, [topic])  # made again by the worker
-        again.until(lambda r: len(r) >= 1, timeout=30)
+        again = TopicReader(s, [topic])  # made again
+        again.until(lambda r: len(r) >= 1, timeout=60)
         reader.poll_for(1.0)  # anything more would be a duplicate
         again.poll_for(1.0)
         recs = reader.records + again.records
-        again.close()
     finally:
-        w.close()
+        run.close()
         reader.close()
+        if again is not None:
+            again.close()
     got = sorted(orjson.loads(m.value())["event_id"] for m in recs if m.topic() != s.topics.deadletter)
     assert got == sorted(f"e-{i}" for i in range(30, 61))  # globex's 30 and acme's one, each once
