@@ -31,7 +31,6 @@ from muse_stream.models.store import read_models
 from muse_stream.scoring.deadletter import write_dead_letters
 from muse_stream.scoring.scorer import BatchScorer
 from muse_stream.state.engine import StateEngine
-from muse_stream.state.store import PartitionStore
 from muse_stream.tenants import TenantRegistry, read_tenants
 
 logger = logging.getLogger(__name__)
@@ -91,7 +90,7 @@ def run_replay(settings: Settings, *, start: Bound, end: Bound, run_id: str | No
     try:
         first = reader.offsets(start) if stateful else {}
         if stateful:
-            scorer.state = _replay_state(settings, folder, reader)
+            scorer.state = StateEngine.offline(settings, folder, reader.topic, reader.starts)
         for batch in reader.batches(settings.batch.max_events):
             out = scorer.process(batch, int(time.time() * 1000))
             if stateful:
@@ -110,14 +109,6 @@ def run_replay(settings: Settings, *, start: Bound, end: Bound, run_id: str | No
                 scorer.state.close()
             shutil.rmtree(folder, ignore_errors=True)
     return ReplayResult(run_id, n_in, n_dec, n_dead, topics, time.monotonic() - t0)
-
-
-def _replay_state(settings: Settings, folder: str, reader: RangeReader) -> StateEngine:
-    """A state engine of the replay's own: one empty store per partition, built from the partition's start."""
-    engine = StateEngine(settings.with_overrides(runtime={"state_dir": folder}), slot=0)
-    for p in reader.starts:
-        engine.stores[(reader.topic, p)] = PartitionStore(engine.folder / f"{reader.topic}-{p}", reader.topic, p)
-    return engine
 
 
 def _in_range(batch: list, out, first: dict[int, int]):

@@ -131,7 +131,6 @@ def file_state(settings, folder: str):
     field and a repeated event id are found as the workers find them."""
     from muse_stream.config import Settings
     from muse_stream.state.engine import StateEngine
-    from muse_stream.state.store import PartitionStore
 
     if not any(i.state is not None for i in settings.intents):
         return None
@@ -139,10 +138,7 @@ def file_state(settings, folder: str):
     for i in data["intents"]:
         if i["state"] is not None:
             i["state"]["wrong_key"] = "count"
-    data["runtime"]["state_dir"] = folder
-    engine = StateEngine(Settings.model_validate(data), slot=0)
-    engine.stores[("file", 0)] = PartitionStore(engine.folder / "file-0", "file", 0)
-    return engine
+    return StateEngine.offline(Settings.model_validate(data), folder, "file", [0])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -65,6 +65,17 @@ class StateEngine:
         self.sweep_per_batch = SWEEP_PER_BATCH
         self.max_record_bytes = MAX_RECORD_BYTES
 
+    @classmethod
+    def offline(cls, settings: Settings, folder: str, topic: str, partitions) -> StateEngine:
+        """An engine of its own over `topic` (a replay's, validate's): empty stores in `folder`, one per
+        partition, no changelog read or written (`replayed` applies each batch)."""
+        data = settings.model_dump()
+        data["runtime"]["state_dir"] = folder
+        engine = cls(Settings.model_validate(data), slot=0)
+        for p in partitions:
+            engine.stores[(topic, p)] = PartitionStore(engine.folder / f"{topic}-{p}", topic, p)
+        return engine
+
     @property
     def enabled(self) -> bool:
         return bool(self.plans)
