@@ -1,4 +1,5 @@
-"""The local development broker: Apache Kafka 4.x jars from Maven Central, KRaft nodes on 127.0.0.1.
+"""The local development broker: Apache Kafka 4.2.x jars from Maven Central (KAFKA_SERIES says why not newer),
+KRaft nodes on 127.0.0.1.
 
 Jars are resolved once into a cache outside the repository (~/.cache/muse-stream/kafka-<version>/libs, and
 Kafka's command-line tools of the same version in .../tools);
@@ -28,16 +29,30 @@ from muse_stream.kafka.node_config import Quorum, SaslPlain, broker_properties, 
 
 logger = logging.getLogger(__name__)
 
-KAFKA_VERSION_RANGE = "[4.0,5.0)"  # the newest 4.x that resolves
+# The newest of this series. Kafka 4.3.1 and 4.4.0 can leave a transaction open for ever after an unclean
+# restart of the node that leads its partitions: they drop the markers of a transaction that was completing
+# when the node died ("Couldn't find leader endpoint ... likely deleted already" in the broker log), so
+# read_committed readers stop at it and the restarted worker of its slot never gets its committed offsets.
+# 4.0.2 to 4.2.x kept every marker (scripts/broker_markers.py; docs/operations.md, "Brokers that leave a
+# transaction open").
+KAFKA_SERIES = (4, 2)
+KAFKA_VERSION_RANGE = f"[{KAFKA_SERIES[0]}.{KAFKA_SERIES[1]},{KAFKA_SERIES[0]}.{KAFKA_SERIES[1] + 1})"
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("MUSE_CACHE_DIR") or Path.home() / ".cache" / "muse-stream")
 
 
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split(".") if x.isdigit())
+
+
 def _cached_kafka_dirs(root: Path) -> list[Path]:
-    found = [d for d in root.glob("kafka-4.*") if (d / "libs" / ".complete").exists()]
-    return sorted(found, key=lambda d: tuple(int(x) for x in d.name.split("-", 1)[1].split(".") if x.isdigit()))
+    """Cached broker folders of the pinned series (KAFKA_SERIES), oldest first; another series cached by
+    MUSE_KAFKA_VERSION is used only while that variable names it."""
+    found = [d for d in root.glob("kafka-*") if (d / "libs" / ".complete").exists()
+             and _version_key(d.name.split("-", 1)[1])[:2] == KAFKA_SERIES]
+    return sorted(found, key=lambda d: _version_key(d.name.split("-", 1)[1]))
 
 
 def fetch_kafka(root: Path | None = None, *, version: str | None = None) -> Path:

@@ -1,0 +1,26 @@
+"""Which cached broker jars the local broker runs: the pinned series only (see KAFKA_SERIES), newest first, unless
+MUSE_KAFKA_VERSION names another."""
+
+from muse_stream.kafka.local import KAFKA_SERIES, KAFKA_VERSION_RANGE, fetch_kafka
+
+
+def _cache(root, *versions: str) -> None:
+    for v in versions:
+        libs = root / f"kafka-{v}" / "libs"
+        libs.mkdir(parents=True)
+        (libs / ".complete").write_text(v)
+
+
+def test_the_newest_cached_jars_of_the_pinned_series_win_over_a_newer_series(tmp_path, monkeypatch):
+    monkeypatch.delenv("MUSE_KAFKA_VERSION", raising=False)
+    a, b = KAFKA_SERIES
+    _cache(tmp_path, f"{a}.{b}.2", f"{a}.{b}.10", f"{a}.{b + 1}.0", f"{a + 1}.0.0", f"{a}.{b - 1}.9")
+    assert fetch_kafka(tmp_path).name == f"kafka-{a}.{b}.10"
+    assert KAFKA_VERSION_RANGE == f"[{a}.{b},{a}.{b + 1})"  # what Maven resolves when nothing is cached
+
+
+def test_a_version_named_by_the_environment_runs_whatever_its_series(tmp_path, monkeypatch):
+    a, b = KAFKA_SERIES
+    _cache(tmp_path, f"{a}.{b}.2", f"{a}.{b + 2}.0")
+    monkeypatch.setenv("MUSE_KAFKA_VERSION", f"{a}.{b + 2}.0")
+    assert fetch_kafka(tmp_path).name == f"kafka-{a}.{b + 2}.0"
