@@ -111,13 +111,9 @@ def test_five_broker_restarts_under_load_lose_and_duplicate_nothing(own_broker, 
             own_broker.start(timeout=90)
             # Outputs flow again for every input partition (both workers' shares), within the supervisor's promise.
             before = len(reader.records)
-            # (STALL_AFTER_S + 120: a worker stuck on the dead broker is killed after STALL_AFTER_S, and its restart
-            # with back-off, its group rejoin and its producer's fencing of the open transaction follow. That took
-            # longer than STALL_AFTER_S + 30 once in five fresh-clone runs, and longer than STALL_AFTER_S + 60 in
-            # two of four full-suite runs on 2026-11-29, while each such recovery came within 90 s run alone; the
-            # slow recoveries' cause is not found yet. Each input's one output is checked below, whatever the wait.)
-            reader.until(lambda r, n=before: len({source_of(m)[1] for m in r[n:]}) == PARTITIONS,
-                         timeout=STALL_AFTER_S + 120)
+            # (STALL_AFTER_S + 60: a worker stuck on the dead broker is killed after STALL_AFTER_S, and its restart
+            # with back-off, its group rejoin and its producer's fencing of the open transaction follow.)
+            _until_every_partition_answers(reader, before, own_broker, cycle, timeout=STALL_AFTER_S + 60)
         n_inputs = feed.finish()
         assert input_count(s) == n_inputs  # the idempotent producer wrote each event once
         recs = reader.until(lambda r: len(r) >= n_inputs, timeout=STALL_AFTER_S + 60)
@@ -130,3 +126,26 @@ def test_five_broker_restarts_under_load_lose_and_duplicate_nothing(own_broker, 
         run.close()
         reader.close()
     assert_exactly_once(recs, n_inputs)
+    assert DROPPED_MARKERS not in own_broker.log_file.read_text(errors="replace"), _DROPPED_HELP
+
+
+# What Kafka 4.3.1 and 4.4.0 log when they drop a completing transaction's markers after an unclean restart (see
+# KAFKA_SERIES in muse_stream/kafka/local.py): that transaction then stays open on its partitions for ever.
+DROPPED_MARKERS = "likely deleted already and hence can be skipped"
+_DROPPED_HELP = ("the broker dropped a transaction's markers after its restart (" + DROPPED_MARKERS + " in its log): "
+                 "the transaction stays open, read_committed readers stop at it, and its slot's restarted worker "
+                 "never gets its committed offsets; run the pinned broker series (muse_stream/kafka/local.py)")
+
+
+def _until_every_partition_answers(reader, before: int, broker, cycle: int, *, timeout: float) -> None:
+    """Wait until outputs of every input partition arrive after `before`; on a timeout, say which partitions
+    stayed silent and whether the broker dropped transaction markers."""
+    def seen(r):
+        return {source_of(m)[1] for m in r[before:]}
+    try:
+        reader.until(lambda r: len(seen(r)) == PARTITIONS, timeout=timeout)
+    except AssertionError as e:
+        dropped = DROPPED_MARKERS in broker.log_file.read_text(errors="replace")
+        raise AssertionError(f"cycle {cycle}: no output from input partitions "
+                             f"{sorted(set(range(PARTITIONS)) - seen(reader.records))} ({e})"
+                             + (f"; {_DROPPED_HELP}" if dropped else "")) from None
