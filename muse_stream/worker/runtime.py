@@ -20,6 +20,7 @@ from muse_stream.errors import FatalKafkaError, KafkaOpError
 from muse_stream.kafka.clients import check_reachable, input_consumer_config, worker_producer_config
 from muse_stream.kafka.loop import LoopHooks, LoopSettings, LoopStats, StreamLoop
 from muse_stream.kafka.producer import OutputProducer
+from muse_stream.kafka.starts import StartWatch
 from muse_stream.kafka.table import TopicTable
 from muse_stream.kafka.topics import TopicSpec, create_topics
 from muse_stream.models.bands import ReferenceCache
@@ -90,6 +91,7 @@ class _Hooks(LoopHooks):
         if w.state.enabled:  # assigned: restore each store before its partition is scored
             (w.state.assign if kind == "assigned" else w.state.release)(partitions)
         w.telemetry.on_rebalance(kind, partitions)
+        (w.starts.assigned if kind == "assigned" else w.starts.released)(partitions)
         names = [f"{p.topic}[{p.partition}]" for p in partitions]
         (logger.warning if kind == "lost" else logger.info)(
             "worker %d %s %s", w.slot, kind, ", ".join(names) or "nothing",
@@ -116,6 +118,9 @@ class Worker:
         self.ready = False
         self._heartbeat = heartbeat or (lambda: None)
         self._known_topics: set[str] = set()
+        # An assigned partition whose committed offset stays unreadable past twice the transaction timeout (a
+        # transaction holding it never ended on the broker) is reported, not waited on in silence.
+        self.starts = StartWatch(after_s=2 * settings.runtime.transaction_timeout_ms / 1000.0 + 30.0)
         # Metrics, traces, drift, health endpoint: per batch, never per event.
         self.telemetry = Telemetry(self) if settings.telemetry.enabled else NoTelemetry()
 
@@ -169,6 +174,8 @@ class Worker:
 
     def between_batches(self) -> None:
         """Apply new models and tenant records; create the topics they need before anything is produced."""
+        if self.starts.waiting:
+            self._report_unstarted()
         gen, tv = self.models.generation, self.tenants.version
         for k, v in self._models_table.updates():
             self.models.apply(k, v)
@@ -184,6 +191,22 @@ class Worker:
                 self._ensure_output_topics(timeout=5.0)
             except KafkaOpError as e:
                 logger.warning("worker %d: checking the output topics after an abort: %s", self.slot, e)
+
+    def _report_unstarted(self) -> None:
+        stuck = self.starts.check(self.consumer)
+        if not stuck:
+            return
+        names = [f"{t}[{p}]" for t, p, _ in stuck]
+        waited = max(w for _, _, w in stuck)
+        logger.error(
+            "worker %d: the committed offsets of input partitions %s have been unreadable for %.0fs: Kafka answers "
+            "that a transaction holding them is still open, past its timeout, and until they are read the worker "
+            "may get no event from any of its partitions. A broker that dropped the transaction's markers after "
+            "an unclean restart does this; see docs/operations.md, 'Brokers that leave a transaction open'",
+            self.slot, ", ".join(names), waited,
+            extra={"fields": {"event": "partitions_not_started", "worker": self.slot,
+                              "group_id": self.settings.runtime.group_id, "partitions": names,
+                              "waited_s": round(waited)}})
 
     def _ensure_output_topics(self, timeout: float = 30.0) -> None:
         t = self.settings.topics
