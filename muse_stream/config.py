@@ -126,6 +126,10 @@ class RuntimeSettings(Frozen):
     # Added to stall_after_s before a worker's first heartbeat: start-up (imports, init_transactions, catching
     # up the models topic) may take longer than one loop turn.
     startup_grace_s: float = Field(60.0, ge=0.0, le=3600.0)
+    # A worker that has taken no event for this long while the group's input waits and its committed offsets
+    # stand still (worker/progress.py) ends, to be restarted with new clients: a consumer that never reached a
+    # restarted broker again turns its loop, so the stall check above does not see it.
+    stuck_after_s: float = Field(120.0, ge=5.0, le=3600.0)
     # After SIGTERM, workers get this long to finish or abort their transaction before SIGKILL. At most 25 s, so
     # `run` always ends within 30 s of SIGTERM.
     shutdown_grace_s: float = Field(20.0, ge=0.5, le=25.0)

@@ -62,6 +62,11 @@ class FatalKafkaError(KafkaOpError):
     """A fatal client error: the worker must close and exit non-zero."""
 
 
+class StuckConsumerError(KafkaOpError):
+    """The worker's consumer makes no progress while the group's input waits: the worker exits, to be
+    restarted with new clients."""
+
+
 class TransformError(MuseError):
     """A score transform cannot be fitted, loaded or applied."""
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from muse_stream.config import Settings
-from muse_stream.errors import FatalKafkaError, KafkaOpError
+from muse_stream.errors import FatalKafkaError, KafkaOpError, StuckConsumerError
 from muse_stream.kafka.clients import check_reachable, input_consumer_config, worker_producer_config
 from muse_stream.kafka.loop import LoopHooks, LoopSettings, LoopStats, StreamLoop
 from muse_stream.kafka.producer import OutputProducer
@@ -32,6 +32,7 @@ from muse_stream.state.engine import StateEngine
 from muse_stream.telemetry import NoTelemetry, Telemetry
 from muse_stream.tenants import TenantRegistry
 from muse_stream.worker.exits import FATAL_KAFKA_EXIT, FENCED_EXIT
+from muse_stream.worker.progress import ProgressWatch
 
 logger = logging.getLogger(__name__)
 _FENCED = {"_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH", "FENCED_INSTANCE_ID"}
@@ -118,9 +119,11 @@ class Worker:
         self.ready = False
         self._heartbeat = heartbeat or (lambda: None)
         self._known_topics: set[str] = set()
+        self._events_seen = 0
         # An assigned partition whose committed offset stays unreadable past twice the transaction timeout (a
         # transaction holding it never ended on the broker) is reported, not waited on in silence.
         self.starts = StartWatch(after_s=2 * settings.runtime.transaction_timeout_ms / 1000.0 + 30.0)
+        self.progress = ProgressWatch(settings, after_s=settings.runtime.stuck_after_s)
         # Metrics, traces, drift, health endpoint: per batch, never per event.
         self.telemetry = Telemetry(self) if settings.telemetry.enabled else NoTelemetry()
 
@@ -176,6 +179,11 @@ class Worker:
         """Apply new models and tenant records; create the topics they need before anything is produced."""
         if self.starts.waiting:
             self._report_unstarted()
+        if self.stats.events_in != self._events_seen:
+            self._events_seen = self.stats.events_in
+            self.progress.consumed()
+        else:
+            self._end_if_stuck()
         gen, tv = self.models.generation, self.tenants.version
         for k, v in self._models_table.updates():
             self.models.apply(k, v)
@@ -207,6 +215,20 @@ class Worker:
             extra={"fields": {"event": "partitions_not_started", "worker": self.slot,
                               "group_id": self.settings.runtime.group_id, "partitions": names,
                               "waited_s": round(waited)}})
+
+    def _end_if_stuck(self) -> None:
+        stalled = self.progress.check()
+        if not stalled:
+            return
+        names = [f"{self.settings.topics.events}[{p}]" for p in stalled]
+        idle = self.progress.clock() - self.progress.last_event
+        logger.error(
+            "worker %d has taken no event for %.0fs while input partitions %s have events waiting and their "
+            "committed offsets stand still: ending it, to be restarted with new clients", self.slot, idle,
+            ", ".join(names), extra={"fields": {"event": "consumer_stuck", "worker": self.slot,
+                                                "group_id": self.settings.runtime.group_id, "partitions": names,
+                                                "idle_s": round(idle)}})
+        raise StuckConsumerError(f"no progress for {idle:.0f}s on {', '.join(names)}")
 
     def _ensure_output_topics(self, timeout: float = 30.0) -> None:
         t = self.settings.topics
@@ -263,6 +285,8 @@ def run_worker(settings: Settings, slot: int, heartbeat=None) -> int:
         logger.error("worker %d: fatal Kafka error, exiting: %s%s", slot, e, hint,
                      extra=_fatal_fields(settings, slot, e))
         return FENCED_EXIT if fenced else FATAL_KAFKA_EXIT
+    except StuckConsumerError:
+        return 2  # said in the consumer_stuck line; restarted by the supervisor
     except KafkaOpError as e:
         logger.error("worker %d: %s", slot, e, extra=_fatal_fields(settings, slot, e))
         return 2

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.kafka
 
 CYCLES = 5
 STALL_AFTER_S = 15.0
+STUCK_AFTER_S = 20.0
 RATE = 200  # events per second while the cycles run
 MAX_EVENTS = 40_000  # the producer's bound, whatever the cycles take
 PARTITIONS = 4  # events_partitions in tests/data/test.toml
@@ -77,8 +78,10 @@ def _settings(bootstrap: str, unique: str):
         batch={"max_events": 200},
         # A worker stuck in a call is killed after 15 s; a worker that exits while the broker is down is
         # restarted as often as the outages need (five outages within a minute or two).
+        # A worker whose consumer never reaches the restarted broker again ends after STUCK_AFTER_S without an
+        # event, and is restarted with new clients.
         runtime={"group_id": f"g{unique}", "transactional_id_prefix": f"tx{unique}", "stall_after_s": STALL_AFTER_S,
-                 "startup_grace_s": 15.0, "max_restarts_per_minute": 30})
+                 "startup_grace_s": 15.0, "max_restarts_per_minute": 30, "stuck_after_s": STUCK_AFTER_S})
 
 
 @pytest.fixture

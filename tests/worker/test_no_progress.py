@@ -1,6 +1,10 @@
-"""A worker whose input partition waits on a transaction that never ends (what a broker that dropped its markers
-leaves behind) says so in its log, naming that partition and no other; once the transaction ends, the partition
-starts and every input has exactly one output."""
+"""Workers that make no progress say why, and end when a new client would help.
+
+- A partition whose committed offset an open transaction holds for ever (what a broker that dropped its
+  markers leaves behind) is named in the log, and no other; once the transaction ends, the partition starts and
+  every input has exactly one output.
+- A consumer that takes nothing while the group's input waits ends its worker, for the supervisor to restart.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ import time
 import pytest
 from confluent_kafka import TopicPartition
 
+from muse_stream.errors import StuckConsumerError
 from muse_stream.kafka.starts import StartWatch
+from muse_stream.worker.progress import ProgressWatch
 from tests.fixtures.helpers import (
     TopicReader,
     decision_topics,
@@ -57,3 +63,32 @@ def test_a_partition_held_by_an_open_transaction_is_named_in_the_log(stack, uniq
         reader.close()
     assert {source_of(m)[1] for m in recs} == {0, 1, 2, 3}
     assert_exactly_once(recs, n)
+
+
+def test_a_worker_whose_consumer_takes_nothing_while_input_waits_ends_itself(stack, caplog):
+    """A consumer that stops fetching (here: paused after its first batch) while the group's input waits and its
+    committed offsets stand still: the worker logs consumer_stuck and ends with StuckConsumerError, for the
+    supervisor to start it again with new clients."""
+    s = stack
+    publish_model(s, "card_fraud", seed=1)
+    produce(s, [event(i, "acme") for i in range(3000)])
+    caplog.set_level(logging.ERROR, logger="muse_stream.worker.runtime")
+
+    def configure(wk):
+        wk.progress = ProgressWatch(s, after_s=3.0, every_s=1.0)
+        between = wk.between_batches
+
+        def between_paused() -> None:
+            c = wk.consumer
+            if c is not None and wk.stats.events_in:  # after the first batch: fetch nothing more
+                c.pause(c.assignment())
+            between()
+
+        wk.between_batches = between_paused
+
+    w = ThreadWorker(s, configure=configure)
+    w.thread.join(60)
+    assert not w.thread.is_alive(), "the worker did not end within 60 s"
+    assert isinstance(w.error, StuckConsumerError), w.error
+    [line] = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "consumer_stuck"]
+    assert line.fields["worker"] == 0 and line.fields["partitions"]
