@@ -6,9 +6,9 @@ heartbeat, its partitions lost, no rejoin, and no error, while its loop keeps tu
 check is satisfied) and the input piles up. A new consumer reaches the same broker at once.
 
 ProgressWatch notices it without trusting the stuck client: once the worker has taken no event for `after_s`,
-it reads the group's lag with a client of its own, every `every_s`. When an input partition has events waiting
-and its committed offset has not moved between two such reads, no member of the group is making progress on
-it, so the worker reports it. Nothing is decided while the broker does not answer, or while the group's
+it reads the group's lag on the events topic with a client of its own, every `every_s`. When a partition has
+events waiting and its committed offset has not moved between two such reads, no member of the group is making
+progress on it, so the worker reports it. Nothing is decided while the broker does not answer, or while the group's
 committed offsets cannot be read (an open transaction holds them: kafka/starts.py names that, and a new client
 would not help).
 """
