@@ -258,6 +258,12 @@ class LocalBroker:
         version = (kafka_dir / "libs" / ".complete").read_text().strip()
         self.home.mkdir(parents=True, exist_ok=True)
         data = self.home / "data"
+        before = self._state().get("version")
+        if before and (data / "meta.properties").exists() and _version_key(before) > _version_key(version):
+            # Kafka cannot read metadata a newer version wrote: say so instead of its stack trace.
+            raise BrokerError(f"{self.home} holds a broker of Kafka {before}, newer than the {version} this "
+                              f"muse-stream runs (KAFKA_SERIES in muse_stream/kafka/local.py says why): delete that "
+                              f"folder (its topics go with it), or set MUSE_KAFKA_VERSION={before}")
         if self.quorum is not None:
             cport = self.quorum.voters[self.node_id]  # fixed: every node lists it among the voters
             if port_open("127.0.0.1", cport):

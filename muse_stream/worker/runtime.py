@@ -207,8 +207,8 @@ class Worker:
         names = [f"{t}[{p}]" for t, p, _ in stuck]
         waited = max(w for _, _, w in stuck)
         logger.error(
-            "worker %d: the committed offsets of input partitions %s have been unreadable for %.0fs: Kafka answers "
-            "that a transaction holding them is still open, past its timeout, and until they are read the worker "
+            "worker %d: the committed offsets of input partitions %s have been unreadable for %.0fs while the "
+            "broker answers: a transaction holding them is still open there, and until they are read the worker "
             "may get no event from any of its partitions. A broker that dropped the transaction's markers after "
             "an unclean restart does this; see docs/operations.md, 'Brokers that leave a transaction open'",
             self.slot, ", ".join(names), waited,

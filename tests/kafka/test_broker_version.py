@@ -24,3 +24,24 @@ def test_a_version_named_by_the_environment_runs_whatever_its_series(tmp_path, m
     _cache(tmp_path, f"{a}.{b}.2", f"{a}.{b + 2}.0")
     monkeypatch.setenv("MUSE_KAFKA_VERSION", f"{a}.{b + 2}.0")
     assert fetch_kafka(tmp_path).name == f"kafka-{a}.{b + 2}.0"
+
+
+def test_a_broker_folder_of_a_newer_kafka_is_refused_in_one_line(tmp_path):
+    from muse_stream.errors import BrokerError
+    from muse_stream.kafka.local import LocalBroker, fetch_kafka, free_port
+
+    version = (fetch_kafka() / "libs" / ".complete").read_text().strip()
+    newer = ".".join([version.split(".")[0], str(int(version.split(".")[1]) + 2), "0"])
+    home = tmp_path / "broker"
+    (home / "data").mkdir(parents=True)
+    (home / "data" / "meta.properties").write_text("version=1\n")
+    (home / "state.json").write_text(f'{{"version": "{newer}", "port": 1}}')
+    broker = LocalBroker(free_port(), home=home)
+    try:
+        broker.launch()
+    except BrokerError as e:
+        assert f"Kafka {newer}" in str(e) and f"MUSE_KAFKA_VERSION={newer}" in str(e), str(e)
+    else:
+        broker.kill()
+        raise AssertionError("a folder of a newer Kafka was started")
+    assert f'"version": "{newer}"' in (home / "state.json").read_text()  # left as it was
