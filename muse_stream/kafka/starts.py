@@ -10,7 +10,8 @@ then only piles up.
 StartWatch keeps, per assigned partition, when it was assigned, until the partition yields an event or its
 committed offset reads back. Once a partition has waited `after_s`, it asks the broker for that offset with a
 short timeout, one partition at a time, a few per check: one that still cannot be read, while the broker
-answers, is reported.
+answers, is reported, and stays in `held` (the worker's /readyz says not ready) until it starts or is
+released.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class StartWatch:
         self.after_s, self.every_s, self.probe_s, self.per_check = after_s, every_s, probe_s, per_check
         self.clock = clock
         self.waiting: dict[tuple[str, int], float] = {}  # (topic, partition) -> when assigned
+        self.held: frozenset[tuple[str, int]] = frozenset()  # reported by a check, still waiting
         self._next = 0.0
 
     def assigned(self, partitions) -> None:
@@ -36,6 +38,17 @@ class StartWatch:
     def released(self, partitions) -> None:
         for p in partitions:
             self.waiting.pop((p.topic, p.partition), None)
+        self._settle()
+
+    def yielded(self, msgs) -> None:
+        """A batch's records: their partitions have started (the worker calls this only while some are held)."""
+        for tp in {(m.topic(), m.partition()) for m in msgs}:
+            self.waiting.pop(tp, None)
+        self._settle()
+
+    def _settle(self) -> None:
+        if self.held:
+            self.held = frozenset(tp for tp in self.held if tp in self.waiting)
 
     def check(self, consumer) -> list[tuple[str, int, float]]:
         """Partitions that have waited `after_s` or more and whose committed offset still cannot be read, as
@@ -63,9 +76,11 @@ class StartWatch:
                 self.waiting.pop((t, p), None)
             else:
                 stuck.append((t, p, now - self.waiting[(t, p)]))
+        self._settle()
         if stuck:
             try:  # a broker that does not answer at all is not one that holds a transaction open
                 consumer.list_topics(stuck[0][0], timeout=self.probe_s)
             except KafkaException:
                 return []
+            self.held = self.held | {(t, p) for t, p, _ in stuck}
         return stuck

@@ -281,6 +281,11 @@ class Telemetry:
             snap.assignment = snap.assignment - parts
             snap.lag = {k: v for k, v in snap.lag.items() if k not in parts}
 
+    def on_held(self, held: frozenset) -> None:
+        """Assigned partitions whose committed offset cannot be read (kafka/starts.py): not ready meanwhile."""
+        if held != self.snap.held:
+            self.snap.held = held
+
     def on_models(self) -> None:
         """After models-topic updates are applied: count swaps and refusals, refresh the model snapshot."""
         reg = self.worker.models

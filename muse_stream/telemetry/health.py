@@ -23,6 +23,7 @@ def readiness_check(snap: Snapshots, *, producer_initialised: bool, alive: bool)
         "producer_initialised": producer_initialised,
         "models_loaded": snap.models_loaded,
         "assigned": bool(snap.assignment),
+        "offsets_readable": not snap.held,
         "alive": alive,
     }
     return all(checks.values()), checks
@@ -53,6 +54,7 @@ def status_document(
         "ready": ready,
         "checks": {**checks, **live},
         "assignment": [f"{t}[{p}]" for t, p in sorted(snap.assignment)],
+        "offsets_unreadable": [f"{t}[{p}]" for t, p in sorted(snap.held)],
         "lag": [{"topic": t, "partition": p, "lag": n} for (t, p), n in sorted(snap.lag.items())],
         "events_per_s": snap.events_per_s,
         "totals": {

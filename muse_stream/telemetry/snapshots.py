@@ -14,6 +14,7 @@ class Snapshots:
     """
 
     assignment: frozenset[tuple[str, int]] = frozenset()  # (topic, partition) assigned to this worker
+    held: frozenset[tuple[str, int]] = frozenset()  # assigned, committed offset unreadable (kafka/starts.py)
     lag: dict[tuple[str, int], int] = field(default_factory=dict)  # messages behind each partition's end
     alerts: dict[str, dict] = field(default_factory=dict)  # per tenant: events and band rates in the window
     models: dict[str, dict] = field(default_factory=dict)  # per intent: the active version and its state

@@ -179,6 +179,7 @@ class Worker:
         """Apply new models and tenant records; create the topics they need before anything is produced."""
         if self.starts.waiting:
             self._report_unstarted()
+        self.telemetry.on_held(self.starts.held)
         if self.stats.events_in != self._events_seen:
             self._events_seen = self.stats.events_in
             self.progress.consumed()
@@ -243,6 +244,8 @@ class Worker:
     def process(self, msgs: list) -> None:
         """One batch: score, shadow-score, produce every output. The loop commits it."""
         t_score = time.perf_counter_ns()
+        if self.starts.held:  # a held partition that yields again is ready again
+            self.starts.yielded(msgs)
         out = self.scorer.process(msgs, int(time.time() * 1000))
         shadow = self.shadow.records(out)  # at most one more booster call per intent, in the same transaction
         t_scored = time.perf_counter_ns()

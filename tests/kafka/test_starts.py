@@ -44,12 +44,14 @@ def test_reports_only_a_partition_an_open_transaction_holds(settings_for, unique
         clock.t += 2.0
         assert watch.check(c) == [(topic, 0, 31.0)]
         assert set(watch.waiting) == {(topic, 0)}  # 1 and 2 have readable offsets
+        assert watch.held == {(topic, 0)}
         clock.t += 5.0
         assert watch.check(c) == []  # not again before every_s
+        assert watch.held == {(topic, 0)}  # ...and still held
         held.commit_transaction(30)  # the transaction ends: the offset is readable
         clock.t += 10.0
         assert watch.check(c) == []
-        assert watch.waiting == {}
+        assert watch.waiting == {} and watch.held == frozenset()
         watch.assigned(parts)  # assigned again: partition 2 now yields its event, 0 and 1 read back
         got = c.poll(10.0)
         assert got is not None and got.partition() == 2
@@ -58,3 +60,27 @@ def test_reports_only_a_partition_an_open_transaction_holds(settings_for, unique
         assert watch.waiting == {}
     finally:
         c.close()
+
+
+class _Msg:
+    def __init__(self, topic, partition):
+        self._tp = (topic, partition)
+
+    def topic(self):
+        return self._tp[0]
+
+    def partition(self):
+        return self._tp[1]
+
+
+def test_a_held_partition_is_released_by_its_first_event_or_its_revocation():
+    """No broker: what `held` keeps between checks (the worker's readiness reads it)."""
+    watch = StartWatch(after_s=1.0)
+    watch.waiting = {("t", 0): 0.0, ("t", 1): 0.0, ("t", 2): 0.0}
+    watch.held = frozenset(watch.waiting)
+    watch.yielded([_Msg("t", 1), _Msg("t", 1)])
+    assert watch.held == {("t", 0), ("t", 2)} and set(watch.waiting) == {("t", 0), ("t", 2)}
+    watch.released([TopicPartition("t", 2)])
+    assert watch.held == {("t", 0)}
+    watch.yielded([_Msg("u", 0)])  # another topic's partition 0 is not this one
+    assert watch.held == {("t", 0)}

@@ -103,7 +103,7 @@ def test_scraped_counters_match_the_events_sent_and_the_version_gauge_follows_ac
         wait_for(lambda: get(port, "/readyz")[0] == 200, what="/readyz to answer 200")
         ready = get(port, "/readyz")[1]
         assert ready["checks"] == {"producer_initialised": True, "models_loaded": True, "assigned": True,
-                                   "alive": True}
+                                   "offsets_readable": True, "alive": True}
         assert get(port, "/healthz")[0] == 200
         m = scrape(port)
 

@@ -55,9 +55,13 @@ def test_a_partition_held_by_an_open_transaction_is_named_in_the_log(stack, uniq
         assert "Brokers that leave a transaction open" in first.getMessage()
         reader.poll_for(2.0)
         assert 0 not in {source_of(m)[1] for m in reader.records}  # partition 0 waits
+        ready, checks = w.worker.telemetry.readiness()  # the worker says it is not ready meanwhile
+        assert (ready, checks["offsets_readable"]) == (False, False)
+        assert w.worker.telemetry.status()["offsets_unreadable"] == [f"{s.topics.events}[0]"]
         held.abort_transaction(30)
         recs = reader.until(lambda r: len(r) >= n, timeout=60)
         reader.poll_for(2.0)  # anything extra would be a duplicate
+        assert w.worker.telemetry.readiness()[0] is True
     finally:
         w.close()
         reader.close()
