@@ -7,9 +7,11 @@ leaves that transaction open on its partitions: read_committed readers stop ther
 offsets were in it cannot read its committed offsets. (Here each producer's next transaction closes the open
 one, whatever its outcome was; a muse-stream worker cannot, because it waits for those offsets first.)
 
-    MUSE_KAFKA_VERSION=4.4.0 python scripts/broker_markers.py [--cycles 5]
+    MUSE_KAFKA_VERSION=4.4.0 python scripts/broker_markers.py [--cycles 5] [--port N]
 
-Prints the version, the number of restarts and the number of dropped-marker lines; exits 1 when any.
+Prints the version, the number of restarts and the number of dropped-marker lines. Exits 0 when none, 1 when
+any, and 2 when the measurement itself failed (the broker did not start, a topic could not be made): 1 is
+always a finding about the broker, never a crash of this script.
 """
 
 from __future__ import annotations
@@ -49,9 +51,18 @@ def _commit_forever(bootstrap: str, n: int, stop: threading.Event) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cycles", type=int, default=5)
+    ap.add_argument("--port", type=int, default=0, help="the throwaway broker's port (default: a free one)")
     args = ap.parse_args()
+    try:
+        return _measure(args.cycles, args.port or free_port())
+    except Exception as e:  # noqa: BLE001 - any failure of the measurement itself: exit 2, not 1
+        print(f"broker_markers: the measurement failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+def _measure(cycles: int, port: int) -> int:
     with tempfile.TemporaryDirectory(prefix="muse-markers-") as home:
-        broker = LocalBroker(free_port(), home=Path(home), heap="384m")
+        broker = LocalBroker(port, home=Path(home), heap="384m")
         broker.start()
         try:
             admin = AdminClient({"bootstrap.servers": broker.bootstrap})
@@ -62,7 +73,7 @@ def main() -> int:
                        for n in range(3)]
             for t in threads:
                 t.start()
-            for _ in range(args.cycles):
+            for _ in range(cycles):
                 time.sleep(4.0)  # transactions committing
                 broker.kill(signal.SIGKILL, timeout=10)
                 time.sleep(1.0)
@@ -73,7 +84,7 @@ def main() -> int:
             version = broker.status().version
         finally:
             broker.kill(signal.SIGKILL, timeout=10)
-    print(f"Kafka {version}: {args.cycles} unclean restarts, {dropped} dropped-marker line(s)")
+    print(f"Kafka {version}: {cycles} unclean restarts, {dropped} dropped-marker line(s)")
     return 1 if dropped else 0
 
 
