@@ -19,13 +19,13 @@ from muse_stream.frozen import Frozen
 
 # Shipped inside the package, so an installed muse-stream runs from any folder; config/muse.toml links here.
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "defaults" / "muse.toml"
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a tenant or intent id (tenants.py reads topic names with it)
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,185}$")
+_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")  # fullmatch: "$" would let a trailing newline through
+ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch; a tenant or intent id (tenants.py reads topic names with it)
+_PREFIX_RE = re.compile(r"[A-Za-z0-9._-]{1,185}")  # fullmatch
 
 
 def _check_topic(name: str) -> str:
-    if not _TOPIC_RE.match(name) or name in {".", ".."}:
+    if not _TOPIC_RE.fullmatch(name) or name in {".", ".."}:
         raise ValueError(f"{name!r} is not a valid Kafka topic name")
     return name
 
@@ -60,7 +60,7 @@ class TopicSettings(Frozen):
     @classmethod
     def _prefix(cls, v: str) -> str:
         # Room for the longest tenant id or intent name (64) within Kafka's 249.
-        if not _PREFIX_RE.match(v):
+        if not _PREFIX_RE.fullmatch(v):
             raise ValueError(f"{v!r}: a topic prefix is 1-185 letters, digits, '.', '_' or '-'")
         return v
 
@@ -76,7 +76,7 @@ class TopicSettings(Frozen):
         if not topic.startswith(self.decisions_prefix):
             return None
         rest = topic[len(self.decisions_prefix):]
-        return rest if ID_RE.match(rest) else None
+        return rest if ID_RE.fullmatch(rest) else None
 
     @field_validator("extra_inputs")
     @classmethod
@@ -154,8 +154,16 @@ class TenantConfig(Frozen):
     @field_validator("tenant_id")
     @classmethod
     def _tid(cls, v: str) -> str:
-        if not ID_RE.match(v):
+        if not ID_RE.fullmatch(v):
             raise ValueError("tenant_id must be 1-64 letters, digits, '_' or '-'")
+        return v
+
+    @field_validator("intents")
+    @classmethod
+    def _intents(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [i for i in v if not ID_RE.fullmatch(i)]
+        if bad:
+            raise ValueError(f"intents {bad} are not intent names (1-64 letters, digits, '_' or '-')")
         return v
 
     @field_validator("band_timeline")
@@ -207,7 +215,7 @@ class IntentConfig(Frozen):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not ID_RE.match(v):
+        if not ID_RE.fullmatch(v):
             raise ValueError("intent name must be 1-64 letters, digits, '_' or '-'")
         return v
 

@@ -189,7 +189,7 @@ class TenantRegistry:
             return f"{topic!r} is a state changelog topic"
         prefix = collision_key(t.decisions_prefix)
         other = key[len(prefix):] if key.startswith(prefix) else None
-        if other is not None and other != cfg.tenant_id and ID_RE.match(other):
+        if other is not None and other != cfg.tenant_id and ID_RE.fullmatch(other):
             return f"{topic!r} is tenant {other!r}'s decision topic{alike(t.decisions_topic(other))}"
         for claimed, owner in self._claims.items():
             if owner != cfg.tenant_id and collision_key(claimed) == key:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from muse_stream.config import DEFAULT_CONFIG, TenantConfig, error_text, load_settings
+from muse_stream.config import DEFAULT_CONFIG, Settings, TenantConfig, error_text, load_settings
 from muse_stream.errors import ConfigError
 
 
@@ -52,8 +52,14 @@ def test_tenant_validation():
         TenantConfig(tenant_id="a", intents=("x",), bands={"review": 1.5})
     with pytest.raises(ValueError, match="default_intent"):
         TenantConfig(tenant_id="a", intents=("x",), default_intent="y")
-    with pytest.raises(ValueError, match="tenant_id"):
-        TenantConfig(tenant_id="a b", intents=("x",))
+    for tid in ("a b", "a\n", "\na", ""):  # a trailing newline too (a regex's "$" would let it through)
+        with pytest.raises(ValueError, match="tenant_id"):
+            TenantConfig(tenant_id=tid, intents=("x",))
+    with pytest.raises(ValueError, match="intent"):
+        TenantConfig(tenant_id="a", intents=("x\n",))
+    for field, value in (("events", "muse.events\n"), ("decisions_prefix", "muse.decisions.\n")):
+        with pytest.raises(ValueError, match=field):
+            Settings.model_validate({"topics": {field: value}})
     # A threshold written in a rate's shape is a threshold; a refusal says what is wrong with the one meant.
     written = TenantConfig(tenant_id="a", intents=("x",), bands={"review": {"threshold": 0.9}})
     assert written.bands == {"review": 0.9}

@@ -41,6 +41,7 @@ def _hostile(s: Settings, victim_topic: str) -> dict[str, str]:
         f"{t.events}.replay.r1.decisions.globex": "replay namespace",
         "bad topic!": "not a valid Kafka topic name", "x" * 250: "not a valid Kafka topic name",
         ".": "not a valid Kafka topic name", "..": "not a valid Kafka topic name",
+        "globex.out\n": "not a valid Kafka topic name",  # a regex's "$" would let the newline through
         "__consumer_offsets": "Kafka-internal topic", "__transaction_state": "Kafka-internal topic",
         t.labels: "the labels topic", f"muse-stream.{t.events}.state-changelog": "state changelog topic",
         # Kafka reads '.' and '_' alike in topic names: these collide with a control topic and a decision topic
