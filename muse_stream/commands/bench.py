@@ -75,7 +75,7 @@ def _broker(settings, given: bool):
         if given or not local:
             raise BrokerError(f"no Kafka broker answers at {boot}")
         print(f"no broker answers at {boot}: starting a local one for the bench", file=sys.stderr)
-        started = LocalBroker(int(port))
+        started = LocalBroker(int(port), set_aside_newer=True)
         started.start()
     if local:
         st = LocalBroker(int(port)).status()

@@ -168,7 +168,7 @@ def run_stream(opts: StreamOptions, data: IEEE, feats: np.ndarray, pair: im.Pair
             settings.kafka.bootstrap_servers):
         port = int(settings.kafka.bootstrap_servers.rpartition(":")[2])
         say(f"starting a local Kafka broker on 127.0.0.1:{port} ...")
-        broker = LocalBroker(port)
+        broker = LocalBroker(port, set_aside_newer=True)
         broker.start()
     try:
         ensure_all(settings)

@@ -203,7 +203,7 @@ def run_demo(opts: DemoOptions, console) -> dict:
             settings.kafka.bootstrap_servers):
         port = int(settings.kafka.bootstrap_servers.rpartition(":")[2])
         console.print(f"starting a local Kafka broker on 127.0.0.1:{port} ...")
-        broker = LocalBroker(port)
+        broker = LocalBroker(port, set_aside_newer=True)
         broker.start()
     workers = reader = dep = None
     try:

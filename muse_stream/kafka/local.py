@@ -186,8 +186,12 @@ class LocalBroker:
     are authorized by ACLs; the broker's own checks connect as the super user."""
 
     def __init__(self, port: int = 9092, *, home: Path | None = None, heap: str = "512m", node_id: int = 1,
-                 quorum: Quorum | None = None, sasl: SaslPlain | None = None) -> None:
+                 quorum: Quorum | None = None, sasl: SaslPlain | None = None, set_aside_newer: bool = False) -> None:
         self.port = port
+        # A folder formatted by a newer Kafka: refused (BrokerError) by default; with set_aside_newer (the demos'
+        # and the bench's own brokers, whose topics are theirs for one run) its data is renamed, kept, and a
+        # new broker is formatted beside it.
+        self.set_aside_newer = set_aside_newer
         self.home = home or cache_root() / f"broker-{port}"
         self.heap = heap
         self.node_id = node_id
@@ -261,9 +265,19 @@ class LocalBroker:
         before = self._state().get("version")
         if before and (data / "meta.properties").exists() and _version_key(before) > _version_key(version):
             # Kafka cannot read metadata a newer version wrote: say so instead of its stack trace.
-            raise BrokerError(f"{self.home} holds a broker of Kafka {before}, newer than the {version} this "
-                              f"muse-stream runs (KAFKA_SERIES in muse_stream/kafka/local.py says why): delete that "
-                              f"folder (its topics go with it), or set MUSE_KAFKA_VERSION={before}")
+            if self.set_aside_newer:
+                aside = self.home / f"data.kafka-{before}"
+                n = 1
+                while aside.exists():
+                    n += 1
+                    aside = self.home / f"data.kafka-{before}.{n}"
+                data.rename(aside)
+                logger.warning("%s held a broker of Kafka %s, newer than the %s this muse-stream runs: its data is "
+                               "kept in %s, and a new broker is formatted", self.home, before, version, aside)
+            else:
+                raise BrokerError(f"{self.home} holds a broker of Kafka {before}, newer than the {version} this "
+                                  f"muse-stream runs (KAFKA_SERIES in muse_stream/kafka/local.py says why): delete "
+                                  f"that folder (its topics go with it), or set MUSE_KAFKA_VERSION={before}")
         if self.quorum is not None:
             cport = self.quorum.voters[self.node_id]  # fixed: every node lists it among the voters
             if port_open("127.0.0.1", cport):

@@ -45,3 +45,24 @@ def test_a_broker_folder_of_a_newer_kafka_is_refused_in_one_line(tmp_path):
         broker.kill()
         raise AssertionError("a folder of a newer Kafka was started")
     assert f'"version": "{newer}"' in (home / "state.json").read_text()  # left as it was
+
+
+def test_the_demos_own_broker_sets_a_newer_kafkas_data_aside_and_starts(tmp_path):
+    """What the demos and the bench do with their broker folder (their topics are theirs for one run): the old
+    data kept under another name, a new broker formatted and answering."""
+    from muse_stream.kafka.local import LocalBroker, fetch_kafka, free_port
+
+    version = (fetch_kafka() / "libs" / ".complete").read_text().strip()
+    newer = ".".join([version.split(".")[0], str(int(version.split(".")[1]) + 2), "0"])
+    home = tmp_path / "broker"
+    (home / "data").mkdir(parents=True)
+    (home / "data" / "meta.properties").write_text("version=1\nnode.id=1\n")
+    (home / "state.json").write_text(f'{{"version": "{newer}", "port": 1}}')
+    broker = LocalBroker(free_port(), home=home, heap="256m", set_aside_newer=True)
+    try:
+        st = broker.start(timeout=90)
+        assert st.up and st.version == version
+    finally:
+        broker.stop()
+    assert (home / f"data.kafka-{newer}" / "meta.properties").read_text() == "version=1\nnode.id=1\n"
+    assert (home / "data" / "meta.properties").exists()  # formatted anew
