@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from muse_stream.config import error_text, load_settings
     from muse_stream.errors import ConfigError
     from muse_stream.logs import setup_logging
+    from muse_stream.state.engine import check_state_dir
     from muse_stream.worker.supervisor import run_workers
 
     settings = load_settings(args.config, bootstrap=args.bootstrap)
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             settings = settings.with_overrides(runtime=override)
         except ValidationError as e:
             raise ConfigError(f"run: {error_text(e).replace('runtime.workers', '--workers')}") from None
+    check_state_dir(settings)
     workers = settings.runtime.workers
     setup_logging(verbose=args.verbose, fmt=settings.telemetry.log_format)
     return run_workers(settings, workers=workers, first_slot=args.slot, verbose=args.verbose)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import orjson
 from confluent_kafka import KafkaException, TopicPartition
 
 from muse_stream.config import Settings
-from muse_stream.errors import AbortRequired
+from muse_stream.errors import AbortRequired, ConfigError
 from muse_stream.kafka.clients import make_consumer, reader_config
 from muse_stream.kafka.topics import COMPACTED, TopicSpec, changelog_topic, create_topics
 from muse_stream.state import batch
@@ -46,6 +47,23 @@ MAX_RECORD_BYTES = 512 * 1024
 
 def state_folder(settings: Settings, slot: int) -> Path:
     return Path(settings.runtime.state_dir) / settings.runtime.group_id / f"slot-{slot}"
+
+
+def check_state_dir(settings: Settings) -> None:
+    """A config with entity state needs a state folder its workers can write: made (with its parents) and
+    written to once, before any worker starts; one that cannot be is a ConfigError in one line, not a worker
+    crashing on its first assignment."""
+    if not any(i.state is not None for i in settings.intents):
+        return
+    where = Path(settings.runtime.state_dir) / settings.runtime.group_id
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        probe = where / f".write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"runtime.state_dir {settings.runtime.state_dir!r}: the workers cannot keep their entity "
+                          f"state in {str(where)!r}: {e.strerror or e}") from None
 
 
 class StateEngine:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from muse_stream.config import Settings
-from muse_stream.errors import FatalKafkaError, KafkaOpError, StuckConsumerError
+from muse_stream.errors import ConfigError, FatalKafkaError, KafkaOpError, StuckConsumerError
 from muse_stream.kafka.clients import check_reachable, input_consumer_config, worker_producer_config
 from muse_stream.kafka.loop import LoopHooks, LoopSettings, LoopStats, StreamLoop
 from muse_stream.kafka.producer import OutputProducer
@@ -28,7 +28,7 @@ from muse_stream.models.registry import ModelRegistry
 from muse_stream.scoring.deadletter import write_dead_letters
 from muse_stream.scoring.scorer import BatchOutput, BatchScorer
 from muse_stream.scoring.shadow import ShadowScorer
-from muse_stream.state.engine import StateEngine
+from muse_stream.state.engine import StateEngine, check_state_dir
 from muse_stream.telemetry import NoTelemetry, Telemetry
 from muse_stream.tenants import TenantRegistry
 from muse_stream.worker.exits import FATAL_KAFKA_EXIT, FENCED_EXIT
@@ -158,6 +158,7 @@ class Worker:
             self._heartbeat()
             self._ensure_output_topics()
             if self.state.enabled:
+                check_state_dir(s)
                 self.state.ensure_topics()
             self.loop = StreamLoop(
                 LoopSettings(tuple(s.topics.inputs), eos, s.batch.max_events, s.batch.max_wait_ms / 1000.0,
@@ -290,6 +291,9 @@ def run_worker(settings: Settings, slot: int, heartbeat=None) -> int:
         return FENCED_EXIT if fenced else FATAL_KAFKA_EXIT
     except StuckConsumerError:
         return 2  # said in the consumer_stuck line; restarted by the supervisor
+    except ConfigError as e:  # found at start-up (`run` checks the same before any worker starts)
+        logger.error("worker %d: %s", slot, e)
+        return 2
     except KafkaOpError as e:
         logger.error("worker %d: %s", slot, e, extra=_fatal_fields(settings, slot, e))
         return 2

@@ -15,6 +15,7 @@ from muse_stream.models.records import VersionRecord, dump, parse_models_record,
 from muse_stream.models.registry import ModelRegistry
 from muse_stream.models.store import build_version
 from muse_stream.models.transform import fit_score_transform
+from muse_stream.state.engine import check_state_dir
 
 SPEC = {"entity": ["card_id"], "windows": ["10m", "1h"], "aggregates": ["count", "sum:amount"], "lateness": "5m"}
 NAMES = ["f0", "card_id.count_10m", "card_id.sum_amount_1h"]
@@ -126,3 +127,26 @@ def test_a_refused_activation_is_named_in_the_dead_letters_detail():
     assert type(got) is Rejection and got.reason.value == "no_active_model"
     assert got.detail.startswith("intent 'card_fraud' has no active model: its activation of card_fraud@1 was "
                                  "refused (card_fraud@1: ") and "trained with state definitions" in got.detail
+
+
+def test_a_state_folder_the_workers_cannot_write_is_one_line_before_any_worker_starts(tmp_path, capsys):
+    from muse_stream.cli import main
+    from muse_stream.config import dump_toml
+    from muse_stream.kafka.local import free_port
+
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state folder should be")
+    s = Settings.model_validate({"intents": [{"name": "card_fraud", "state": {
+        "entity": ["card_id"], "windows": ["10m"], "aggregates": ["count"]}}],
+        "runtime": {"state_dir": str(blocker / "sub")}})
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(dump_toml(s))
+    # No broker answers there: the folder is checked first, so the error is the folder's.
+    assert main(["run", "--config", str(cfg), "--bootstrap", f"127.0.0.1:{free_port()}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runtime.state_dir" in err[0] and "Not a directory" in err[0], err
+    # Fine once it can be made; a config without state makes no folder at all.
+    check_state_dir(s.with_overrides(runtime={"state_dir": str(tmp_path / "ok")}))
+    assert (tmp_path / "ok" / s.runtime.group_id).is_dir() and not list((tmp_path / "ok" / s.runtime.group_id).iterdir())
+    check_state_dir(Settings.model_validate({"runtime": {"state_dir": str(tmp_path / "none")}}))
+    assert not (tmp_path / "none").exists()
