@@ -213,8 +213,8 @@ class StateEngine:
 
     def _sweep(self) -> None:
         """Delete, a bounded number of keys per store and batch, the entities idle for longer than their
-        retention plus lateness behind the partition's event-time front (capped by the wall clock, so one
-        event from the far future cannot expire everything): their deletes are changelog tombstones in this
+        retention plus lateness behind the partition's event-time front (its 16th newest event time, so a few
+        events stamped far ahead cannot move it; and capped by the wall clock): their deletes are changelog tombstones in this
         transaction. Exact for every later event no older than the front minus lateness (docs/models.md)."""
         wall = time.time_ns() // 1_000_000
         for (topic, partition), store in self.stores.items():
@@ -256,9 +256,7 @@ class StateEngine:
             kept_rows = rows[kept]
             times = cols.times[kept_rows].astype(np.int64)
             for s, (topic, partition) in enumerate(by_store):  # each partition's event-time front, for the sweep
-                store = self.stores[(topic, partition)]
-                t_max = int(times.max() if len(by_store) == 1 else times[stores_of[code] == s].max())
-                store.front = t_max if store.front is None else max(store.front, t_max)
+                self.stores[(topic, partition)].advance(times if len(by_store) == 1 else times[stores_of[code] == s])
             out = np.full((len(kept), len(plan.names)), _NAN)
             kind, first, values = batch.run(plan, raws, code, times, got.offsets,
                                             hash_many([str(e) for e in cols.eids[kept_rows].tolist()]), got.nums,

@@ -17,6 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 from confluent_kafka import KafkaError, TopicPartition
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager, WriteOptions
 
@@ -24,6 +25,7 @@ from muse_stream.errors import KafkaOpError
 
 logger = logging.getLogger(__name__)
 SYNC_KEY = b"\x00sync"  # no state key starts with a zero byte
+FRONT_RANK = 16  # the sweep's front: the partition's 16th newest event time (PartitionStore.advance)
 # One block cache and one memtable budget for all of a process's stores, so a worker's memory does not grow
 # with its partitions (RocksDB's defaults give each store 2 x 64 MB of memtables); bloom filters because
 # most look-ups of a batch with many entities are misses (an entity's first event).
@@ -68,7 +70,19 @@ class PartitionStore:
         self.db = _open(path)
         self.pending: dict[bytes, bytes | None] = {}
         self.cursor = b""  # where the next sweep resumes (key order, wrapping at the end)
-        self.front: int | None = None  # the newest event time this worker scored on the partition
+        self.front: int | None = None  # the sweep's event-time front on the partition (see `advance`)
+        self._newest = np.empty(0, dtype=np.int64)  # the FRONT_RANK newest event times scored here
+
+    def advance(self, times: np.ndarray) -> None:
+        """A batch's event times: the front becomes the FRONT_RANK-th newest event time scored on the partition,
+        so fewer than FRONT_RANK events stamped far ahead (a producer's clock, a typo) cannot move it and make
+        the sweep take every entity of a historical stream for idle; None until that many were scored."""
+        both = np.concatenate([self._newest, times.astype(np.int64, copy=False)])
+        if len(both) > FRONT_RANK:
+            both = np.partition(both, len(both) - FRONT_RANK)[-FRONT_RANK:]
+        self._newest = both
+        if len(both) == FRONT_RANK:
+            self.front = int(both.min())
 
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
         """Values as the open transaction sees them: its own writes first, then RocksDB (one multi-get)."""

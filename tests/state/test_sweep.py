@@ -72,8 +72,8 @@ def test_idle_entities_are_swept_a_few_keys_per_batch(tmp_path):
     assert len(_cards(e)) == 10
     # 12 minutes on (retention 11 m: the 10 m dedup window and 1 m lateness, plus 1 m lateness): c0..c9 expire
     tombstones = []
-    for n in range(6):
-        _, writes = feed.batch([("x", T0 + 30 * MIN + n)])
+    for n in range(6):  # 16 events a batch: the front (the 16th newest event time) is set from the first on
+        _, writes = feed.batch([("x", T0 + 30 * MIN + 100 * n + j) for j in range(16)])
         gone = [k for _, _, k, v in writes if v is None]
         assert len(gone) <= 3  # bounded per batch
         tombstones += gone
@@ -83,7 +83,7 @@ def test_idle_entities_are_swept_a_few_keys_per_batch(tmp_path):
     assert feats[:, 0].tolist() == [0.0, 1.0]
     # An entity inside its retention is kept however many passes run.
     for n in range(5):
-        feed.batch([("x", T0 + 32 * MIN + n)])
+        feed.batch([("x", T0 + 32 * MIN + 100 * n + j) for j in range(16)])
     assert _cards(e) == {"x", "c0"}
     # The totals as metrics (read at collection) and in /status.
     hub = MetricsHub({"service.name": "test"})
@@ -100,9 +100,28 @@ def test_the_wall_clock_caps_the_front(tmp_path):
     feed = Feed(e)
     now = time.time_ns() // 1_000_000
     feed.batch([("y", now - MIN)])
-    for n in range(3):  # one event 30 days ahead of the clock: the sweep still judges by the clock
-        feed.batch([("z", now + 30 * 86_400_000 + n)])
+    for n in range(3):  # a stream 30 days ahead of the clock: the sweep still judges by the clock
+        feed.batch([("z", now + 30 * 86_400_000 + 100 * n + j) for j in range(16)])
     assert _cards(e) == {"y", "z"} and e.stats["swept"] == 0
+    e.close()
+
+
+def test_a_few_events_stamped_far_ahead_do_not_expire_a_historical_stream(tmp_path):
+    """Event times years behind the clock (a backfill, a replay) and 15 events stamped years ahead, in one
+    batch and then one by one: the front stays the historical stream's, so no entity in its retention is swept
+    and every later event sees its entity's entries."""
+    e = _engine(tmp_path)
+    e.sweep_per_batch = 1000
+    feed = Feed(e)
+    feed.batch([(f"c{i % 20}", T0 + i * 1000) for i in range(100)])
+    ahead = T0 + 5 * 365 * 86_400_000
+    feed.batch([("far", ahead + j) for j in range(10)])
+    for j in range(5):
+        feed.batch([("far", ahead + 100 + j)])
+    feats, _ = feed.batch([(f"c{i}", T0 + 101_000 + i) for i in range(20)])
+    assert e.stats["swept"] == 0 and len(_cards(e)) == 21
+    assert e.plans["card_fraud"].names[2] == "card_id.count_10m"
+    assert feats[:, 2].tolist() == [5.0] * 20  # each card's 5 earlier events, none forgotten
     e.close()
 
 
