@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muse_stream.state.windows import _HEAD, Entity, Plan, entry_dtype, head, step
+from muse_stream.state.windows import _HEAD, Entity, Plan, entry_dtype, step
 
 OK, LATE, DUP = 0, 1, 2
 _SPAN_BITS = 41  # an entity's merged times within 2^41 ms (69 years) of its oldest: one int64 sort key
@@ -30,7 +30,7 @@ def run(plan: Plan, raws: list, code: np.ndarray, t: np.ndarray, off: np.ndarray
     each entity's new record)."""
     k, d, m = len(plan.nums), len(plan.dists), len(raws)
     dt = entry_dtype(k, d)
-    hd = head(k, d)
+    hd = plan.head
     good = [r is not None and r[:_HEAD.size] == hd for r in raws]
     counts = np.fromiter(((len(r) - _HEAD.size) // dt.itemsize if g else 0 for r, g in zip(raws, good)),
                          dtype=np.int64, count=m)
@@ -189,10 +189,10 @@ def _distinct(vals: np.ndarray, live: np.ndarray, times: np.ndarray, q: np.ndarr
 
 def _exact(plan: Plan, raw, evs: np.ndarray, t, off, ids, nums, dist, out, kind, first) -> bytes:
     """One entity's events (rows `evs`, arrival order) by the reference rule (windows.step); its new record."""
-    e = Entity.decode(raw, len(plan.nums), len(plan.dists))
+    e = Entity.decode(raw, plan)
     for i in evs.tolist():
         what, f = step(plan, e, int(t[i]), int(off[i]), int(ids[i]), nums[:, i], dist[:, i], out[i])
         kind[i] = DUP if what == "dup" else LATE if what == "late" else OK
         first[i] = f
     e.trim(plan.keep_ms)
-    return e.encode()
+    return e.encode(plan)

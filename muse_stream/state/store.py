@@ -70,6 +70,7 @@ class PartitionStore:
         self.db = _open(path)
         self.pending: dict[bytes, bytes | None] = {}
         self.cursor = b""  # where the next sweep resumes (key order, wrapping at the end)
+        self.checked: set[str] = set()  # intents whose spec record this store holds (engine._check_spec)
         self.front: int | None = None  # the sweep's event-time front on the partition (see `advance`)
         self._newest = np.empty(0, dtype=np.int64)  # the FRONT_RANK newest event times scored here
 
@@ -128,7 +129,7 @@ class PartitionStore:
                 continue
             k = it.key()
             seen += 1
-            if k != SYNC_KEY and k not in self.pending and expired(k, it.value()):
+            if k[:1] != b"\x00" and k not in self.pending and expired(k, it.value()):
                 out[k] = None
             self.cursor = k + b"\0"
             it.next()
@@ -153,11 +154,11 @@ class PartitionStore:
         self.db.close()
 
     def entity_keys(self) -> list[bytes]:
-        """Every committed state key (tests and tools; a full scan)."""
+        """Every committed entity key (tests and tools; a full scan), not the store's own (a zero byte first)."""
         it, out = self.db.iter(), []
         it.seek_to_first()
         while it.valid():
-            if it.key() != SYNC_KEY:
+            if it.key()[:1] != b"\x00":
                 out.append(it.key())
             it.next()
         return out

@@ -5,9 +5,12 @@ input offset, a 64-bit hash of its event id (de-duplication), whether it counts 
 event, kept only so that its duplicates are caught), one float64 per numeric field and one 64-bit hash per
 distinct field. Entries older than the retention behind the entity's newest event are dropped on each write:
 max(longest window + lateness, dedup window), so the state is bounded and every non-late event still sees
-all of its windows. The bytes are an 8-byte head (b"MSE1", numeric and distinct field counts) and then the
-entries as fixed-width rows (`entry_dtype`), so a batch's records decode with one join and one frombuffer
-(state/batch.py) and encode as slices of one buffer.
+all of its windows. The bytes are a 16-byte head (b"MSE2", numeric and distinct field counts, and the id of
+the layout: a hash of those fields' names, in order) and then the entries as fixed-width rows (`entry_dtype`),
+so a batch's records decode with one join and one frombuffer (state/batch.py) and encode as slices of one
+buffer. A record of another layout (the spec's fields changed) is never read as this one: `adapt` rewrites it
+by field name, given the names its layout id stands for. Records of the first format (b"MSE1", an 8-byte head
+without a layout id) are read as the current layout when their field counts match.
 
 The rule (docs/models.md): an event at time t sees, for a window w, the entries that arrived before it (lower
 offset on its partition, already processed), count for features, and have t - w <= time <= t. The event
@@ -24,8 +27,9 @@ import numpy as np
 
 from muse_stream.featurespec import StateSpec
 
-_HEAD = struct.Struct("<4sHH")  # magic, numeric fields, distinct fields
-MAGIC = b"MSE1"
+_HEAD = struct.Struct("<4sHHq")  # magic, numeric fields, distinct fields, layout id
+MAGIC = b"MSE2"
+_LEGACY_HEAD, LEGACY_MAGIC = struct.Struct("<4sHH"), b"MSE1"
 NAN = math.nan
 _FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
 
@@ -36,8 +40,54 @@ def entry_dtype(n_num: int, n_dist: int) -> np.dtype:
                      ("dist", "<i8", (n_dist,))])
 
 
-def head(n_num: int, n_dist: int) -> bytes:
-    return _HEAD.pack(MAGIC, n_num, n_dist)
+def layout_id(nums, dists) -> int:
+    """The id of a record layout: its numeric and distinct fields' names, in order."""
+    return id_hash("num:" + "\0".join(nums) + "\ndist:" + "\0".join(dists))
+
+
+def head(nums, dists) -> bytes:
+    """The head of a record of these numeric and distinct fields (names, in order)."""
+    return _HEAD.pack(MAGIC, len(nums), len(dists), layout_id(nums, dists))
+
+
+def shape(value: bytes) -> tuple[int, int, int] | None:
+    """(head size, numeric fields, distinct fields) of a record of either format; None: not a record."""
+    if value[:4] == MAGIC and len(value) >= _HEAD.size:
+        _, k, d, _ = _HEAD.unpack_from(value)
+        return _HEAD.size, k, d
+    if value[:4] == LEGACY_MAGIC and len(value) >= _LEGACY_HEAD.size:
+        _, k, d = _LEGACY_HEAD.unpack_from(value)
+        return _LEGACY_HEAD.size, k, d
+    return None
+
+
+def adapt(raw: bytes, plan: Plan, names_of) -> bytes | None:
+    """A record that is not of plan's layout, rewritten in it (None: unreadable, the entity starts afresh).
+    Entries keep their times, offsets, ids and liveness (so counts, recency and duplicates carry over), the
+    fields both layouts have keep their values, and a field the old layout lacked is missing (NaN, or the
+    missing hash 0) in the old entries. `names_of(layout id)`: (numeric names, distinct names), or None when
+    unknown."""
+    got = shape(raw)
+    if got is None:
+        return None
+    size, k, d = got
+    if (len(raw) - size) % entry_dtype(k, d).itemsize:
+        return None
+    if size == _LEGACY_HEAD.size:  # the first format: no layout id; the same counts are taken for the same fields
+        return plan.head + raw[size:] if (k, d) == (len(plan.nums), len(plan.dists)) else None
+    names = names_of(_HEAD.unpack_from(raw)[3])
+    if names is None or (len(names[0]), len(names[1])) != (k, d):
+        return None
+    old_nums, old_dists = names
+    r = np.frombuffer(raw, entry_dtype(k, d), offset=size)
+    out = np.empty(len(r), entry_dtype(len(plan.nums), len(plan.dists)))
+    for f in ("t", "off", "id", "live"):
+        out[f] = r[f]
+    for j, name in enumerate(plan.nums):
+        out["num"][:, j] = r["num"][:, old_nums.index(name)] if name in old_nums else NAN
+    for j, name in enumerate(plan.dists):
+        out["dist"][:, j] = r["dist"][:, old_dists.index(name)] if name in old_dists else 0
+    return plan.head + out.tobytes()
 
 
 def hash_many(texts: list[str]) -> np.ndarray:
@@ -81,17 +131,19 @@ class Entity:
                    np.empty((n_num, 0)), np.empty((n_dist, 0), np.int64))
 
     @classmethod
-    def decode(cls, raw: bytes | None, n_num: int, n_dist: int) -> Entity:
-        if not raw or raw[:_HEAD.size] != head(n_num, n_dist):  # none, or the spec changed: start afresh
+    def decode(cls, raw: bytes | None, plan: Plan) -> Entity:
+        """A record of plan's layout (the engine adapts others first); none, or not of it: empty."""
+        n_num, n_dist = len(plan.nums), len(plan.dists)
+        if not raw or raw[:_HEAD.size] != plan.head:
             return cls.empty(n_num, n_dist)
         r = np.frombuffer(raw, entry_dtype(n_num, n_dist), offset=_HEAD.size)
         return cls(r["t"], r["off"], r["id"], r["live"].astype(np.bool_), r["num"].T, r["dist"].T)
 
-    def encode(self) -> bytes:
+    def encode(self, plan: Plan) -> bytes:
         r = np.empty(len(self.times), entry_dtype(len(self.nums), len(self.dist)))
         r["t"], r["off"], r["id"], r["live"], r["num"], r["dist"] = (self.times, self.offsets, self.ids, self.live,
                                                                      self.nums.T, self.dist.T)
-        return head(len(self.nums), len(self.dist)) + r.tobytes()
+        return plan.head + r.tobytes()
 
     def newest(self) -> int | None:
         """The newest event time among the entries that count for features (None: none)."""
@@ -129,6 +181,8 @@ class Plan:
         self.names = spec.feature_names()
         self.windows = np.array(spec.windows_ms, dtype=np.int64)
         self.nums, self.dists = spec.numeric_fields, spec.distinct_fields
+        self.head = head(self.nums, self.dists)
+        self.layout_id = layout_id(self.nums, self.dists)
         # The durations parsed once (the spec's properties parse their text on every access).
         self.longest_ms, self.lateness_ms, self.dedup_ms = spec.longest_ms, spec.lateness_ms, spec.dedup_ms
         self.keep_ms = max(self.longest_ms + self.lateness_ms, self.dedup_ms)

@@ -16,6 +16,10 @@ STATE_METRICS = (
     ("muse_state_swept_entities", "swept", "{entity}", "Idle entities deleted by the sweep (tombstoned)"),
     ("muse_state_capped_records", "capped", "{record}",
      "Entity records cut to their newest entries at the record size limit"),
+    ("muse_state_adapted_records", "adapted", "{record}",
+     "Entity records written under another state spec's fields, read by field name under the current one"),
+    ("muse_state_unreadable_records", "unreadable", "{record}",
+     "Entity records of an unknown format or field layout: their entities started afresh"),
 )
 
 
@@ -35,4 +39,5 @@ def state_status(engine) -> dict:
     return {"state": {"stores": len(engine.stores), "late": s["late"], "duplicates": s["duplicates"],
                       "wrong_partition_key": s["wrong_partition_key"], "restored_records": s["restored_records"],
                       "restore_seconds": round(s["restore_seconds"], 3), "swept": s["swept"], "capped": s["capped"],
+                      "adapted": s["adapted"], "unreadable": s["unreadable"],
                       "step_seconds": round(s["state_ns"] / 1e9, 3)}}

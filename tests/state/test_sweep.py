@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 from muse_stream.config import Settings
 from muse_stream.state.engine import StateEngine
 from muse_stream.state.store import PartitionStore
-from muse_stream.state.windows import entry_dtype
+from muse_stream.state.windows import _HEAD, entry_dtype
 from muse_stream.telemetry.metrics import MetricsHub
 from muse_stream.telemetry.state import register_state_metrics, state_status
 
@@ -128,12 +128,12 @@ def test_a_few_events_stamped_far_ahead_do_not_expire_a_historical_stream(tmp_pa
 def test_an_oversized_record_keeps_its_newest_entries(tmp_path):
     e = _engine(tmp_path)
     size = entry_dtype(1, 0).itemsize
-    e.max_record_bytes = 8 + 5 * size
+    e.max_record_bytes = _HEAD.size + 5 * size
     feed = Feed(e)
     feats, writes = feed.batch([("c", T0 + i * 1000) for i in range(12)])
     assert feats[:, 0].tolist() == list(range(12))  # this batch saw every entry
     (value,) = [v for _, _, k, v in writes if k.endswith(b"\0c")]
-    assert len(value) == 8 + 5 * size and e.stats["capped"] == 1
+    assert len(value) == _HEAD.size + 5 * size and e.stats["capped"] == 1
     feats, _ = feed.batch([("c", T0 + 13_000)])
     assert feats[0, 0] == 5.0  # the newest five remain (the 1 m window holds all twelve otherwise)
     e.close()

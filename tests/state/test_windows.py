@@ -110,7 +110,7 @@ def test_step_matches_brute_force_across_batches(seed):
     for b in range(0, len(events), 37):  # batches; each entity's record goes through bytes in between
         entities: dict[str, Entity] = {}
         for ev in events[b:b + 37]:
-            e = entities.get(ev["entity"]) or Entity.decode(stored.get(ev["entity"]), 1, 1)
+            e = entities.get(ev["entity"]) or Entity.decode(stored.get(ev["entity"]), plan)
             entities[ev["entity"]] = e
             out = np.full(len(plan.names), np.nan)
             amt = ev["nums"]["amount"]
@@ -129,7 +129,7 @@ def test_step_matches_brute_force_across_batches(seed):
             assert not bad, (ev, bad)
         for k, e in entities.items():
             e.trim(plan.keep_ms)
-            stored[k] = e.encode()
+            stored[k] = e.encode(plan)
     assert late > 5 and dups > 5  # the data exercised both rules
 
 
