@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -11,6 +12,22 @@ from pathlib import Path
 import pytest
 
 from muse_stream.config import Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _root_logging():
+    """The CLI's setup_logging replaces the root logger's handlers with one bound to the stderr of the moment
+    (a test's captured one, closed after it): put them back after each test, so no test depends on the order."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+    for h in handlers:
+        if h not in root.handlers:
+            root.addHandler(h)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

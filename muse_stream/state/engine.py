@@ -36,14 +36,12 @@ from muse_stream.kafka.clients import make_consumer, reader_config
 from muse_stream.kafka.topics import COMPACTED, TopicSpec, changelog_topic, create_topics
 from muse_stream.state import batch
 from muse_stream.state.reading import read_rows
+from muse_stream.state.specs import Specs
 from muse_stream.state.store import PartitionStore, restore
-from muse_stream.state.windows import _HEAD, Plan, adapt, entry_dtype, hash_many, shape
+from muse_stream.state.windows import _HEAD, Plan, entry_dtype, hash_many, shape
 
 logger = logging.getLogger(__name__)
 _NAN = math.nan
-# A store's own keys start with a zero byte (no entity key does): the spec of each intent's records, and the
-# field names of each record layout.
-SPEC_KEY, LAYOUT_KEY = b"\x00spec\x00", b"\x00layout\x00"
 SWEEP_PER_BATCH = 128  # keys examined per store and batch: a pass over 1M entities in ~8,000 batches
 MAX_RECORD_BYTES = 512 * 1024
 
@@ -83,8 +81,7 @@ class StateEngine:
         self._synced = 0.0
         self.stats = {"late": 0, "duplicates": 0, "wrong_partition_key": 0, "restored_records": 0,
                       "restore_seconds": 0.0, "state_ns": 0, "swept": 0, "capped": 0, "adapted": 0, "unreadable": 0}
-        self._layouts: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}  # layout id -> field names
-        self._said: set = set()  # spec changes logged
+        self.specs = Specs(self.stats)
         self.sweep_per_batch = SWEEP_PER_BATCH
         self.max_record_bytes = MAX_RECORD_BYTES
 
@@ -257,12 +254,12 @@ class StateEngine:
                 if store is None:  # the partition went in a rebalance inside this batch's consume: read it again
                     raise AbortRequired(f"state: {topic}[{partition}] is not assigned to this worker")
                 if intent not in store.checked:
-                    self._check_spec(store, intent, plan)
+                    self._batch.extend(self.specs.check(store, intent, plan, changelog_topic(self.settings, topic)))
                 for (c, _), raw in zip(its, store.get_many([k for _, k in its])):
                     raws[c] = raw
             hd, n = plan.head, len(plan.head)
             for c in [c for c, r in enumerate(raws) if r is not None and r[:n] != hd]:
-                raws[c] = self._adapt(intent, plan, raws[c])
+                raws[c] = self.specs.adapt(plan, raws[c], self.stores.values())
             kept_rows = rows[kept]
             times = cols.times[kept_rows].astype(np.int64)
             for s, (topic, partition) in enumerate(by_store):  # each partition's event-time front, for the sweep
@@ -297,62 +294,6 @@ class StateEngine:
                         dict(zip(plan.names, [None if math.isnan(v) else v for v in feats[pos].tolist()])))
         refused.sort(key=lambda r: r[0])
         return refused
-
-    def _check_spec(self, store: PartitionStore, intent: str, plan: Plan) -> None:
-        """Once per store and intent: the spec its records were written under, and the names of this layout,
-        kept in the store (and its changelog) beside the records. A changed spec is said once per worker."""
-        store.checked.add(intent)
-        spec_key, layout_key = SPEC_KEY + intent.encode(), layout_key_of(plan.layout_id)
-        before, have = store.get_many([spec_key, layout_key])
-        writes = [] if have is not None else [(layout_key, orjson.dumps([plan.nums, plan.dists]))]
-        record = spec_record(plan)
-        if before != record:
-            if before is not None:
-                self._spec_changed(intent, plan, before, f"{store.topic}[{store.partition}]")
-            writes.append((spec_key, record))
-        if writes:
-            store.pending.update(writes)
-            changelog = changelog_topic(self.settings, store.topic)
-            self._batch.extend((changelog, store.partition, k, v) for k, v in writes)
-
-    def _spec_changed(self, intent: str, plan: Plan, before: bytes, where: str) -> None:
-        try:
-            old = orjson.loads(before)
-        except orjson.JSONDecodeError:
-            old = {}
-        said = (intent, before)
-        if said in self._said:
-            return
-        self._said.add(said)
-        now = orjson.loads(spec_record(plan))
-        changed = sorted(k for k in now if old.get(k) != now[k])
-        logger.warning(
-            "state: intent %s's state spec changed (%s) since its state on %s was written. Until the longest "
-            "window (%d s) has passed since the change, features are not exact: entries older than the old "
-            "retention (%s s) are gone, fields the old spec did not keep are missing in older entries, and a "
-            "changed entity starts every entity afresh (docs/models.md, 'Changing a state spec')", intent,
-            ", ".join(changed) or "its record format", where, plan.longest_ms // 1000,
-            old.get("keep_ms", 0) // 1000 if isinstance(old.get("keep_ms"), int) else "?",
-            extra={"fields": {"event": "state_spec_changed", "intent": intent, "changed": changed,
-                              "partition": where}})
-
-    def _adapt(self, intent: str, plan: Plan, raw: bytes) -> bytes | None:
-        """A record of another layout, in this plan's (counted; None: the entity starts afresh)."""
-        got = adapt(raw, plan, self._names_of)
-        self.stats["adapted" if got is not None else "unreadable"] += 1
-        return got
-
-    def _names_of(self, lid: int):
-        names = self._layouts.get(lid)
-        if names is None:
-            key = layout_key_of(lid)
-            for store in self.stores.values():
-                (raw,) = store.get_many([key])
-                if raw is not None:
-                    nums, dists = orjson.loads(raw)
-                    names = self._layouts[lid] = (tuple(nums), tuple(dists))
-                    break
-        return names
 
     def _cap(self, plan: Plan, values: list) -> None:
         """An entity record over max_record_bytes keeps its newest entries only (a changelog record must stay
@@ -390,18 +331,6 @@ class StateEngine:
             s = dbg.get((src["topic"], src["partition"], src["offset"]))
             if s is not None:
                 decisions[n] = (topic, key, value[:-1] + b',"state":' + s + b"}")
-
-
-def layout_key_of(lid: int) -> bytes:
-    return LAYOUT_KEY + lid.to_bytes(8, "little", signed=True)
-
-
-def spec_record(plan: Plan) -> bytes:
-    """What a store keeps of the spec its records are written under (compared, never parsed for features)."""
-    sp = plan.spec
-    return orjson.dumps({"entity": list(sp.entity), "numeric": list(plan.nums), "distinct": list(plan.dists),
-                         "windows_ms": plan.windows.tolist(), "lateness_ms": plan.lateness_ms,
-                         "dedup_ms": plan.dedup_ms, "keep_ms": plan.keep_ms})
 
 
 def _tp(topic: str, partition: int) -> TopicPartition:
