@@ -9,6 +9,7 @@ from typing import Annotated
 import pydantic
 from pydantic import Field
 
+from muse_stream.eventtime import MAX_EVENT_TIME
 from muse_stream.frozen import Frozen
 
 # The smallest alert rate a band may give: 1e-6 (0.0001%). A reference resolves a rate only down to about one
@@ -73,5 +74,5 @@ class BandPeriod(Frozen):
     """A tenant's bands from an event time on: events with event_time >= from_time use them, until the next
     period's from_time. from_time None: from the start of time."""
 
-    from_time: int | None = Field(None, ge=0)
+    from_time: int | None = Field(None, ge=0, le=MAX_EVENT_TIME)
     bands: BandSet = Field(default_factory=dict)

@@ -126,15 +126,20 @@ class TenantRegistry:
         problem = self.record_problem(cfg)
         if problem is not None:
             return self._refuse(tid, value, problem)
+        prev = self.tenants.get(tid)
+        if prev != cfg:
+            try:  # built before anything changes: a record it cannot take is refused, never half applied
+                timeline = BandTimeline(cfg)
+            except (ValueError, OverflowError) as e:
+                return self._refuse(tid, value, f"band_timeline: {e}")
         self.refused.pop(tid, None)
         self.refused_records.pop(tid, None)
-        prev = self.tenants.get(tid)
         if prev != cfg:
             if prev is not None:
                 self._claims.pop(self._settings.output_topic(prev), None)
             self._claims[self._settings.output_topic(cfg)] = tid
             self.tenants[tid] = cfg
-            self._timelines[tid] = BandTimeline(cfg)
+            self._timelines[tid] = timeline
             self.version += 1
             since = cfg.band_periods()[-1].from_time
             self._log("tenant %s updated: intents=%s bands=%s%s suspended=%s", tid, list(cfg.intents),

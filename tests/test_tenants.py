@@ -114,6 +114,21 @@ def test_workers_refuse_a_record_naming_an_intent_the_config_does_not(caplog):
     assert TenantRegistry(Settings(), log_changes=False).apply(b"acme", bad) is not None
 
 
+def test_a_band_change_from_beyond_any_event_time_is_refused_not_a_crash():
+    """A record written by hand (or by an older CLI) whose band change starts past 2^62, up to 2^64 - 1: one
+    refusal, the previous record in force, and the registry goes on applying records."""
+    reg = _registry(_cfg(OLD))
+    for start in (2**62 + 1, 2**63, 2**64 - 1):
+        bad = {"tenant_id": "acme", "intents": ["card_fraud"], "bands": NEW,
+               "band_timeline": [{"from_time": None, "bands": OLD}, {"from_time": start, "bands": NEW}]}
+        assert reg.apply(b"acme", orjson.dumps(bad)) is None
+        assert "from_time" in reg.refused["acme"] and reg.tenants["acme"] == _cfg(OLD)
+        assert _bands_at(reg, [T0]) == [OLD]
+    ok = {"tenant_id": "acme", "intents": ["card_fraud"], "bands": NEW,
+          "band_timeline": [{"from_time": None, "bands": OLD}, {"from_time": 2**62, "bands": NEW}]}
+    assert reg.apply(b"acme", orjson.dumps(ok)) is not None and _bands_at(reg, [T0, 2**62]) == [OLD, NEW]
+
+
 # ---- writers against the real broker --------------------------------------------------------------
 
 def _last_record(s: Settings, tid: str) -> bytes:

@@ -14,6 +14,7 @@ from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 
 from muse_stream.config import Settings
 from muse_stream.errors import ConfigError, KafkaOpError
+from muse_stream.eventtime import MAX_EVENT_TIME
 from muse_stream.kafka.clients import make_consumer, reader_config
 
 
@@ -56,6 +57,8 @@ def parse_event_time(text: str, flag: str) -> int:
         bound = None
     if bound is None or bound.kind != "time":
         raise ConfigError(f"{flag} {text!r}: expected an event time (epoch ms or ISO-8601)")
+    if not 0 <= bound.value <= MAX_EVENT_TIME:
+        raise ConfigError(f"{flag} {text!r}: an event time is from 0 to {MAX_EVENT_TIME} (epoch ms), as in events")
     return bound.value
 
 

@@ -27,12 +27,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from muse_stream.config import Settings
 from muse_stream.errors import KafkaOpError
+from muse_stream.eventtime import MAX_EVENT_TIME
 from muse_stream.kafka.clients import make_consumer, reader_config
 
 logger = logging.getLogger(__name__)
 
 # The event contract's range (scoring dead-letters events outside it); kafka/ does not import scoring.
-_MAX_EVENT_TIME = 2**62
 MAX_AHEAD_MS = 3_600_000  # how far an event time may run ahead of the clock and still move the watermark
 
 
@@ -46,7 +46,7 @@ def event_time_of(value: bytes | None, timestamp: int) -> int:
             data = None
         if type(data) is dict:
             et = data.get("event_time")
-            if type(et) is int and 0 <= et <= _MAX_EVENT_TIME:
+            if type(et) is int and 0 <= et <= MAX_EVENT_TIME:
                 return min(et, int(time.time() * 1000) + MAX_AHEAD_MS)
     return timestamp
 

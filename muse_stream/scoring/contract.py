@@ -39,13 +39,13 @@ import orjson
 
 from muse_stream.config import TenantConfig
 from muse_stream.errors import ModelError
+from muse_stream.eventtime import MAX_EVENT_TIME
 from muse_stream.models.feature_contract import UnknownFeatures
 from muse_stream.models.registry import LoadedModel, ModelRegistry
 from muse_stream.scoring.deadletter import Reason
 from muse_stream.scoring.forest import raw_scores
 from muse_stream.scoring.repeats import repeated_key
 
-MAX_EVENT_TIME = 2**62  # epoch ms; beyond it an event time is garbage (and would overflow int64 arithmetic)
 NUMBER_TYPES = frozenset({float, int, type(None)})  # what a feature value may be; bool is not int here
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 REQUIRED = ("event_id", "tenant_id", "event_time", "features")

@@ -119,6 +119,8 @@ def test_activating_the_active_version_writes_nothing_and_rollback_still_goes_ba
     assert (doc["from_time"], doc["changed"]) == (5000, True)
     assert main(["models", "activate", "card_fraud@2", "--at", "soon", *cfg]) == 2
     assert "--at 'soon': expected an event time (epoch ms or ISO-8601)" in capsys.readouterr().err
+    assert main(["models", "activate", "card_fraud@2", "--at", "99999999999999999999999", *cfg]) == 2
+    assert "an event time is from 0 to 4611686018427387904" in capsys.readouterr().err
     act = read_models(stack).activations["card_fraud"]
     assert [(e.version, e.from_time) for e in act.timeline] == [(1, None), (2, 5000)] and act.previous == 1
 

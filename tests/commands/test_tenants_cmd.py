@@ -78,6 +78,9 @@ def test_refusals_name_the_field_and_write_nothing(stack, tmp_path, capsys):
         # --from takes an event time only, and its message says so (no offset:N, start or end).
         (["--band", "review=1%", "--from", "yesterday"], "'yesterday': expected an event time (epoch ms or ISO-8601)\n"),
         (["--band", "review=1%", "--from", "offset:x"], "expected an event time (epoch ms or ISO-8601)\n"),
+        # Past the last event time there is, and past 64 bits: refused here, never written for workers to meet.
+        *((["--band", "review=1%", "--from", t], "an event time is from 0 to 4611686018427387904 (epoch ms)")
+          for t in (str(2**62 + 1), str(2**64 - 1), "99999999999999999999999")),
         (["--band", "review=1.5"], "bands.review.threshold"),
         # float() would have taken these (as 10%, -0, 5%, NaN): plain decimal numbers only.
         *((["--band", b], "with P and X plain decimal numbers") for b in ("review=1_0%", "review=-0", "review=5 %",
