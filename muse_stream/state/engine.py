@@ -216,8 +216,8 @@ class StateEngine:
 
     def _sweep(self) -> None:
         """Delete, a bounded number of keys per store and batch, the entities idle for longer than their
-        retention plus lateness behind the partition's event-time front (its 16th newest event time, so a few
-        events stamped far ahead cannot move it; and capped by the wall clock): their deletes are changelog tombstones in this
+        retention plus lateness behind the partition's event-time front (PartitionStore.advance: a few events
+        stamped far ahead cannot move it; and capped by the wall clock): their deletes are changelog tombstones in this
         transaction. Exact for every later event no older than the front minus lateness (docs/models.md)."""
         wall = time.time_ns() // 1_000_000
         for (topic, partition), store in self.stores.items():
@@ -262,12 +262,14 @@ class StateEngine:
                 raws[c] = self.specs.adapt(plan, raws[c], self.stores.values())
             kept_rows = rows[kept]
             times = cols.times[kept_rows].astype(np.int64)
-            for s, (topic, partition) in enumerate(by_store):  # each partition's event-time front, for the sweep
-                self.stores[(topic, partition)].advance(times if len(by_store) == 1 else times[stores_of[code] == s])
             out = np.full((len(kept), len(plan.names)), _NAN)
             kind, first, values = batch.run(plan, raws, code, times, got.offsets,
                                             hash_many([str(e) for e in cols.eids[kept_rows].tolist()]), got.nums,
                                             got.dists, out)
+            scored = kind != batch.DUP  # a producer's retries of one event are not news of the time
+            for s, (topic, partition) in enumerate(by_store):  # each partition's event-time front, for the sweep
+                mine = scored if len(by_store) == 1 else scored & (stores_of[code] == s)
+                self.stores[(topic, partition)].advance(times[mine])
             feats[kept] = out
             self._cap(plan, values)
             self.stats["late"] += int((kind == batch.LATE).sum())

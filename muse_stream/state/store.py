@@ -25,7 +25,7 @@ from muse_stream.errors import KafkaOpError
 
 logger = logging.getLogger(__name__)
 SYNC_KEY = b"\x00sync"  # no state key starts with a zero byte
-FRONT_RANK = 16  # the sweep's front: the partition's 16th newest event time (PartitionStore.advance)
+FRONT_RANK, RECENT = 16, 64  # the sweep's front (PartitionStore.advance): at most the 16th newest event time
 # One block cache and one memtable budget for all of a process's stores, so a worker's memory does not grow
 # with its partitions (RocksDB's defaults give each store 2 x 64 MB of memtables); bloom filters because
 # most look-ups of a batch with many entities are misses (an entity's first event).
@@ -73,17 +73,27 @@ class PartitionStore:
         self.checked: set[str] = set()  # intents whose spec record this store holds (engine._check_spec)
         self.front: int | None = None  # the sweep's event-time front on the partition (see `advance`)
         self._newest = np.empty(0, dtype=np.int64)  # the FRONT_RANK newest event times scored here
+        self._recent = np.empty(0, dtype=np.int64)  # the RECENT last event times scored here
 
     def advance(self, times: np.ndarray) -> None:
-        """A batch's event times: the front becomes the FRONT_RANK-th newest event time scored on the partition,
-        so fewer than FRONT_RANK events stamped far ahead (a producer's clock, a typo) cannot move it and make
-        the sweep take every entity of a historical stream for idle; None until that many were scored."""
-        both = np.concatenate([self._newest, times.astype(np.int64, copy=False)])
+        """A batch's scored event times (duplicates left out), in arrival order. The front is the lower of the
+        FRONT_RANK-th newest event time scored on the partition and the median of the last RECENT scored there
+        (and it never goes back): events stamped far ahead (a producer's clock, a typo) move it only when there
+        are at least FRONT_RANK of them and they are most of the recent events, so a few cannot make the sweep
+        take every entity of a historical stream for idle. None until FRONT_RANK events were scored."""
+        if not len(times):
+            return
+        times = times.astype(np.int64, copy=False)
+        both = np.concatenate([self._newest, times])
         if len(both) > FRONT_RANK:
             both = np.partition(both, len(both) - FRONT_RANK)[-FRONT_RANK:]
         self._newest = both
+        recent = np.concatenate([self._recent, times])[-RECENT:]
+        self._recent = recent
         if len(both) == FRONT_RANK:
-            self.front = int(both.min())
+            mid = int(np.partition(recent, (len(recent) - 1) // 2)[(len(recent) - 1) // 2])  # the lower median
+            candidate = min(int(both.min()), mid)
+            self.front = candidate if self.front is None else max(self.front, candidate)
 
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
         """Values as the open transaction sees them: its own writes first, then RocksDB (one multi-get)."""

@@ -109,9 +109,9 @@ def test_records_of_another_layout_are_swept_by_their_own_age_only(tmp_path):
     # Another card 5 minutes on (inside the 12 min retention of c's entries): c stays, in its old layout.
     _batch(e, [{"card": f"x{i}", "t": T0 + 300_000 + i, "eid": f"x{i}", "features": {"fee": 1.0}} for i in range(16)], 5)
     assert e.stats["swept"] == 0 and b"card_fraud\x00acme\x00c" in e.stores[("in", 0)].entity_keys()
-    # 30 minutes on: past it; swept.
+    # 30 minutes on (most of the recent events, so the front moves there): past it; swept.
     _batch(e, [{"card": f"y{i}", "t": T0 + 1_800_000 + i, "eid": f"y{i}", "features": {"fee": 1.0}}
-               for i in range(16)], 21)
+               for i in range(40)], 21)
     assert b"card_fraud\x00acme\x00c" not in e.stores[("in", 0)].entity_keys()
     e.close()
 

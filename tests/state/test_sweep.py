@@ -44,8 +44,8 @@ class Feed:
     def batch(self, events: list[tuple[str, int]]) -> tuple[np.ndarray, list]:
         """(card, event time) per event: one batch through compute and a commit; (features, changelog writes)."""
         msgs, eids = [], []
-        for card, t in events:
-            ev = {"event_id": f"e{self.offset}", "tenant_id": "acme", "event_time": t, "card_id": card,
+        for card, t, *eid in events:  # (card, event time[, event id: else its own])
+            ev = {"event_id": eid[0] if eid else f"e{self.offset}", "tenant_id": "acme", "event_time": t, "card_id": card,
                   "features": {"amount": 2}}
             msgs.append(Message(topic="in", partition=0, offset=self.offset, key=card.encode(),
                                 value=orjson.dumps(ev)))
@@ -53,7 +53,7 @@ class Feed:
             self.offset += 1
         cols = SimpleNamespace(msgs=np.array(msgs, dtype=object), eids=np.array(eids, dtype=object),
                                tids=np.array(["acme"] * len(msgs), dtype=object),
-                               times=np.array([t for _, t in events], dtype=np.int64))
+                               times=np.array([ev[1] for ev in events], dtype=np.int64))
         self.engine.compute(cols, [(MODEL, np.arange(len(msgs)))])
         writes, self.engine._batch = self.engine._batch, []
         self.engine.committed()
@@ -194,4 +194,20 @@ def test_state_fields_of_the_wrong_type_are_refused_not_read_as_missing(tmp_path
     details = {i: d for i, _, d, _ in refused}
     assert details[4] == "entity field(s) card_id must be a string or integer"
     assert details[6] == "amount must be a number or null" and "beyond max_abs_feature" in details[8]
+    e.close()
+
+
+def test_retries_of_one_event_ahead_and_a_minority_of_events_ahead_do_not_move_the_front(tmp_path):
+    """20 retries of one event stamped years ahead (duplicates: one event, not 20), then 50 distinct events
+    ahead, a few in each batch of a historical stream: no entity in its retention is swept."""
+    e = _engine(tmp_path)
+    e.sweep_per_batch = 1000
+    feed = Feed(e)
+    feed.batch([(f"c{i % 20}", T0 + i * 1000) for i in range(100)])
+    ahead = T0 + 5 * 365 * 86_400_000
+    feed.batch([("far", ahead, "once")] * 20)  # one event's retries: 19 duplicates
+    for b in range(10):
+        feed.batch([(f"c{i}", T0 + 100_000 + b * 100 + i) for i in range(15)] + [(f"f{b}{j}", ahead + j) for j in range(5)])
+    assert e.stats["swept"] == 0 and len(_cards(e)) >= 20
+    assert e.stores[("in", 0)].front < T0 + 200_000
     e.close()
