@@ -201,15 +201,20 @@ def mismatch(model_features: tuple[str, ...], recorded: dict | None, spec: State
 
     Refused (by publish, and by the registry when a worker loads it, so its events are dead-lettered rather
     than scored with missing or different features): the version reads a state feature the config does not
-    compute, or it recorded definitions that differ from the config (same names, other meaning: a changed
-    lateness, say)."""
+    compute, or it recorded an entity or lateness other than the config's (same names, other meaning). Windows
+    and aggregates it does not read may differ: a feature's name says its entity field, aggregate, field and
+    window, so one the config computes under the same entity and lateness is the one it was trained with (what
+    lets a spec grow and shrink under a live version: docs/models.md, "Changing a state spec")."""
     produced = set(spec.feature_names()) if spec is not None else set()
     wanted = {f for f in model_features if "." in f and f.split(".", 1)[0].replace("+", "").replace("_", "")
               .replace("-", "").isalnum() and f not in produced and _looks_stateful(f)}
     if wanted:
         return f"reads state features the config does not compute: {', '.join(sorted(wanted)[:5])}"
-    if recorded is not None and spec is not None and recorded != spec.to_record():
-        return f"trained with state definitions {recorded}, the config has {spec.to_record()}"
+    if recorded is not None and spec is not None:
+        now = spec.to_record()
+        differ = [k for k in ("entity", "lateness") if recorded.get(k) != now[k]]
+        if differ:
+            return f"trained with state definitions {recorded}, the config has {now} ({' and '.join(differ)} differ)"
     return None
 
 

@@ -66,15 +66,19 @@ def test_registry_refuses_a_differing_version_and_loads_old_records():
     s = _settings()
     ours = StateSpec.model_validate(SPEC).to_record()
     good = _version(NAMES, ours)
-    bad = _version(NAMES, {**ours, "windows": ["10m", "2h"]}, version=2)  # no settings: not checked at build
+    bad = _version(NAMES, {**ours, "entity": ["merchant"]}, version=2)  # no settings: not checked at build
+    # Windows and aggregates it does not read may differ (the config grew or shrank around what it reads).
+    grown = _version(NAMES, {**ours, "windows": ["10m", "1h", "2h"], "aggregates": [*ours["aggregates"], "max:x"]},
+                     version=4)
     old = orjson.loads(dump(_version(["f0"], None, version=3)))
     del old["state_spec"]  # a record written before the field existed still parses
     assert parse_models_record(orjson.dumps(old)).state_spec is None
     reg = ModelRegistry(intents=s.intents)
-    for rec in (good, bad):
+    for rec in (good, bad, grown):
         reg.apply(version_key(rec.intent, rec.version), dump(rec))
     reg.apply(version_key("card_fraud", 3), orjson.dumps(old))
     assert reg.get("card_fraud", 1).features == tuple(NAMES)
+    assert reg.get("card_fraud", 4).features == tuple(NAMES)
     assert reg.get("card_fraud", 3).features == ("f0",)
     with pytest.raises(ModelError, match="trained with state definitions"):
         reg.get("card_fraud", 2)
