@@ -23,6 +23,10 @@ from muse_stream.kafka.checkpoint import call_with_retry
 from muse_stream.kafka.clients import ClientErrors, make_client
 
 logger = logging.getLogger(__name__)
+# Delivery errors that the same record meets again however often it is sent.
+_REFUSALS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_RECORD,
+                       KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.RECORD_LIST_TOO_LARGE,
+                       KafkaError.POLICY_VIOLATION})
 
 
 class OutputProducer:
@@ -37,6 +41,8 @@ class OutputProducer:
         self._queue_wait_s = queue_wait_s  # a queue that stays full this long means Kafka is not taking writes
         self._failed: tuple[KafkaError, str] | None = None
         self.failures = 0
+        # Topics that failed a record with an error no retry mends (worker/refusals.py reads and clears it).
+        self.refusing: dict[str, str] = {}
 
     # ---- delivery reports -----------------------------------------------------------------------
 
@@ -46,6 +52,8 @@ class OutputProducer:
             self.failures += 1
             if self._failed is None:
                 self._failed = (err, msg.topic() or "?")
+            if err.code() in _REFUSALS and msg.topic():
+                self.refusing.setdefault(msg.topic(), err.str())
 
     def raise_delivery_error(self) -> None:
         """Raise DeliveryError (an abort signal) if any record failed since the last call."""

@@ -28,6 +28,9 @@ class Reason(str, Enum):
     # on another partition; an event id seen before (headers muse.first.partition / muse.first.offset).
     WRONG_PARTITION_KEY = "wrong_partition_key"
     DUPLICATE_EVENT = "duplicate_event"
+    # The tenant's decision topic refuses the decision whatever is retried (larger than its max.message.bytes,
+    # not writable by the workers, invalid to the broker): worker/refusals.py, for a minute at a time.
+    OUTPUT_REFUSED = "output_refused"
 
 
 def headers(reason: Reason, detail: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
@@ -44,11 +47,11 @@ def headers(reason: Reason, detail: str, topic: str, partition: int, offset: int
 def write_dead_letters(producer, topic: str, dead: list) -> None:
     """Produce each dead letter (scorer.DeadLetter) with its original key, bytes and headers, through an
     OutputProducer: the producer's own headers first (a trace id, say; but none named muse.*, which only
-    muse-stream writes), then the muse.* ones saying why. A value too large for the producer is dropped from the
+    muse-stream writes, in any case), then the muse.* ones saying why. A value too large for the producer is dropped from the
     dead letter, which keeps the reason and where the record is, so the record still has its one output."""
     for d in dead:
         m = d.msg
-        own = [(k, v) for k, v in (m.headers() or []) if not k.startswith("muse.")]
+        own = [(k, v) for k, v in (m.headers() or []) if not k.lower().startswith("muse.")]
         try:
             producer.produce(topic, m.value(), m.key(),
                              headers=own + headers(d.reason, d.detail, m.topic(), m.partition(), m.offset())

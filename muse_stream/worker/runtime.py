@@ -33,6 +33,7 @@ from muse_stream.telemetry import NoTelemetry, Telemetry
 from muse_stream.tenants import TenantRegistry
 from muse_stream.worker.exits import FATAL_KAFKA_EXIT, FENCED_EXIT
 from muse_stream.worker.progress import ProgressWatch
+from muse_stream.worker.refusals import RefusedOutputs
 
 logger = logging.getLogger(__name__)
 _FENCED = {"_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH", "FENCED_INSTANCE_ID"}
@@ -120,6 +121,7 @@ class Worker:
         self._heartbeat = heartbeat or (lambda: None)
         self._known_topics: set[str] = set()
         self._events_seen = 0
+        self.refused = RefusedOutputs()  # decision topics that refuse decisions (worker/refusals.py)
         # An assigned partition whose committed offset stays unreadable past twice the transaction timeout (a
         # transaction holding it never ended on the broker) is reported, not waited on in silence.
         self.starts = StartWatch(after_s=2 * settings.runtime.transaction_timeout_ms / 1000.0 + 30.0)
@@ -180,6 +182,9 @@ class Worker:
         """Apply new models and tenant records; create the topics they need before anything is produced."""
         if self.starts.waiting:
             self._report_unstarted()
+        if self.producer.refusing:
+            outputs = {self.scorer.output_topic(tid) for tid in self.tenants.tenants}
+            self.refused.note(self.producer.refusing, outputs.__contains__)
         self.telemetry.on_held(self.starts.held)
         if self.stats.events_in != self._events_seen:
             self._events_seen = self.stats.events_in
@@ -248,6 +253,8 @@ class Worker:
         if self.starts.held:  # a held partition that yields again is ready again
             self.starts.yielded(msgs)
         out = self.scorer.process(msgs, int(time.time() * 1000))
+        if self.refused.topics:
+            self.refused.divert(out, msgs)
         shadow = self.shadow.records(out)  # at most one more booster call per intent, in the same transaction
         t_scored = time.perf_counter_ns()
         self.producer.produce_all(out.decisions)
