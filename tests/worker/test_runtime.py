@@ -85,7 +85,8 @@ def test_bad_input_goes_to_dead_letters_and_neighbours_are_scored(stack):
     values.append(event(999, "globex"))  # tenant's default intent
     # One partition, so input offsets are the list positions.
     # The producer's own headers ride along into each dead letter; a muse.* one it sent is not taken for ours.
-    produce(s, values, keys=[b"k"] * len(values), headers=[("trace", b"t-1"), ("muse.reason", b"spoofed")])
+    produce(s, values, keys=[b"k"] * len(values), headers=[("trace", b"t-1"), ("muse.reason", b"spoofed"),
+                                                                ("MUSE.Detail", b"spoofed")])
     w = ThreadWorker(s)
     reader = TopicReader(s, decision_topics(s) + [s.topics.deadletter])
     try:
@@ -103,6 +104,7 @@ def test_bad_input_goes_to_dead_letters_and_neighbours_are_scored(stack):
             h = dict(m.headers())
             assert h["muse.reason"].decode() == expected_bad[off], (off, h)
             assert h["trace"] == b"t-1" and [k for k, _ in m.headers()].count("muse.reason") == 1
+            assert "MUSE.Detail" not in h  # a sent muse.* header is dropped whatever its case
             assert m.value() == values[off]  # the original bytes
             assert topic == s.topics.events
         else:
