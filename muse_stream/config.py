@@ -158,6 +158,14 @@ class TenantConfig(Frozen):
             raise ValueError("tenant_id must be 1-64 letters, digits, '_' or '-'")
         return v
 
+    @field_validator("pinned_versions")
+    @classmethod
+    def _pins(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = {i: n for i, n in v.items() if n < 1}
+        if bad:
+            raise ValueError(f"versions start at 1: {bad}")
+        return v
+
     @field_validator("intents")
     @classmethod
     def _intents(cls, v: tuple[str, ...]) -> tuple[str, ...]:
@@ -351,6 +359,10 @@ def load_settings(path: str | os.PathLike | None = None, *, bootstrap: str | Non
         raise ConfigError(f"{p}: config file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: not UTF-8 text (byte {e.start})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a folder, not a config file") from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
     boot = bootstrap or os.environ.get("MUSE_BOOTSTRAP")

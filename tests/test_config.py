@@ -191,3 +191,14 @@ def test_kafka_start_refuses_ports_out_of_range_before_launching_anything(capsys
         assert main(["kafka", "start", *argv]) == 2
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_a_config_that_is_not_utf8_or_is_a_folder_is_one_line(tmp_path: Path):
+    bad = tmp_path / "c.toml"
+    bad.write_bytes(b"\xff\xfe[kafka]\n")
+    with pytest.raises(ConfigError, match=r"c.toml: not valid TOML: not UTF-8 text \(byte 0\)"):
+        load_settings(bad)
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load_settings(tmp_path)
+    with pytest.raises(ValueError, match="pinned_versions"):
+        TenantConfig(tenant_id="a", intents=("x",), pinned_versions={"x": -1})

@@ -52,6 +52,8 @@ REQUIRED = ("event_id", "tenant_id", "event_time", "features")
 _NONE = type(None)
 _NAN = math.nan
 _loads = orjson.loads
+_JSON_KIND = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false",
+              type(None): "null"}
 
 
 class Event(NamedTuple):
@@ -109,7 +111,7 @@ def explain(raw: bytes | None, max_event_bytes: int) -> Rejection | None:
     except orjson.JSONDecodeError as e:
         return Rejection(Reason.MALFORMED_JSON, str(e)[:200])
     if type(ev) is not dict:
-        return Rejection(Reason.NOT_AN_OBJECT, f"event is a JSON {type(ev).__name__}")
+        return Rejection(Reason.NOT_AN_OBJECT, f"event is JSON {_JSON_KIND.get(type(ev), 'value')}, not an object")
     twice = repeated_key(raw, ev)
     if twice is not None:
         return Rejection(Reason.MALFORMED_JSON, twice)

@@ -186,3 +186,11 @@ def test_model_matrix_limit_never_exceeds_what_float32_holds():
 def test_model_matrix_all_within_limits_reads_only_model_features():
     x, kept, rejected = model_matrix([{"a": 1, "zz": 1e300}, {"a": 2}], ("a",), 1e30)
     assert kept is None and not rejected and x[:, 0].tolist() == [1.0, 2.0]
+
+
+def test_a_json_value_that_is_not_an_object_is_named_as_json_names_it():
+    from muse_stream.scoring.contract import parse_event
+
+    for raw, kind in ((b"null", "null"), (b"[1]", "an array"), (b'"x"', "a string"), (b"7", "a number"),
+                      (b"2.5", "a number"), (b"true", "true or false")):
+        assert parse_event(raw, 1000).detail == f"event is JSON {kind}, not an object"
