@@ -137,7 +137,12 @@ def publish_from_files(settings: Settings, *, intent: str, booster_path: str | P
     incumbent = None
     act = reg.activations.get(intent)
     if act is not None:
-        incumbent = load_version(reg.versions[(intent, act.version)])
+        rec = reg.versions.get((intent, act.version))
+        if rec is None:  # its record was deleted (a tombstone): publishing a new version is the way out
+            logger.warning("the active %s@%d is not on the models topic (its record was deleted): publishing "
+                           "without aligning to it", intent, act.version)
+        else:
+            incumbent = load_version(rec)
     incumbent_scores = None
     if align and incumbent is not None and reference is not None:
         try:

@@ -143,6 +143,19 @@ def _from_time(settings: Settings, activate_at: int | None) -> int:
     return activate_at
 
 
+def _next_version(reg: ModelRegistry, intent: str) -> int:
+    """One past every version number the intent has used: its version records, and the versions its activation
+    timeline and shadow name (a version record may have been deleted; its number is never given again)."""
+    used = [r.version for r in reg.versions_of(intent)]
+    act = reg.activations.get(intent)
+    if act is not None:
+        used += [act.version, *(e.version for e in act.timeline)]
+    shadow = reg.shadows.get(intent)
+    if shadow is not None and shadow.version is not None:
+        used.append(shadow.version)
+    return max(used, default=0) + 1
+
+
 def publish(settings: Settings, *, intent: str, booster_bytes: bytes, features: list[str], transform: dict,
             reference: dict | None = None, reference_source: str = "", metadata: dict | None = None,
             activate: bool = False, activate_at: int | None = None, shadow: bool = False,
@@ -159,7 +172,7 @@ def publish(settings: Settings, *, intent: str, booster_bytes: bytes, features: 
     checked: list[VersionRecord] = []  # the booster is verified on the first attempt only
 
     def step(reg: ModelRegistry) -> tuple[list[tuple[bytes, bytes]], VersionRecord]:
-        version = max((r.version for r in reg.versions_of(intent)), default=0) + 1
+        version = _next_version(reg, intent)
         if checked:
             rec = checked[0].model_copy(update={"version": version, "created_at": now_ms()})
         else:

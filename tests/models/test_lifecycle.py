@@ -100,3 +100,27 @@ def test_publish_bad_input_publishes_nothing(cli_env, capsys, case):
     assert len([line for line in err.splitlines() if line.strip()]) == 1, err
     assert err.startswith("muse-stream: error:")
     assert not read_models(s).versions
+
+
+def test_publish_goes_on_when_the_active_versions_record_was_deleted(cli_env, capsys):
+    """The active version's record tombstoned on the models topic: publish (the way out) warns and publishes,
+    rather than failing with a KeyError and leaving no command that mends the intent."""
+    from muse_stream.kafka.clients import producer_config
+    from muse_stream.kafka.producer import OutputProducer
+    from muse_stream.models.records import version_key
+
+    s, cfg, tmp = cli_env
+    b1 = tmp / "v1.ubj"
+    train_booster(1).save_model(str(b1))
+    x, y = synthetic(13000, 42)
+    cal = _csv(tmp / "cal.csv", x, {"label": y})
+    args = ["publish", "--config", cfg, "--intent", "card_fraud", "--booster", str(b1), "--calibration", cal,
+            "--label-column", "label", "--activate"]
+    assert main(args) == 0
+    p = OutputProducer(producer_config(s), name="test")
+    p.produce(s.topics.models, None, version_key("card_fraud", 1))
+    p.flush(30)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "card_fraud@2 (active)" in capsys.readouterr().out
+    assert read_models(s).active_version("card_fraud") == 2
