@@ -351,11 +351,36 @@ def _write(settings: Settings, tenants: list[TenantConfig], effective_at: int | 
                                  step_for(new), what=f"tenant {new.tenant_id}")
         if rec is None:
             continue
+        if rec.output_topic is not None and (prev is None or settings.output_topic(prev) != settings.output_topic(rec)):
+            _check_claim(settings, rec, prev)
         written.append(rec)
         if prev is not None and prev.bands != rec.bands:
             logger.info("tenant %s: bands %s from event time %s", rec.tenant_id, format_bands(rec.bands),
                         rec.band_periods()[-1].from_time or "0 (every event)")
     return written
+
+
+def _check_claim(settings: Settings, rec: TenantConfig, prev: TenantConfig | None) -> None:
+    """After writing a record that claims an output topic: each tenant's writers are fenced, but two tenants'
+    are not, so another tenant may have claimed the same topic at the same time. Read back as the workers do;
+    if they refuse this record, put the previous one back (or remove a new tenant) and say so."""
+    reg = _registry(settings, read_table(settings, settings.topics.tenants))
+    if reg.tenants.get(rec.tenant_id) == rec:
+        return
+    why = reg.refused.get(rec.tenant_id, "another record replaced it")
+    mine = orjson.dumps(rec.model_dump(mode="json"))
+    tid = rec.tenant_id
+
+    def step(rows):
+        latest = next((v for k, v in reversed(rows) if k == tid.encode()), None)
+        if latest != mine:  # someone wrote this tenant since: theirs stands
+            return [], None
+        return [(tid.encode(), None if prev is None else orjson.dumps(prev.model_dump(mode="json")))], None
+
+    fenced_write(settings, settings.topics.tenants, tenant_transactional_id(settings, tid), step,
+                 what=f"tenant {tid}")
+    raise ConfigError(f"tenant {tid}: {why} (claimed by a command that ran at the same time); "
+                      f"{'the previous record was put back' if prev is not None else 'the tenant was not added'}")
 
 
 def remove_tenant(settings: Settings, tenant_id: str) -> TenantConfig:

@@ -18,7 +18,13 @@ from muse_stream.kafka.clients import producer_config
 from muse_stream.kafka.producer import OutputProducer
 from muse_stream.kafka.table import read_table
 from muse_stream.kafka.topics import existing_topics
-from muse_stream.tenants import TenantRegistry, put_tenants, read_tenants, with_bands_from
+from muse_stream.tenants import (
+    TenantRegistry,
+    put_tenants,
+    read_tenant_registry,
+    read_tenants,
+    with_bands_from,
+)
 from tests.fixtures.helpers import TopicReader, event, input_count, produce, publish_model
 from tests.fixtures.workers import ThreadWorker
 
@@ -198,3 +204,64 @@ def test_concurrent_writers_of_one_tenant_lose_no_band_period(stack):
     for prev, rec in itertools.pairwise(history):
         last = rec.band_periods()[-1]
         assert rec == with_bands_from(prev, rec.model_copy(update={"band_timeline": ()}), last.from_time)
+
+
+@pytest.mark.kafka
+def test_two_tenants_claiming_one_topic_at_once_leave_one_claim_and_one_error(stack, unique):
+    """Each tenant's writers are fenced, two tenants' are not: two commands claiming one topic at the same time
+    could both write and both report success while the workers refused the second. Now exactly one succeeds;
+    the other says so and leaves its tenant's previous record in force (or no tenant, for a new one)."""
+    s = stack
+    for round_ in range(3):
+        topic = f"claimed.{unique}.{round_}"
+        new = [TenantConfig(tenant_id=f"ra{round_}", intents=("card_fraud",), output_topic=topic),
+               next(t for t in s.tenants if t.tenant_id == "globex").model_copy(update={"output_topic": topic})]
+        before = read_tenants(s).get("globex")
+        start = threading.Barrier(2)
+        results: list = [None, None]
+
+        def run(i: int, start=start, new=new, results=results) -> None:
+            start.wait()
+            try:
+                put_tenants(s, [new[i]])
+                results[i] = "ok"
+            except ConfigError as e:
+                results[i] = str(e)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(120)
+        assert sorted(r == "ok" for r in results) == [False, True], results
+        loser = results.index(next(r for r in results if r != "ok"))
+        assert new[loser].tenant_id in results[loser] and topic in results[loser]
+        reg = read_tenant_registry(s)
+        winner = new[1 - loser]
+        assert reg.tenants[winner.tenant_id].output_topic == topic
+        if loser == 0:
+            assert f"ra{round_}" not in reg.tenants
+        else:
+            assert reg.tenants["globex"] == before  # the previous record in force again
+            put_tenants(s, [before])  # globex back on its own topic for the next round (no-op if unchanged)
+        assert not reg.refused, reg.refused
+
+
+@pytest.mark.kafka
+def test_a_claim_lost_to_a_write_the_command_did_not_see_is_put_back(stack, unique, monkeypatch):
+    """The race itself, made certain: the writer's read misses the other tenant's claim (as when both read
+    before either wrote). The read-back after writing finds the workers refusing it and puts globex's previous
+    record back."""
+    from muse_stream.kafka import table
+
+    s = stack
+    topic = f"raced.{unique}"
+    put_tenants(s, [TenantConfig(tenant_id="first", intents=("card_fraud",), output_topic=topic)])
+    before = read_tenants(s)["globex"]
+    real = table.read_table
+    monkeypatch.setattr(table, "read_table", lambda *a: [(k, v) for k, v in real(*a) if k != b"first"])
+    with pytest.raises(ConfigError, match=rf"tenant globex: output_topic: .*{topic}.*the previous record was put back"):
+        put_tenants(s, [before.model_copy(update={"output_topic": topic})])
+    monkeypatch.setattr(table, "read_table", real)
+    reg = read_tenant_registry(s)
+    assert reg.tenants["globex"] == before and reg.tenants["first"].output_topic == topic and not reg.refused
