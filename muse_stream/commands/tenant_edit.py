@@ -66,6 +66,10 @@ def parse_set(args: argparse.Namespace) -> dict:
         change["default_intent"] = args.default_intent or None
     if args.output_topic is not None:
         change["output_topic"] = args.output_topic or None
+    if getattr(args, "reuse_topic", False):
+        if not args.output_topic:
+            raise ConfigError("tenants set: --reuse-topic goes with --output-topic T")
+        change["reuse_topic"] = True
     if args.from_time is not None:
         change["from_time"] = parse_event_time(args.from_time, "--from")
     if not change or set(change) == {"from_time"}:
@@ -133,6 +137,7 @@ def apply_change(settings: Settings, tenant_id: str, *, from_time: int | None = 
     replaces every band change the record holds from that time on, as an activation replaces a later
     scheduled one; the bands given edit the ones in force just before that time, so nothing of a replaced
     change carries over unseen."""
+    reuse = change.pop("reuse_topic", False)
     reg, refs = _registry(settings)
     prev = reg.tenants.get(tenant_id)
     at = None
@@ -142,7 +147,9 @@ def apply_change(settings: Settings, tenant_id: str, *, from_time: int | None = 
     cfg = merged(settings, reg, refs, tenant_id, **change)
     topic = settings.output_topic(cfg)
     if prev is None or settings.output_topic(prev) != topic:
-        _check_no_collision(settings, tenant_id, topic)
+        claimed = any(settings.output_topic(t) == topic for t in reg.tenants.values())  # the registry says more
+        _check_no_collision(settings, tenant_id, topic,
+                            reuse=reuse or claimed or topic == settings.topics.decisions_topic(tenant_id))
     [rec] = put_tenants(settings, [cfg], effective_at=at)
     kept = rec.band_periods()
     replaced = [] if prev is None else [p for p in prev.band_periods()[1:] if p not in kept]
@@ -166,9 +173,11 @@ def _band_change_time(settings: Settings, from_time: int | None) -> int:
     return from_time
 
 
-def _check_no_collision(settings: Settings, tenant_id: str, topic: str) -> None:
+def _check_no_collision(settings: Settings, tenant_id: str, topic: str, *, reuse: bool) -> None:
     """Refuse an output topic that collides with another topic already on the cluster (Kafka reads '.' and '_'
-    alike in topic names): the workers could not create it, and would fail at every start."""
+    alike in topic names): the workers could not create it, and would fail at every start. And, unless `reuse`,
+    one that exists and holds records while no tenant claims it (the registry refuses another tenant's): most
+    likely a removed tenant's decisions, whose readers would get this tenant's."""
     from muse_stream.kafka.topics import existing_topics
 
     existing = existing_topics(settings)  # names the address when no cluster answers
@@ -176,6 +185,27 @@ def _check_no_collision(settings: Settings, tenant_id: str, topic: str) -> None:
     if clash is not None:
         raise ConfigError(f"tenant {tenant_id}: output_topic: {topic!r} collides with the existing topic {clash!r} "
                           "(Kafka reads '.' and '_' alike in topic names); nothing was written")
+    if topic in existing and not reuse:
+        held = _records_in(settings, topic)
+        if held:
+            raise ConfigError(f"tenant {tenant_id}: output_topic: {topic!r} exists and holds {held} record(s) that no "
+                              "tenant's record claims now (a removed tenant's decisions?): its readers would get "
+                              f"{tenant_id}'s decisions. Give --reuse-topic to send them there anyway; nothing was "
+                              "written")
+
+
+def _records_in(settings: Settings, topic: str) -> int:
+    from confluent_kafka import TopicPartition
+
+    from muse_stream.kafka.clients import make_consumer, reader_config
+
+    c = make_consumer(reader_config(settings), f"{topic} size reader")
+    try:
+        parts = c.list_topics(topic, timeout=15).topics[topic].partitions
+        return sum(hi - lo for lo, hi in (c.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
+                                          for p in parts))
+    finally:
+        c.close()
 
 
 def remove(settings: Settings, tenant_id: str) -> TenantConfig:

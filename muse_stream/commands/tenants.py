@@ -42,6 +42,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                    "('' for none)")
     s.add_argument("--output-topic", default=None, metavar="T", help="the tenant's decision topic ('' for the "
                    "default <decisions_prefix><tenant>)")
+    s.add_argument("--reuse-topic", action="store_true",
+                   help="with --output-topic: take a topic that exists and holds records no tenant claims now "
+                        "(a removed tenant's decisions, say); refused without it")
     s.add_argument("--from", dest="from_time", default=None, metavar="TIME",
                    help="band changes apply to events from this event time (epoch ms or ISO-8601); default: the "
                         "input topics' event-time watermark plus runtime.change_lead_ms")

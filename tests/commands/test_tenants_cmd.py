@@ -208,3 +208,27 @@ def test_a_band_change_starts_at_the_watermark_or_later_and_names_the_pending_ch
     assert tset("--band", "review=10%", "--from", str(earliest)) == 0
     assert f"replaced the pending band change from 2030-01-01T00:00:00Z ({y2030})" in capsys.readouterr().out
     assert [p.from_time for p in read_tenants(stack)["acme"].band_periods()] == [None, earliest]
+
+
+def test_a_removed_tenants_topic_is_not_taken_by_another_without_reuse_topic(stack, unique, tmp_path, capsys):
+    cfg = write_config(stack, tmp_path / "muse.toml")
+    topic = f"own.{unique}"
+    assert main(["tenants", "set", "oldco", "--intents", "card_fraud", "--output-topic", topic, "--config", cfg]) == 0
+    create_topics(stack, [TopicSpec(topic, 1)])
+    p = OutputProducer(producer_config(stack), name="test writer")
+    p.produce(topic, b"{}", b"e-1")  # a decision oldco's readers have
+    p.flush(30)
+    assert main(["tenants", "suspend", "oldco", "--config", cfg]) == 0
+    assert main(["tenants", "remove", "oldco", "--config", cfg]) == 0
+    capsys.readouterr()
+    args = ["tenants", "set", "newco", "--intents", "card_fraud", "--output-topic", topic, "--config", cfg]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{topic!r} exists and holds 1 record(s)" in err and "--reuse-topic" in err and "newco" not in read_tenants(stack)
+    assert main([*args, "--reuse-topic"]) == 0
+    assert read_tenants(stack)["newco"].output_topic == topic
+    # Another tenant's claimed topic is still the registry's refusal, not this one.
+    assert main(["tenants", "set", "third", "--intents", "card_fraud", "--output-topic", topic, "--config", cfg]) == 2
+    assert "is already tenant 'newco''s output topic" in capsys.readouterr().err
+    assert main(["tenants", "set", "fourth", "--intents", "card_fraud", "--reuse-topic", "--config", cfg]) == 2
+    assert "--reuse-topic goes with --output-topic" in capsys.readouterr().err
