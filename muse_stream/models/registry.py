@@ -111,8 +111,11 @@ class ModelRegistry:
 
     def __init__(self, *, load: bool = True, nthread: int = 1,
                  pins: Callable[[], Iterable[tuple[str, int]]] | None = None,
-                 intents: Iterable[IntentConfig] = ()) -> None:
+                 intents: Iterable[IntentConfig] = (), log_changes: bool = True) -> None:
         self._load = load
+        # Workers log every refusal; the command-line tools read the whole topic each time (quiet: the
+        # refusals are in `refused`, which `models list` shows), as tenants.TenantRegistry does.
+        self._warn = logger.warning if log_changes else logger.debug
         self._nthread = nthread
         # Per intent, its unknown_features policy (config.IntentConfig; an intent not configured: reject), one
         # object per intent handed to each loaded version of it; `ignored_features` is their shared tally.
@@ -145,7 +148,7 @@ class ModelRegistry:
         try:
             rec = parse_models_record(value)
         except ModelError as e:
-            logger.warning("models record %r refused: %s", key[:100], e)
+            self._warn("models record %r refused: %s", key[:100], e)
             return
         if isinstance(rec, VersionRecord):
             self.versions[(rec.intent, rec.version)] = rec
@@ -163,7 +166,7 @@ class ModelRegistry:
                 try:
                     self.get(rec.intent, rec.version)
                 except ModelError as e:
-                    logger.warning("shadow %s@%s refused: %s", rec.intent, rec.version, e,
+                    self._warn("shadow %s@%s refused: %s", rec.intent, rec.version, e,
                                    extra={"fields": {"event": "model_refused", "intent": rec.intent,
                                                      "version": rec.version, "reason": str(e), "shadow": True}})
             self.generation += 1
@@ -183,7 +186,7 @@ class ModelRegistry:
         # events of earlier event times) load when an event needs them; only the entry just before the
         # newest is loaded now, since late events around the switch still use it.
         if (rec.intent, rec.version) not in self.versions:
-            logger.warning("activation of %s@%d waits for its version record", rec.intent, rec.version)
+            self._warn("activation of %s@%d waits for its version record", rec.intent, rec.version)
             self._pending[rec.intent] = rec
             return
         if self._load:
@@ -192,7 +195,7 @@ class ModelRegistry:
             except ModelError as err:
                 cur = self.activations.get(rec.intent)
                 self.refused_activations[rec.intent] = rec.version  # named in the dead letters' detail
-                logger.warning("activation of %s@%d refused (%s); %s stays active", rec.intent, rec.version, err,
+                self._warn("activation of %s@%d refused (%s); %s stays active", rec.intent, rec.version, err,
                                f"{rec.intent}@{cur.version}" if cur else "no version",
                                extra={"fields": {"event": "model_refused", "intent": rec.intent,
                                                  "version": rec.version, "reason": str(err),
@@ -203,7 +206,7 @@ class ModelRegistry:
                 try:
                     self.get(rec.intent, before)
                 except ModelError as err:
-                    logger.warning("%s@%d, in force for events before the switch to %s@%d, is not usable: %s",
+                    self._warn("%s@%d, in force for events before the switch to %s@%d, is not usable: %s",
                                    rec.intent, before, rec.intent, rec.version, err)
         prev = self.activations.get(rec.intent)
         self.activations[rec.intent] = rec

@@ -49,7 +49,8 @@ def intent_transactional_id(settings: Settings, intent: str) -> str:
 
 
 def _registry(rows, *, load: bool = False, intents=()) -> ModelRegistry:
-    reg = ModelRegistry(load=load, intents=intents)  # the intents' unknown_features policies, as workers apply them
+    # The intents' unknown_features policies, as workers apply them; quiet, as every tool reads the whole topic.
+    reg = ModelRegistry(load=load, intents=intents, log_changes=False)
     for k, v in rows:
         reg.apply(k, v)
     return reg

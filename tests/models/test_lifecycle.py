@@ -124,3 +124,19 @@ def test_publish_goes_on_when_the_active_versions_record_was_deleted(cli_env, ca
     assert main(args) == 0
     assert "card_fraud@2 (active)" in capsys.readouterr().out
     assert read_models(s).active_version("card_fraud") == 2
+
+
+def test_the_tools_read_a_refused_models_record_quietly(cli_env, capsys):
+    """A refused record on the models topic is the workers' news (each logs it once); a command that reads the
+    topic does not print their warning every time it runs."""
+    from muse_stream.kafka.clients import producer_config
+    from muse_stream.kafka.producer import OutputProducer
+    from muse_stream.models.records import version_key
+
+    s, cfg, _ = cli_env
+    p = OutputProducer(producer_config(s), name="test")
+    p.produce(s.topics.models, b"not a record", version_key("card_fraud", 9))
+    p.flush(30)
+    capsys.readouterr()
+    assert main(["models", "list", "--config", cfg]) == 0
+    assert "refused" not in capsys.readouterr().err
