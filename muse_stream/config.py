@@ -158,22 +158,6 @@ class TenantConfig(Frozen):
             raise ValueError("tenant_id must be 1-64 letters, digits, '_' or '-'")
         return v
 
-    @field_validator("pinned_versions")
-    @classmethod
-    def _pins(cls, v: dict[str, int]) -> dict[str, int]:
-        bad = {i: n for i, n in v.items() if n < 1}
-        if bad:
-            raise ValueError(f"versions start at 1: {bad}")
-        return v
-
-    @field_validator("intents")
-    @classmethod
-    def _intents(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [i for i in v if not ID_RE.fullmatch(i)]
-        if bad:
-            raise ValueError(f"intents {bad} are not intent names (1-64 letters, digits, '_' or '-')")
-        return v
-
     @field_validator("band_timeline")
     @classmethod
     def _timeline(cls, v: tuple[BandPeriod, ...]) -> tuple[BandPeriod, ...]:
@@ -191,11 +175,16 @@ class TenantConfig(Frozen):
 
     @model_validator(mode="after")
     def _default(self) -> TenantConfig:
+        bad = [i for i in self.intents if not ID_RE.fullmatch(i)]
+        if bad:
+            raise ValueError(f"intents {bad} are not intent names (1-64 letters, digits, '_' or '-')")
         if self.default_intent is not None and self.default_intent not in self.intents:
             raise ValueError(f"default_intent {self.default_intent!r} is not among intents {list(self.intents)}")
         for intent in self.pinned_versions:
             if intent not in self.intents:
                 raise ValueError(f"pinned intent {intent!r} is not among intents {list(self.intents)}")
+            if self.pinned_versions[intent] < 1:
+                raise ValueError(f"pinned_versions.{intent}: versions start at 1")
         if self.band_timeline and self.band_timeline[-1].bands != self.bands:
             raise ValueError("bands must be the band timeline's last period's bands")
         return self

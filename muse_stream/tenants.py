@@ -126,20 +126,15 @@ class TenantRegistry:
         problem = self.record_problem(cfg)
         if problem is not None:
             return self._refuse(tid, value, problem)
-        prev = self.tenants.get(tid)
-        if prev != cfg:
-            try:  # built before anything changes: a record it cannot take is refused, never half applied
-                timeline = BandTimeline(cfg)
-            except (ValueError, OverflowError) as e:
-                return self._refuse(tid, value, f"band_timeline: {e}")
         self.refused.pop(tid, None)
         self.refused_records.pop(tid, None)
+        prev = self.tenants.get(tid)
         if prev != cfg:
             if prev is not None:
                 self._claims.pop(self._settings.output_topic(prev), None)
             self._claims[self._settings.output_topic(cfg)] = tid
             self.tenants[tid] = cfg
-            self._timelines[tid] = timeline
+            self._timelines[tid] = BandTimeline(cfg)  # int64 times: bandspec bounds them by MAX_EVENT_TIME
             self.version += 1
             since = cfg.band_periods()[-1].from_time
             self._log("tenant %s updated: intents=%s bands=%s%s suspended=%s", tid, list(cfg.intents),
@@ -361,26 +356,24 @@ def _write(settings: Settings, tenants: list[TenantConfig], effective_at: int | 
 
 
 def _check_claim(settings: Settings, rec: TenantConfig, prev: TenantConfig | None) -> None:
-    """After writing a record that claims an output topic: each tenant's writers are fenced, but two tenants'
-    are not, so another tenant may have claimed the same topic at the same time. Read back as the workers do;
-    if they refuse this record, put the previous one back (or remove a new tenant) and say so."""
+    """After writing a record that claims an output topic (two tenants' writers are not fenced from each other):
+    read back as the workers do; if they refuse it, put the previous record back (or none) and say so."""
     reg = _registry(settings, read_table(settings, settings.topics.tenants))
     if reg.tenants.get(rec.tenant_id) == rec:
         return
-    why = reg.refused.get(rec.tenant_id, "another record replaced it")
-    mine = orjson.dumps(rec.model_dump(mode="json"))
-    tid = rec.tenant_id
+    tid, mine = rec.tenant_id, orjson.dumps(rec.model_dump(mode="json"))
+    back = None if prev is None else orjson.dumps(prev.model_dump(mode="json"))
 
-    def step(rows):
+    def step(rows):  # only while this record is still the tenant's latest: a newer one stands
         latest = next((v for k, v in reversed(rows) if k == tid.encode()), None)
-        if latest != mine:  # someone wrote this tenant since: theirs stands
-            return [], None
-        return [(tid.encode(), None if prev is None else orjson.dumps(prev.model_dump(mode="json")))], None
+        return ([(tid.encode(), back)], True) if latest == mine else ([], False)
 
-    fenced_write(settings, settings.topics.tenants, tenant_transactional_id(settings, tid), step,
-                 what=f"tenant {tid}")
-    raise ConfigError(f"tenant {tid}: {why} (claimed by a command that ran at the same time); "
-                      f"{'the previous record was put back' if prev is not None else 'the tenant was not added'}")
+    undone = fenced_write(settings, settings.topics.tenants, tenant_transactional_id(settings, tid), step,
+                          what=f"tenant {tid}")
+    then = ("the previous record was put back" if prev is not None else "the tenant was not added") if undone \
+        else "a newer record of the tenant stands"
+    raise ConfigError(f"tenant {tid}: {reg.refused.get(tid, 'another record replaced it')} (claimed by a command "
+                      f"that ran at the same time); {then}")
 
 
 def remove_tenant(settings: Settings, tenant_id: str) -> TenantConfig:
