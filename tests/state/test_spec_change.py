@@ -13,26 +13,16 @@ import numpy as np
 import orjson
 from confluent_kafka import Message
 
-from muse_stream.config import Settings
 from muse_stream.state.engine import StateEngine
-from muse_stream.state.store import PartitionStore
 from muse_stream.state.windows import _HEAD, entry_dtype
+from tests.fixtures.state_engine import one_store_engine
 
 T0 = 1_700_000_000_000
 MODEL = SimpleNamespace(intent="card_fraud")
 
 
 def _engine(folder, aggregates, windows=("1m", "10m")) -> StateEngine:
-    s = Settings.model_validate({
-        "intents": [{"name": "card_fraud", "state": {"entity": ["card_id"], "windows": list(windows),
-                                                     "aggregates": list(aggregates), "lateness": "1m",
-                                                     "dedup_window": "10m"}}],
-        "tenants": [{"tenant_id": "acme", "intents": ["card_fraud"], "bands": {"review": 0.9}}],
-        "runtime": {"state_dir": str(folder)}})
-    e = StateEngine(s, slot=0)
-    e.stores[("in", 0)] = PartitionStore(e.folder / "in-0", "in", 0)
-    e._synced = float("inf")  # no broker: no sync offsets read
-    return e
+    return one_store_engine(folder, aggregates, windows)
 
 
 def _batch(e: StateEngine, events: list[dict], first_offset: int) -> tuple[dict, list]:

@@ -18,6 +18,7 @@ from muse_stream.state.store import PartitionStore
 from muse_stream.state.windows import _HEAD, entry_dtype
 from muse_stream.telemetry.metrics import MetricsHub
 from muse_stream.telemetry.state import register_state_metrics, state_status
+from tests.fixtures.state_engine import one_store_engine
 
 T0 = 1_700_000_000_000
 MIN = 60_000
@@ -25,16 +26,7 @@ MODEL = SimpleNamespace(intent="card_fraud")
 
 
 def _engine(tmp_path) -> StateEngine:
-    s = Settings.model_validate({
-        "intents": [{"name": "card_fraud", "state": {"entity": ["card_id"], "windows": ["1m", "10m"],
-                                                     "aggregates": ["count", "sum:amount"], "lateness": "1m",
-                                                     "dedup_window": "10m"}}],
-        "tenants": [{"tenant_id": "acme", "intents": ["card_fraud"], "bands": {"review": 0.9}}],
-        "runtime": {"state_dir": str(tmp_path)}})
-    e = StateEngine(s, slot=0)
-    e.stores[("in", 0)] = PartitionStore(e.folder / "in-0", "in", 0)
-    e._synced = float("inf")  # no broker: no sync offsets read
-    return e
+    return one_store_engine(tmp_path)
 
 
 class Feed:
