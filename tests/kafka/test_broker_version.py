@@ -26,16 +26,25 @@ def test_a_version_named_by_the_environment_runs_whatever_its_series(tmp_path, m
     assert fetch_kafka(tmp_path).name == f"kafka-{a}.{b + 2}.0"
 
 
-def test_a_broker_folder_of_a_newer_kafka_is_refused_in_one_line(tmp_path):
-    from muse_stream.errors import BrokerError
-    from muse_stream.kafka.local import LocalBroker, fetch_kafka, free_port
+def _newer_folder(tmp_path):
+    """A broker folder that says a Kafka two minor versions past the jars in use formatted it: (the version in
+    use, that newer one, the folder)."""
+    from muse_stream.kafka.local import fetch_kafka
 
     version = (fetch_kafka() / "libs" / ".complete").read_text().strip()
     newer = ".".join([version.split(".")[0], str(int(version.split(".")[1]) + 2), "0"])
     home = tmp_path / "broker"
     (home / "data").mkdir(parents=True)
-    (home / "data" / "meta.properties").write_text("version=1\n")
+    (home / "data" / "meta.properties").write_text("version=1\nnode.id=1\n")
     (home / "state.json").write_text(f'{{"version": "{newer}", "port": 1}}')
+    return version, newer, home
+
+
+def test_a_broker_folder_of_a_newer_kafka_is_refused_in_one_line(tmp_path):
+    from muse_stream.errors import BrokerError
+    from muse_stream.kafka.local import LocalBroker, free_port
+
+    version, newer, home = _newer_folder(tmp_path)
     broker = LocalBroker(free_port(), home=home)
     try:
         broker.launch()
@@ -50,14 +59,9 @@ def test_a_broker_folder_of_a_newer_kafka_is_refused_in_one_line(tmp_path):
 def test_the_demos_own_broker_sets_a_newer_kafkas_data_aside_and_starts(tmp_path):
     """What the demos and the bench do with their broker folder (their topics are theirs for one run): the old
     data kept under another name, a new broker formatted and answering."""
-    from muse_stream.kafka.local import LocalBroker, fetch_kafka, free_port
+    from muse_stream.kafka.local import LocalBroker, free_port
 
-    version = (fetch_kafka() / "libs" / ".complete").read_text().strip()
-    newer = ".".join([version.split(".")[0], str(int(version.split(".")[1]) + 2), "0"])
-    home = tmp_path / "broker"
-    (home / "data").mkdir(parents=True)
-    (home / "data" / "meta.properties").write_text("version=1\nnode.id=1\n")
-    (home / "state.json").write_text(f'{{"version": "{newer}", "port": 1}}')
+    version, newer, home = _newer_folder(tmp_path)
     broker = LocalBroker(free_port(), home=home, heap="256m", set_aside_newer=True)
     try:
         st = broker.start(timeout=90)
