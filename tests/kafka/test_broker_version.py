@@ -44,7 +44,7 @@ def test_a_broker_folder_of_a_newer_kafka_is_refused_in_one_line(tmp_path):
     from muse_stream.errors import BrokerError
     from muse_stream.kafka.local import LocalBroker, free_port
 
-    version, newer, home = _newer_folder(tmp_path)
+    _, newer, home = _newer_folder(tmp_path)
     broker = LocalBroker(free_port(), home=home)
     try:
         broker.launch()
