@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()} | (set(RUNS) if args.state_only else set())
     if skip - set(RUNS):
         raise ConfigError(f"--skip: unknown run(s) {sorted(skip - set(RUNS))}; known: {', '.join(RUNS)}")
-    if skip >= set(RUNS) and not args.state:
+    if skip >= set(RUNS) and not (args.state or args.state_only):
         raise ConfigError("--skip leaves no run to make (add --state for the entity-state section, or skip less)")
     if (args.events < 1 or args.partitions < 1 or args.workers < 1 or not 0 < args.rate < float("inf")
             or not 0 < args.latency_seconds < float("inf") or args.ab_pairs < 1 or args.stage_events < 1

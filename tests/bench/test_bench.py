@@ -271,6 +271,10 @@ def test_bad_arguments_stop_the_bench_before_any_run(tmp_path, capsys):
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+    # --state-only alone is a run to make (it skips every other run): it goes on, here to the dead broker.
+    assert main(["bench", *dead, "--state-only"]) == 2
+    err = capsys.readouterr().err
+    assert "no Kafka broker answers at 127.0.0.1:1" in err and "--skip" not in err, err
 
 
 def test_telemetry_section_without_a_run_without_telemetry_says_so_not_none():
