@@ -16,6 +16,7 @@ from muse_stream.deployspec import DeploySettings
 from muse_stream.errors import ConfigError
 from muse_stream.featurespec import StateSpec
 from muse_stream.frozen import Frozen
+from muse_stream.tomlwrite import dump_toml  # noqa: F401 - written here, kept under config's name
 
 # Shipped inside the package, so an installed muse-stream runs from any folder; config/muse.toml links here.
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "defaults" / "muse.toml"
@@ -108,7 +109,7 @@ class RuntimeSettings(Frozen):
     commit_interval_ms: int = Field(100, ge=0, le=600_000)
     transactional_id_prefix: str = "muse-stream"
     # Entity state (featurespec.py): one RocksDB store per assigned partition under <state_dir>/<group>/slot-N.
-    state_dir: str = "state"
+    state_dir: str = Field("state", min_length=1)
     transaction_timeout_ms: int = Field(60_000, ge=1000, le=900_000)
     # Feature values beyond this magnitude (or non-finite) are bad input, sent to the dead-letter topic.
     max_abs_feature: float = Field(1e30, gt=0)
@@ -133,6 +134,15 @@ class RuntimeSettings(Frozen):
     # After SIGTERM, workers get this long to finish or abort their transaction before SIGKILL. At most 25 s, so
     # `run` always ends within 30 s of SIGTERM.
     shutdown_grace_s: float = Field(20.0, ge=0.5, le=25.0)
+
+    @field_validator("group_id")
+    @classmethod
+    def _group(cls, v: str) -> str:
+        # It names the state changelog topics (<group>.<input>.state-changelog) and the state folder
+        # (<state_dir>/<group>): a topic-name character set, so neither can go astray ("../x", "a/b").
+        if not _PREFIX_RE.fullmatch(v) or v in {".", ".."}:
+            raise ValueError("group_id must be 1-185 letters, digits, '.', '_' or '-' (it names topics and a folder)")
+        return v
 
 
 class TenantConfig(Frozen):
@@ -343,7 +353,7 @@ def load_settings(path: str | os.PathLike | None = None, *, bootstrap: str | Non
     """Read and validate a config file. `bootstrap` (or MUSE_BOOTSTRAP) overrides kafka.bootstrap_servers."""
     p = Path(path) if path is not None else DEFAULT_CONFIG
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        raw = tomllib.loads(p.read_text(encoding="utf-8-sig"))  # a byte-order mark some editors write: dropped
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
     except tomllib.TOMLDecodeError as e:
@@ -364,33 +374,3 @@ def load_settings(path: str | os.PathLike | None = None, *, bootstrap: str | Non
     except ValidationError as e:
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
         raise ConfigError(f"{p}: {error_text(e)}{more}") from None
-
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"cannot write {type(v).__name__} as TOML")
-
-
-def dump_toml(settings: Settings) -> str:
-    """The settings as a TOML file that load_settings reads back to equal settings (to hand to workers)."""
-    data = settings.model_dump(exclude_none=True)
-    lines = []
-    for section in ("kafka", "topics", "batch", "runtime", "telemetry", "deploy"):
-        lines.append(f"[{section}]")
-        for k, v in data[section].items():
-            if not (isinstance(v, dict) and not v):
-                lines.append(f"{k} = {_toml_value(v)}")
-    for arr in ("intents", "tenants"):
-        for item in data[arr]:
-            lines.append(f"[[{arr}]]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in item.items() if not (isinstance(v, dict) and not v)]
-    return "\n".join(lines) + "\n"

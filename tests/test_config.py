@@ -202,3 +202,21 @@ def test_a_config_that_is_not_utf8_or_is_a_folder_is_one_line(tmp_path: Path):
         load_settings(tmp_path)
     with pytest.raises(ValueError, match="pinned_versions"):
         TenantConfig(tenant_id="a", intents=("x",), pinned_versions={"x": -1})
+
+
+def test_a_group_id_that_would_name_a_path_or_a_bad_topic_is_refused_and_a_bom_is_read(tmp_path: Path):
+    for gid in ("../../x", "a/b", "f40 g", "é", "g\x00", "..", ""):
+        with pytest.raises(ValueError, match="group_id"):
+            Settings.model_validate({"runtime": {"group_id": gid}})
+    assert Settings.model_validate({"runtime": {"group_id": "bench.2026-11_29"}}).runtime.group_id == "bench.2026-11_29"
+    with pytest.raises(ValueError, match="state_dir"):
+        Settings.model_validate({"runtime": {"state_dir": ""}})
+    bom = tmp_path / "c.toml"
+    bom.write_bytes(b"\xef\xbb\xbf[runtime]\ngroup_id = \"g1\"\n")  # what some editors write first
+    assert load_settings(bom).runtime.group_id == "g1"
+
+
+def test_an_event_time_past_year_9999_prints_as_epoch_ms():
+    from muse_stream.commands.tenant_edit import utc
+
+    assert utc(0) == "1970-01-01T00:00:00Z" and utc(2**62) == f"epoch ms {2**62}"

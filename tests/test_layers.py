@@ -11,7 +11,7 @@ import muse_stream
 PKG = Path(muse_stream.__file__).parent
 # Lower number = lower layer. A module may import from its own layer or any lower one.
 LAYERS = {
-    "errors": 0, "eventtime": 0, "config": 0, "bandspec": 0, "deployspec": 0, "featurespec": 0, "frozen": 0, "logs": 0,
+    "errors": 0, "eventtime": 0, "tomlwrite": 0, "config": 0, "bandspec": 0, "deployspec": 0, "featurespec": 0, "frozen": 0, "logs": 0,
     "kafka": 1,
     "models": 2, "tenants": 2, "state": 2,
     "scoring": 3,

@@ -185,13 +185,11 @@ def _check_no_collision(settings: Settings, tenant_id: str, topic: str, *, reuse
     if clash is not None:
         raise ConfigError(f"tenant {tenant_id}: output_topic: {topic!r} collides with the existing topic {clash!r} "
                           "(Kafka reads '.' and '_' alike in topic names); nothing was written")
-    if topic in existing and not reuse:
-        held = _records_in(settings, topic)
-        if held:
-            raise ConfigError(f"tenant {tenant_id}: output_topic: {topic!r} exists and holds {held} record(s) that no "
-                              "tenant's record claims now (a removed tenant's decisions?): its readers would get "
-                              f"{tenant_id}'s decisions. Give --reuse-topic to send them there anyway; nothing was "
-                              "written")
+    if topic in existing and not reuse and _records_in(settings, topic):
+        raise ConfigError(f"tenant {tenant_id}: output_topic: {topic!r} exists and holds records that no "
+                          "tenant's record claims now (a removed tenant's decisions?): its readers would get "
+                          f"{tenant_id}'s decisions. Give --reuse-topic to send them there anyway; nothing was "
+                          "written")
 
 
 def _records_in(settings: Settings, topic: str) -> int:
@@ -260,7 +258,11 @@ def _bands_text(cfg: TenantConfig) -> str:
 def utc(ms: int) -> str:
     import datetime as dt
 
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):  # past year 9999: the epoch ms says it
+        return f"epoch ms {ms}"
+
 
 
 def summaries(settings: Settings) -> list[dict]:

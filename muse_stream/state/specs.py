@@ -27,10 +27,9 @@ def layout_key_of(lid: int) -> bytes:
 def spec_record(plan: Plan) -> bytes:
     """What a store keeps of the spec its records are written under (compared and logged, never read for
     features)."""
-    sp = plan.spec
-    return orjson.dumps({"entity": list(sp.entity), "numeric": list(plan.nums), "distinct": list(plan.dists),
-                         "windows_ms": plan.windows.tolist(), "lateness_ms": plan.lateness_ms,
-                         "dedup_ms": plan.dedup_ms, "keep_ms": plan.keep_ms})
+    sp = plan.spec  # in the config's own terms, so the warning names what the operator changed
+    return orjson.dumps({"entity": list(sp.entity), "windows": list(sp.windows), "aggregates": list(sp.aggregates),
+                         "lateness": sp.lateness, "dedup_window": sp.dedup_window, "keep_ms": plan.keep_ms})
 
 
 class Specs:
@@ -66,14 +65,14 @@ class Specs:
         except orjson.JSONDecodeError:
             old = {}
         now = orjson.loads(record)
-        changed = sorted(k for k in now if not isinstance(old, dict) or old.get(k) != now[k])
+        changed = sorted(k for k in now if k != "keep_ms" and (not isinstance(old, dict) or old.get(k) != now[k]))
         kept = old.get("keep_ms") if isinstance(old, dict) else None
         logger.warning(
             "state: intent %s's state spec changed (%s) since its state on %s was written. Until the longest "
             "window (%d s) has passed since the change, its features are not exact: entries older than the old "
             "retention (%s s) are gone, fields the old spec did not keep are missing in older entries, and a "
             "changed entity starts every entity afresh (docs/models.md, 'Changing a state spec')", intent,
-            ", ".join(changed), where, plan.longest_ms // 1000, kept // 1000 if isinstance(kept, int) else "?",
+            ", ".join(changed) or "its record format", where, plan.longest_ms // 1000, kept // 1000 if isinstance(kept, int) else "?",
             extra={"fields": {"event": "state_spec_changed", "intent": intent, "changed": changed,
                               "partition": where}})
 
