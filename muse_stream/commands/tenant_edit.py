@@ -185,11 +185,26 @@ def _check_no_collision(settings: Settings, tenant_id: str, topic: str, *, reuse
     if clash is not None:
         raise ConfigError(f"tenant {tenant_id}: output_topic: {topic!r} collides with the existing topic {clash!r} "
                           "(Kafka reads '.' and '_' alike in topic names); nothing was written")
+    if topic in existing:
+        _check_batches(settings, tenant_id, topic)
     if topic in existing and not reuse and _records_in(settings, topic):
         raise ConfigError(f"tenant {tenant_id}: output_topic: {topic!r} exists and holds records that no "
                           "tenant's record claims now (a removed tenant's decisions?): its readers would get "
                           f"{tenant_id}'s decisions. Give --reuse-topic to send them there anyway; nothing was "
                           "written")
+
+
+def _check_batches(settings: Settings, tenant_id: str, topic: str) -> None:
+    """A topic that takes smaller record batches than the workers send refuses decisions under load (librdkafka
+    does not split a refused batch), so the tenant's decisions would become output_refused dead letters."""
+    from muse_stream.kafka.topics import producer_batch_bytes, topic_setting
+
+    limit, batch = topic_setting(settings, topic, "max.message.bytes"), producer_batch_bytes(settings)
+    if limit is not None and int(limit) < batch:
+        raise ConfigError(f"tenant {tenant_id}: output_topic: {topic!r} takes record batches of at most {limit} "
+                          f"bytes (its max.message.bytes), and the workers send batches of up to {batch} bytes: "
+                          f"under load its decisions would be refused. Raise its max.message.bytes to {batch} or "
+                          "more, or give another topic; nothing was written")
 
 
 def _records_in(settings: Settings, topic: str) -> int:

@@ -167,3 +167,25 @@ def existing_topics(settings: Settings, timeout: float = 10.0) -> set[str]:
         return set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as e:
         raise KafkaOpError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {e.args[0].str()}") from None
+
+
+def topic_setting(settings: Settings, topic: str, name: str, timeout: float = 10.0) -> str | None:
+    """One setting of an existing topic as the broker has it (its own or the broker's default); None when the
+    broker does not say."""
+    from confluent_kafka.admin import ConfigResource
+
+    admin, _ = make_client(AdminClient, admin_config(settings), "admin")
+    try:
+        [fut] = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)]).values()
+        entry = fut.result(timeout=timeout).get(name)
+    except (KafkaException, FuturesTimeout) as e:
+        raise KafkaOpError(f"cannot read {name} of {topic}: {e}") from None
+    return None if entry is None else entry.value
+
+
+def producer_batch_bytes(settings: Settings) -> int:
+    """The largest record batch a worker's producer builds (librdkafka's batch.size, 1,000,000 unless
+    [kafka.client] sets it): a topic whose max.message.bytes is smaller refuses whole batches under load."""
+    from muse_stream.kafka.clients import producer_config
+
+    return int(producer_config(settings).get("batch.size", 1_000_000))

@@ -224,7 +224,7 @@ def test_a_removed_tenants_topic_is_not_taken_by_another_without_reuse_topic(sta
     args = ["tenants", "set", "newco", "--intents", "card_fraud", "--output-topic", topic, "--config", cfg]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert f"{topic!r} exists and holds 1 record(s)" in err and "--reuse-topic" in err and "newco" not in read_tenants(stack)
+    assert f"{topic!r} exists and holds records" in err and "--reuse-topic" in err and "newco" not in read_tenants(stack)
     assert main([*args, "--reuse-topic"]) == 0
     assert read_tenants(stack)["newco"].output_topic == topic
     # Another tenant's claimed topic is still the registry's refusal, not this one.
@@ -232,3 +232,12 @@ def test_a_removed_tenants_topic_is_not_taken_by_another_without_reuse_topic(sta
     assert "is already tenant 'newco''s output topic" in capsys.readouterr().err
     assert main(["tenants", "set", "fourth", "--intents", "card_fraud", "--reuse-topic", "--config", cfg]) == 2
     assert "--reuse-topic goes with --output-topic" in capsys.readouterr().err
+
+
+def test_a_topic_that_takes_smaller_batches_than_the_workers_send_is_refused(stack, unique, tmp_path, capsys):
+    cfg = write_config(stack, tmp_path / "muse.toml")
+    small = f"small.{unique}"
+    create_topics(stack, [TopicSpec(small, 1, {"max.message.bytes": "480"})])  # one decision fits; a batch not
+    assert main(["tenants", "set", "tc", "--intents", "card_fraud", "--output-topic", small, "--config", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "takes record batches of at most 480 bytes" in err and "1000000" in err and "tc" not in read_tenants(stack)
