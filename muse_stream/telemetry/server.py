@@ -52,9 +52,14 @@ def _handler(source: Source) -> type[BaseHTTPRequestHandler]:
                     )
                 else:
                     self._send(404, b"not found: try /metrics, /healthz, /readyz or /status\n", "text/plain")
+            except (BrokenPipeError, ConnectionResetError):  # the client left first (a probe's timeout): no news
+                return
             except Exception:  # a failing scrape answers 500, never reaches the worker
                 logger.exception("telemetry endpoint %s failed", path)
-                self._send(500, b"internal error\n", "text/plain")
+                try:
+                    self._send(500, b"internal error\n", "text/plain")
+                except OSError:
+                    pass
 
         def _check(self, ok: bool, checks: dict) -> None:
             self._send(200 if ok else 503, orjson.dumps({"ok": ok, "checks": checks}), "application/json")

@@ -315,3 +315,43 @@ def test_overhead_measure_reports_both_costs():
     assert r["score_us_per_batch"] > 0 and r["telemetry_us_per_batch"] > 0
     assert r["telemetry_share_of_scoring_pct"] == pytest.approx(
         100 * r["telemetry_us_per_batch"] / r["score_us_per_batch"], rel=0.01)
+
+
+def test_a_client_that_leaves_before_the_answer_is_no_error_in_the_log(caplog):
+    """A probe that times out (a busy worker answering slowly) closes first: the write that follows fails with
+    a broken pipe or a reset, which is not the worker's error and not worth a traceback in its log."""
+    import socket
+    import struct
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from muse_stream.telemetry.server import TelemetryServer
+
+    class Slow:
+        registry = CollectorRegistry()
+
+        def liveness(self):
+            return True, {}
+
+        def readiness(self):
+            return True, {}
+
+        def status(self):
+            time.sleep(0.3)
+            return {"big": "x" * 1_000_000}
+
+    srv = TelemetryServer(Slow(), "127.0.0.1", 0)
+    srv.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="muse_stream.telemetry.server"):
+            for _ in range(3):
+                s = socket.create_connection(("127.0.0.1", srv.port))
+                s.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # leave with a reset
+                s.close()
+            time.sleep(1.5)
+        assert not caplog.records, [r.getMessage() for r in caplog.records]
+        assert urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/healthz", timeout=5).status == 200
+    finally:
+        srv.stop()
