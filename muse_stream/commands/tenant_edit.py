@@ -279,7 +279,6 @@ def utc(ms: int) -> str:
         return f"epoch ms {ms}"
 
 
-
 def summaries(settings: Settings) -> list[dict]:
     """One row per tenant on the topic, and one per tenant whose only records were refused."""
     reg = read_tenant_registry(settings)

@@ -25,7 +25,7 @@ from muse_stream.errors import KafkaOpError
 
 logger = logging.getLogger(__name__)
 SYNC_KEY = b"\x00sync"  # no state key starts with a zero byte
-FRONT_RANK, RECENT = 16, 64  # the sweep's front (PartitionStore.advance): at most the 16th newest event time
+FRONT_RANK, RECENT = 16, 64  # the sweep's front (PartitionStore.advance): 16th newest, median of the last 64
 # One block cache and one memtable budget for all of a process's stores, so a worker's memory does not grow
 # with its partitions (RocksDB's defaults give each store 2 x 64 MB of memtables); bloom filters because
 # most look-ups of a batch with many entities are misses (an entity's first event).
@@ -70,7 +70,7 @@ class PartitionStore:
         self.db = _open(path)
         self.pending: dict[bytes, bytes | None] = {}
         self.cursor = b""  # where the next sweep resumes (key order, wrapping at the end)
-        self.checked: set[str] = set()  # intents whose spec record this store holds (engine._check_spec)
+        self.checked: set[str] = set()  # intents whose spec record this store holds (specs.Specs.check)
         self.front: int | None = None  # the sweep's event-time front on the partition (see `advance`)
         self._newest = np.empty(0, dtype=np.int64)  # the FRONT_RANK newest event times scored here
         self._recent = np.empty(0, dtype=np.int64)  # the RECENT last event times scored here
