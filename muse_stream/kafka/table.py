@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 Rows = list[tuple[bytes, bytes | None]]
 T = TypeVar("T")
 
+# Errors a client gives while its metadata has not caught up with a new topic or a moved leader.
+NOT_KNOWN_YET = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError._UNKNOWN_PARTITION})
+
 
 class TopicTable:
     """Yields (key, value) updates of a compacted topic; value None is a tombstone."""
@@ -75,16 +78,18 @@ class TopicTable:
                 raise KafkaOpError(f"timed out reading {self.topic} to its end")
 
     def _high_watermark(self, tp: TopicPartition, deadline: float) -> int:
-        # Right after a topic is created its leader may not be known yet: retry retriable errors.
+        # Right after a topic is created (or on a loaded broker) its leader, or the partition itself, may not be
+        # known to the client yet: retry retriable errors, and an offset not known yet, until the deadline.
         while True:
             try:
-                return self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)[1]
+                hi = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)[1]
+                if hi >= 0 or time.monotonic() > deadline:
+                    return hi
             except KafkaException as e:
                 err: KafkaError = e.args[0]
-                if not err.retriable() and err.code() != KafkaError.NOT_LEADER_FOR_PARTITION or \
-                        time.monotonic() > deadline:
+                if not (err.retriable() or err.code() in NOT_KNOWN_YET) or time.monotonic() > deadline:
                     raise KafkaOpError.wrap(f"reading {self.topic}", err) from None
-                time.sleep(0.2)
+            time.sleep(0.2)
 
     def updates(self) -> list[tuple[bytes, bytes | None]]:
         """Whatever arrived since the last call, without blocking."""

@@ -29,6 +29,7 @@ from muse_stream.config import Settings
 from muse_stream.errors import KafkaOpError
 from muse_stream.eventtime import MAX_EVENT_TIME
 from muse_stream.kafka.clients import make_consumer, reader_config
+from muse_stream.kafka.table import NOT_KNOWN_YET
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +122,7 @@ class _LastRecords:
                 return fn()
             except KafkaException as e:
                 err: KafkaError = e.args[0]
-                if not (err.retriable() or err.code() == KafkaError.NOT_LEADER_FOR_PARTITION) or \
-                        time.monotonic() > self.deadline:
+                if not (err.retriable() or err.code() in NOT_KNOWN_YET) or time.monotonic() > self.deadline:
                     raise KafkaOpError.wrap(what, err) from None
                 time.sleep(0.2)
 
