@@ -25,6 +25,20 @@ T = TypeVar("T")
 NOT_KNOWN_YET = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError._UNKNOWN_PARTITION})
 
 
+def retry_until_known(what: str, fn: Callable[[], T], deadline: float) -> T:
+    """fn(), again while it fails with a retriable error or one of NOT_KNOWN_YET (right after a topic is made,
+    or on a loaded broker, its leader or partition may not be known to the client yet), until `deadline`
+    (time.monotonic()); then, or on any other error, a KafkaOpError saying `what`."""
+    while True:
+        try:
+            return fn()
+        except KafkaException as e:
+            err: KafkaError = e.args[0]
+            if not (err.retriable() or err.code() in NOT_KNOWN_YET) or time.monotonic() > deadline:
+                raise KafkaOpError.wrap(what, err) from None
+        time.sleep(0.2)
+
+
 class TopicTable:
     """Yields (key, value) updates of a compacted topic; value None is a tombstone."""
 
@@ -78,17 +92,12 @@ class TopicTable:
                 raise KafkaOpError(f"timed out reading {self.topic} to its end")
 
     def _high_watermark(self, tp: TopicPartition, deadline: float) -> int:
-        # Right after a topic is created (or on a loaded broker) its leader, or the partition itself, may not be
-        # known to the client yet: retry retriable errors, and an offset not known yet, until the deadline.
+        # An offset not known yet (negative) is waited out like an error of a partition not known yet.
         while True:
-            try:
-                hi = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)[1]
-                if hi >= 0 or time.monotonic() > deadline:
-                    return hi
-            except KafkaException as e:
-                err: KafkaError = e.args[0]
-                if not (err.retriable() or err.code() in NOT_KNOWN_YET) or time.monotonic() > deadline:
-                    raise KafkaOpError.wrap(f"reading {self.topic}", err) from None
+            hi = retry_until_known(f"reading {self.topic}", lambda: self._consumer.get_watermark_offsets(
+                tp, timeout=5, cached=False)[1], deadline)
+            if hi >= 0 or time.monotonic() > deadline:
+                return hi
             time.sleep(0.2)
 
     def updates(self) -> list[tuple[bytes, bytes | None]]:

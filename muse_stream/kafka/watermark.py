@@ -23,17 +23,16 @@ import time
 from functools import partial
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from muse_stream.config import Settings
 from muse_stream.errors import KafkaOpError
 from muse_stream.eventtime import MAX_EVENT_TIME
 from muse_stream.kafka.clients import make_consumer, reader_config
-from muse_stream.kafka.table import NOT_KNOWN_YET
+from muse_stream.kafka.table import retry_until_known
 
 logger = logging.getLogger(__name__)
 
-# The event contract's range (scoring dead-letters events outside it); kafka/ does not import scoring.
 MAX_AHEAD_MS = 3_600_000  # how far an event time may run ahead of the clock and still move the watermark
 
 
@@ -116,15 +115,7 @@ class _LastRecords:
         return sorted(tmd.partitions)
 
     def _call(self, what: str, fn):
-        # Right after a topic is created its leader may not be known yet: retriable errors are retried.
-        while True:
-            try:
-                return fn()
-            except KafkaException as e:
-                err: KafkaError = e.args[0]
-                if not (err.retriable() or err.code() in NOT_KNOWN_YET) or time.monotonic() > self.deadline:
-                    raise KafkaOpError.wrap(what, err) from None
-                time.sleep(0.2)
+        return retry_until_known(what, fn, self.deadline)
 
     def read(self) -> list:
         found: dict[tuple[str, int], object] = {}
