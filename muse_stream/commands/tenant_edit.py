@@ -185,9 +185,10 @@ def _check_no_collision(settings: Settings, tenant_id: str, topic: str, *, reuse
     if clash is not None:
         raise ConfigError(f"tenant {tenant_id}: output_topic: {topic!r} collides with the existing topic {clash!r} "
                           "(Kafka reads '.' and '_' alike in topic names); nothing was written")
-    if topic in existing:
-        _check_batches(settings, tenant_id, topic)
-    if topic in existing and not reuse and _records_in(settings, topic):
+    if topic not in existing:
+        return
+    _check_batches(settings, tenant_id, topic)
+    if not reuse and _records_in(settings, topic):
         raise ConfigError(f"tenant {tenant_id}: output_topic: {topic!r} exists and holds records that no "
                           "tenant's record claims now (a removed tenant's decisions?): its readers would get "
                           f"{tenant_id}'s decisions. Give --reuse-topic to send them there anyway; nothing was "
