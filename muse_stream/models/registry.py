@@ -167,8 +167,8 @@ class ModelRegistry:
                     self.get(rec.intent, rec.version)
                 except ModelError as e:
                     self._warn("shadow %s@%s refused: %s", rec.intent, rec.version, e,
-                                   extra={"fields": {"event": "model_refused", "intent": rec.intent,
-                                                     "version": rec.version, "reason": str(e), "shadow": True}})
+                               extra={"fields": {"event": "model_refused", "intent": rec.intent,
+                                                 "version": rec.version, "reason": str(e), "shadow": True}})
             self.generation += 1
             self.unload_unused()
         elif isinstance(rec, DeploymentRecord):
@@ -196,10 +196,10 @@ class ModelRegistry:
                 cur = self.activations.get(rec.intent)
                 self.refused_activations[rec.intent] = rec.version  # named in the dead letters' detail
                 self._warn("activation of %s@%d refused (%s); %s stays active", rec.intent, rec.version, err,
-                               f"{rec.intent}@{cur.version}" if cur else "no version",
-                               extra={"fields": {"event": "model_refused", "intent": rec.intent,
-                                                 "version": rec.version, "reason": str(err),
-                                                 "active_version": cur.version if cur else None}})
+                           f"{rec.intent}@{cur.version}" if cur else "no version",
+                           extra={"fields": {"event": "model_refused", "intent": rec.intent,
+                                             "version": rec.version, "reason": str(err),
+                                             "active_version": cur.version if cur else None}})
                 return
             if len(rec.timeline) > 1:
                 before = rec.timeline[-2].version
@@ -207,7 +207,7 @@ class ModelRegistry:
                     self.get(rec.intent, before)
                 except ModelError as err:
                     self._warn("%s@%d, in force for events before the switch to %s@%d, is not usable: %s",
-                                   rec.intent, before, rec.intent, rec.version, err)
+                               rec.intent, before, rec.intent, rec.version, err)
         prev = self.activations.get(rec.intent)
         self.activations[rec.intent] = rec
         self.generation += 1

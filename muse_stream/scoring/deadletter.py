@@ -46,9 +46,10 @@ def headers(reason: Reason, detail: str, topic: str, partition: int, offset: int
 
 def write_dead_letters(producer, topic: str, dead: list) -> None:
     """Produce each dead letter (scorer.DeadLetter) with its original key, bytes and headers, through an
-    OutputProducer: the producer's own headers first (a trace id, say; but none named muse.*, which only
-    muse-stream writes, in any case), then the muse.* ones saying why. A value too large for the producer is dropped from the
-    dead letter, which keeps the reason and where the record is, so the record still has its one output."""
+    OutputProducer: the producer's own headers first (a trace id, say; but none named muse.*, in any case,
+    which only muse-stream writes), then the muse.* ones saying why. A value too large for the producer is
+    dropped from the dead letter, which keeps the reason and where the record is, so the record still has its
+    one output."""
     for d in dead:
         m = d.msg
         own = [(k, v) for k, v in (m.headers() or []) if not k.lower().startswith("muse.")]

@@ -217,8 +217,9 @@ class StateEngine:
     def _sweep(self) -> None:
         """Delete, a bounded number of keys per store and batch, the entities idle for longer than their
         retention plus lateness behind the partition's event-time front (PartitionStore.advance: a few events
-        stamped far ahead cannot move it; and capped by the wall clock): their deletes are changelog tombstones in this
-        transaction. Exact for every later event no older than the front minus lateness (docs/models.md)."""
+        stamped far ahead cannot move it; and capped by the wall clock): their deletes are changelog tombstones
+        in this transaction. Exact for every later event no older than the front minus lateness
+        (docs/models.md)."""
         wall = time.time_ns() // 1_000_000
         for (topic, partition), store in self.stores.items():
             if store.front is None:

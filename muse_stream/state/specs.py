@@ -28,8 +28,9 @@ def spec_record(plan: Plan) -> bytes:
     """What a store keeps of the spec its records are written under (compared and logged, never read for
     features)."""
     sp = plan.spec  # in the config's own terms, so the warning names what the operator changed
-    return orjson.dumps({"entity": list(sp.entity), "windows": list(sp.windows), "aggregates": list(sp.aggregates),
-                         "lateness": sp.lateness, "dedup_window": sp.dedup_window, "keep_ms": plan.keep_ms})
+    return orjson.dumps({"entity": list(sp.entity), "windows": list(sp.windows),
+                         "aggregates": list(sp.aggregates), "lateness": sp.lateness,
+                         "dedup_window": sp.dedup_window, "keep_ms": plan.keep_ms})
 
 
 class Specs:
@@ -67,12 +68,13 @@ class Specs:
         now = orjson.loads(record)
         changed = sorted(k for k in now if k != "keep_ms" and (not isinstance(old, dict) or old.get(k) != now[k]))
         kept = old.get("keep_ms") if isinstance(old, dict) else None
+        retention = kept // 1000 if isinstance(kept, int) else "?"
         logger.warning(
             "state: intent %s's state spec changed (%s) since its state on %s was written. Until the longest "
             "window (%d s) has passed since the change, its features are not exact: entries older than the old "
             "retention (%s s) are gone, fields the old spec did not keep are missing in older entries, and a "
             "changed entity starts every entity afresh (docs/models.md, 'Changing a state spec')", intent,
-            ", ".join(changed) or "its record format", where, plan.longest_ms // 1000, kept // 1000 if isinstance(kept, int) else "?",
+            ", ".join(changed) or "its record format", where, plan.longest_ms // 1000, retention,
             extra={"fields": {"event": "state_spec_changed", "intent": intent, "changed": changed,
                               "partition": where}})
 

@@ -64,8 +64,8 @@ class RefusedOutputs:
                 continue
             d = orjson.loads(value)
             src = d["source"]
-            out.dead.append(DeadLetter(by_source[(src["topic"], src["partition"], src["offset"])], Reason.OUTPUT_REFUSED,
-                                       f"decision topic {topic} refuses it: {why}"))
+            msg = by_source[(src["topic"], src["partition"], src["offset"])]
+            out.dead.append(DeadLetter(msg, Reason.OUTPUT_REFUSED, f"decision topic {topic} refuses it: {why}"))
             k = (d["tenant_id"], d["intent"], d["model_version"])
             if out.scored.get(k):
                 out.scored[k] -= 1
