@@ -283,8 +283,7 @@ class Telemetry:
 
     def on_held(self, held: frozenset) -> None:
         """Assigned partitions whose committed offset cannot be read (kafka/starts.py): not ready meanwhile."""
-        if held != self.snap.held:
-            self.snap.held = held
+        self.snap.held = held  # StartWatch replaces its frozenset whole: handed over as it is
 
     def on_models(self) -> None:
         """After models-topic updates are applied: count swaps and refusals, refresh the model snapshot."""
