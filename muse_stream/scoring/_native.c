@@ -10,6 +10,9 @@
  * keys (at most 16, each named once) with a plain scalar value. Whatever orjson would read differently, or
  * refuse, is never in that set, so both paths agree by construction on what the scanner accepts.
  *
+ * With a tuple of field names, scan() also returns, per name, each accepted row's value of that top-level field
+ * (entity state reads its entity and aggregate fields there instead of parsing every event again).
+ *
  * decisions(): the decision bytes of a tenant's rows from the template pieces the scorer prepares, the same
  * bytes as the Python loop in scorer.py writes (tests/scoring/test_native_equivalence.py compares them).
  */
@@ -355,10 +358,36 @@ enum { K_EID = 1, K_TID = 2, K_INTENT = 4, K_TIME = 8, K_FEATS = 16 };
 typedef struct { const char *eid, *tid, *intent; Py_ssize_t eid_n, tid_n, intent_n; long long time; } Head;
 #define MAX_OTHER 16  /* top-level fields besides the contract's that an event may carry and still be scanned */
 
+/* Top-level fields besides the contract's whose values the caller asked for (entity state reads them): per
+ * name, what this row holds. A value is one of the plain scalars the scanner accepts, so it reads as orjson
+ * reads it: a plain string, null, true, false, an int64 integer, or a correctly rounded double. */
+#define MAX_CAPTURE 16
+enum { CAP_ABSENT = 0, CAP_STR, CAP_NULL, CAP_TRUE, CAP_FALSE, CAP_INT, CAP_FLOAT };
+typedef struct { int kind; const char *s; Py_ssize_t n; long long iv; double dv; } Held;
+typedef struct {
+    int count; const char *name[MAX_CAPTURE]; Py_ssize_t name_n[MAX_CAPTURE];
+    Held held[MAX_CAPTURE];
+} Capture;
+
+/* A plain scalar at c (the value of a top-level field the contract does not read) into *v; 0 if not plain. */
+static int plain_scalar(Cur *c, Held *v) {
+    long long iv; double dv; int nd;
+    if (plain_string(c, &v->s, &v->n)) { v->kind = CAP_STR; return 1; }
+    if (literal(c, "null", 4)) { v->kind = CAP_NULL; return 1; }
+    if (literal(c, "true", 4)) { v->kind = CAP_TRUE; return 1; }
+    if (literal(c, "false", 5)) { v->kind = CAP_FALSE; return 1; }
+    switch (number(c, &iv, &dv, &nd)) {
+    case NUM_INT: v->kind = CAP_INT; v->iv = iv; return 1;
+    case NUM_FLOAT: v->kind = CAP_FLOAT; v->dv = dv; return 1;
+    default: return 0;
+    }
+}
+
 /* One event: 1 accepted (its head in *h, its features pushed), 0 not sure, -1 out of memory. */
-static int scan_event(Scan *s, const char *buf, Py_ssize_t len, Py_ssize_t row, Head *h) {
+static int scan_event(Scan *s, const char *buf, Py_ssize_t len, Py_ssize_t row, Head *h, Capture *cap) {
     Cur c = {buf, buf + len};
     int seen = 0, n_other = 0;
+    for (int j = 0; j < cap->count; j++) cap->held[j].kind = CAP_ABSENT;
     const char *other[MAX_OTHER]; Py_ssize_t other_n[MAX_OTHER];  /* the fields the contract does not read */
     h->intent = NULL; h->intent_n = 0;
     if (!expect(&c, '{')) return 0;
@@ -394,14 +423,15 @@ static int scan_event(Scan *s, const char *buf, Py_ssize_t len, Py_ssize_t row, 
             break;
         }
         default: {  /* a field the contract does not read: a plain scalar, else not sure */
-            const char *vs; Py_ssize_t vn;
             /* Named twice (the contract refuses it, as ambiguous), or too many to check: not sure. */
             if (n_other == MAX_OTHER) return 0;
             for (int j = 0; j < n_other; j++)
                 if (other_n[j] == kn && memcmp(other[j], k, kn) == 0) return 0;
             other[n_other] = k; other_n[n_other++] = kn;
-            if (!plain_string(&c, &vs, &vn) && !literal(&c, "null", 4) && !literal(&c, "true", 4)
-                && !literal(&c, "false", 5) && number(&c, &iv, &dv, &nd) == NUM_NO) return 0;
+            Held v, *into = &v;
+            for (int j = 0; j < cap->count; j++)
+                if (cap->name_n[j] == kn && memcmp(cap->name[j], k, kn) == 0) { into = &cap->held[j]; break; }
+            if (!plain_scalar(&c, into)) return 0;
         }
         }
         if (expect(&c, ',')) continue;
@@ -430,10 +460,50 @@ static Py_ssize_t pair_code(Scan *s, const Head *h, char **tmp, Py_ssize_t *tmp_
     return table_index(&s->pairs, t, n, PY_SSIZE_T_MAX);
 }
 
+/* A captured value as the Python object orjson gives for it (`absent`: not a top-level field of the row). */
+static PyObject *held_object(const Held *v, PyObject *absent) {
+    switch (v->kind) {
+    case CAP_STR: return ascii_str(v->s, v->n);
+    case CAP_NULL: return Py_NewRef(Py_None);
+    case CAP_TRUE: return Py_NewRef(Py_True);
+    case CAP_FALSE: return Py_NewRef(Py_False);
+    case CAP_INT: return PyLong_FromLongLong(v->iv);
+    case CAP_FLOAT: return PyFloat_FromDouble(v->dv);
+    default: return Py_NewRef(absent);
+    }
+}
+
 static PyObject *scan(PyObject *self, PyObject *args) {
-    PyObject *values; Py_ssize_t max_bytes;
-    if (!PyArg_ParseTuple(args, "O!n", &PyList_Type, &values, &max_bytes)) return NULL;
+    PyObject *values, *names_in = NULL, *absent = Py_None; Py_ssize_t max_bytes;
+    if (!PyArg_ParseTuple(args, "O!n|O!O", &PyList_Type, &values, &max_bytes, &PyTuple_Type, &names_in, &absent))
+        return NULL;
     Py_ssize_t n = PyList_GET_SIZE(values);
+    Capture cap; cap.count = 0;
+    PyObject *captured = PyList_New(0);
+    if (!captured) return NULL;
+    if (names_in) {
+        Py_ssize_t k = PyTuple_GET_SIZE(names_in);
+        if (k > MAX_CAPTURE) {
+            Py_DECREF(captured);
+            return PyErr_Format(PyExc_ValueError, "at most %d fields can be captured", MAX_CAPTURE);
+        }
+        for (Py_ssize_t j = 0; j < k; j++) {
+            PyObject *name = PyTuple_GET_ITEM(names_in, j), *col = NULL;
+            if (!PyUnicode_Check(name) || !PyUnicode_IS_ASCII(name)) {
+                Py_DECREF(captured);
+                PyErr_SetString(PyExc_TypeError, "captured field names must be ASCII strings");
+                return NULL;
+            }
+            cap.name[j] = PyUnicode_AsUTF8AndSize(name, &cap.name_n[j]);  /* borrowed: names_in holds it */
+            if (!cap.name[j] || !(col = PyList_New(n)) || PyList_Append(captured, col) < 0) {
+                Py_XDECREF(col); Py_DECREF(captured);
+                return NULL;
+            }
+            for (Py_ssize_t i = 0; i < n; i++) PyList_SET_ITEM(col, i, Py_NewRef(Py_None));
+            Py_DECREF(col);
+            cap.count++;
+        }
+    }
     Scan s; memset(&s, 0, sizeof s);
     for (int i = 0; i < 64; i++) s.at[i] = -1;
     s.max_columns = n ? MAX_CELLS / n : MAX_COLUMNS;
@@ -455,8 +525,13 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         s.row_start[i] = s.fcount;
         Py_ssize_t ncols = s.columns.count;
         if (PyBytes_Check(v) && PyBytes_GET_SIZE(v) > 0 && PyBytes_GET_SIZE(v) <= max_bytes) {
-            ok = scan_event(&s, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), i, &h);
+            ok = scan_event(&s, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), i, &h, &cap);
             if (ok < 0) goto nomem;
+        }
+        for (int j = 0; ok && j < cap.count; j++) {
+            PyObject *o = held_object(&cap.held[j], absent);
+            if (!o) goto fail;
+            PyList_SetItem(PyList_GET_ITEM(captured, j), i, o);  /* steals o, drops the None placeholder */
         }
         PyObject *eid = Py_None;
         codes[i] = -1; times[i] = 0;
@@ -507,14 +582,15 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             present[i * k + s.fcol[f]] = 1;
         }
     }
-    result = PyTuple_Pack(7, eids, codes_b, pairs, times_b, columns, x_b, p_b);
+    result = names_in ? PyTuple_Pack(8, eids, codes_b, pairs, times_b, columns, x_b, p_b, captured)
+                      : PyTuple_Pack(7, eids, codes_b, pairs, times_b, columns, x_b, p_b);
     goto done;
 nomem:
     PyErr_NoMemory();
 fail:
 done:
     Py_XDECREF(eids); Py_XDECREF(pairs); Py_XDECREF(codes_b); Py_XDECREF(times_b);
-    Py_XDECREF(columns); Py_XDECREF(x_b); Py_XDECREF(p_b);
+    Py_XDECREF(columns); Py_XDECREF(x_b); Py_XDECREF(p_b); Py_DECREF(captured);
     table_free(&s.columns); table_free(&s.pairs);
     PyMem_Free(s.fcol); PyMem_Free(s.fval); PyMem_Free(s.row_start); PyMem_Free(s.col_row); PyMem_Free(tmp);
     return result;
@@ -672,8 +748,10 @@ fail:
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
-     "scan(values, max_event_bytes) -> (eids, codes, pairs, times, columns, x, present): a batch's plain "
-     "events as columns; code -1 marks an event left to the Python contract."},
+     "scan(values, max_event_bytes[, capture, absent]) -> (eids, codes, pairs, times, columns, x, present"
+     "[, captured]): a batch's plain events as columns; code -1 marks an event left to the Python contract. "
+     "capture: a tuple of top-level field names besides the contract's; captured: per name, each row's value "
+     "as orjson reads it, `absent` where the row has no such field (None for a row left to the contract)."},
     {"decisions", decisions, METH_VARARGS,
      "decisions(out, topic, rows, msgs, eids, head, s_json, r_json, band_json, mid, times, decided, topics, "
      "dumps): append each row's (topic, key, decision bytes) to out."},

@@ -23,6 +23,7 @@ import numpy as np
 from muse_stream.models.feature_contract import UnknownFeatures
 from muse_stream.models.registry import LoadedModel
 from muse_stream.scoring.contract import (
+    REQUIRED,
     Rejection,
     Router,
     _matrix,
@@ -32,8 +33,10 @@ from muse_stream.scoring.contract import (
     parse_event,
     unknown_fields,
 )
+from muse_stream.state.reading import ABSENT
 
 _value = operator.methodcaller("value")
+_CONTRACT_FIELDS = frozenset((*REQUIRED, "intent"))
 
 
 @dataclass(slots=True)
@@ -49,21 +52,33 @@ class Columns:
     names: dict[str, int]  # the scanner's feature names -> column of x
     x: np.ndarray  # float64 (rows, names); NaN where a feature is null or absent
     present: np.ndarray  # bool (rows, names): the event carries that feature (null included)
+    # Top-level fields besides the contract's that the caller asked the scanner for (entity state's fields):
+    # per name, each row's value as orjson reads it, ABSENT where the event has no such field; None on the
+    # pure path. Rows the scanner did not read (scanned False) hold None: read them from the event itself.
+    captured: dict[str, np.ndarray] | None = None
+
 
 
 def _objects(items: list) -> np.ndarray:
     return np.fromiter(items, dtype=object, count=len(items))
 
 
-def admit_columns(msgs: list, router: Router, max_event_bytes: int, native=None
+def admit_columns(msgs: list, router: Router, max_event_bytes: int, native=None, capture: tuple[str, ...] = ()
                   ) -> tuple[Columns, list[tuple[LoadedModel, np.ndarray]], list[tuple[int, Rejection]]]:
     """Steps 1 and 2 for a batch: its columns; per version, in order of first event, the rows it scores
     (ascending); and (row, rejection) for each row refused, rows ascending. `native`: the compiled module
-    (native.module()), or None for the pure path."""
+    (native.module()), or None for the pure path; `capture`: top-level fields (not the contract's) whose values
+    the scanner should keep (Columns.captured)."""
     n = len(msgs)
     values = list(map(_value, msgs))
+    captured = None
+    capture = tuple(f for f in capture if f not in _CONTRACT_FIELDS)  # the scanner keeps no copy of those
     if native is not None:
-        eids, codes, pairs, times, names, x, present = native.scan(values, max_event_bytes)
+        if capture:
+            eids, codes, pairs, times, names, x, present, got = native.scan(values, max_event_bytes, capture, ABSENT)
+            captured = {name: _objects(col) for name, col in zip(capture, got)}
+        else:
+            eids, codes, pairs, times, names, x, present = native.scan(values, max_event_bytes)
         codes = np.frombuffer(codes, dtype=np.int32).astype(np.intp)
         times = np.frombuffer(times, dtype=np.int64).copy()
         x = np.frombuffer(x, dtype=np.float64).reshape(n, len(names))
@@ -90,7 +105,7 @@ def admit_columns(msgs: list, router: Router, max_event_bytes: int, native=None
             codes[i], eids[i], times[i], feats[i] = k, ev[0], ev[3], ev[4]
     pair_tids = _objects([p[0] for p in pairs])
     cols = Columns(_objects(msgs), _objects(eids), pair_tids[np.maximum(codes, 0)] if pairs else _objects([None] * n),
-                   times, scanned, feats, names, x, present)
+                   times, scanned, feats, names, x, present, captured)
     groups, route_refused = _route(router, pairs, codes, eids, times)
     if route_refused:
         refused = sorted(refused + route_refused, key=operator.itemgetter(0))

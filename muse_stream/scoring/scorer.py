@@ -117,7 +117,7 @@ class BatchScorer:
         out = BatchOutput()
         # A Router per batch: the registries change only between batches.
         cols, groups, refused = admit_columns(msgs, Router(self.tenants.tenants, self.models), self.max_bytes,
-                                              self.native)
+                                              self.native, self.state.capture if self.state is not None else ())
         out.dead.extend(DeadLetter(msgs[i], r.reason, r.detail) for i, r in refused)
         if self.state is not None:
             groups, refused = self.state.compute(cols, groups)

@@ -35,7 +35,7 @@ from muse_stream.errors import AbortRequired, ConfigError
 from muse_stream.kafka.clients import make_consumer, reader_config
 from muse_stream.kafka.topics import COMPACTED, TopicSpec, changelog_topic, create_topics
 from muse_stream.state import batch
-from muse_stream.state.reading import read_rows
+from muse_stream.state.reading import capture_fields, read_rows
 from muse_stream.state.specs import Specs
 from muse_stream.state.store import PartitionStore, restore
 from muse_stream.state.windows import _HEAD, Plan, entry_dtype, hash_many, shape
@@ -71,6 +71,7 @@ class StateEngine:
     def __init__(self, settings: Settings, *, slot: int, heartbeat=lambda: None) -> None:
         self.settings = settings
         self.plans = {i.name: Plan(i.state) for i in settings.intents if i.state is not None}
+        self.capture = capture_fields(self.plans.values())  # what the scanner keeps for read_rows
         self.folder = state_folder(settings, slot)
         self.heartbeat = heartbeat
         self.stores: dict[tuple[str, int], PartitionStore] = {}
