@@ -123,6 +123,10 @@ def _child(kind: str, settings: Settings, slot: int, output_topics: list[str], g
     cpu0 = proc_cpu_seconds()
     if kind == "ceiling":
         w = CeilingWorker(settings, slot=slot, output_topics=output_topics, stop=stop)
+    elif kind == "state-floor":
+        from muse_stream.bench.state_floor import FloorWorker
+
+        w = FloorWorker(settings, slot=slot, stop=stop)
     else:
         w = _worker_class()(settings, slot=slot, stop=stop)
     if go is not None:
@@ -165,7 +169,7 @@ def _measure_from(w, since, stop: threading.Event) -> None:
 class WorkerGroup:
     """W worker processes of one run: start (gated), wait for assignment, sample, stop, collect."""
 
-    kind: str  # "runtime" or "ceiling"
+    kind: str  # "runtime", "ceiling" or "state-floor" (bench/state_floor.py)
     settings: Settings
     workers: int
     output_topics: list[str] = field(default_factory=list)

@@ -22,6 +22,8 @@ import orjson
 from confluent_kafka import Message
 
 from muse_stream.config import Settings
+from muse_stream.scoring.columns import ABSENT, _objects
+from muse_stream.scoring.native import module
 from muse_stream.state.engine import StateEngine
 from muse_stream.state.store import PartitionStore
 
@@ -47,7 +49,7 @@ def run(events: int, entities: int, batch: int, folder: str) -> dict:
         n = min(batch, events - start)
         cards = rng.integers(0, entities, n)
         amounts = rng.integers(1, 1000, n)
-        msgs, eids, times = [], [], np.empty(n, dtype=np.int64)
+        msgs = []
         for j in range(n):
             i = start + j
             t = T0 + i * 10
@@ -55,10 +57,7 @@ def run(events: int, entities: int, batch: int, folder: str) -> dict:
                   "features": {"amount": int(amounts[j])}}
             msgs.append(Message(topic="bench", partition=0, offset=i, key=ev["card_id"].encode(),
                                 value=orjson.dumps(ev)))
-            eids.append(ev["event_id"])
-            times[j] = t
-        cols = SimpleNamespace(msgs=np.array(msgs, dtype=object), eids=np.array(eids, dtype=object),
-                               tids=np.array(["acme"] * n, dtype=object), times=times)
+        cols = _columns(msgs, engine.capture)  # what the worker's scanner hands the state (the scorer's cost)
         t1, c1 = time.perf_counter_ns(), time.process_time_ns()
         engine.compute(cols, [(model, np.arange(n))])
         engine._batch = []  # no broker here: the changelog records are what a worker would produce
@@ -70,6 +69,25 @@ def run(events: int, entities: int, batch: int, folder: str) -> dict:
     return {"events": events, "entities": entities, "us_per_event": round(spent / 1e3 / events, 2),
             "cpu_us_per_event": round(cpu / 1e3 / events, 2),
             "events_per_s": round(events / (spent / 1e9)), "peak_rss_mb": round(peak_mb, 1)}
+
+
+def _columns(msgs: list, capture: tuple[str, ...]) -> SimpleNamespace:
+    """The batch's columns as the worker's state step gets them (scoring/columns.py): the scanner's kept fields
+    where it is built, else nothing kept (the state then parses each event itself)."""
+    values = [m.value() for m in msgs]
+    native = module()
+    n = len(msgs)
+    if native is None or not capture:
+        eids = np.array([orjson.loads(v)["event_id"] for v in values], dtype=object)
+        times = np.array([orjson.loads(v)["event_time"] for v in values], dtype=np.int64)
+        return SimpleNamespace(msgs=_objects(msgs), eids=eids, tids=_objects(["acme"] * n), times=times)
+    eids, codes, _, times, names, x, present, got = native.scan(values, 1 << 20, capture, ABSENT)
+    return SimpleNamespace(msgs=_objects(msgs), eids=_objects(eids), tids=_objects(["acme"] * n),
+                           times=np.frombuffer(times, dtype=np.int64),
+                           scanned=np.frombuffer(codes, dtype=np.int32) >= 0, names={k: j for j, k in enumerate(names)},
+                           x=np.frombuffer(x).reshape(n, len(names)),
+                           present=np.frombuffer(present, dtype=np.bool_).reshape(n, len(names)),
+                           captured={k: _objects(col) for k, col in zip(capture, got)})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,7 +5,9 @@ the workers' peak RSS.
 
 The input: --state-events events of one tenant and intent, the first --state-entities of them one per card
 (a random order, so the stores hold that many distinct entities), the rest drawn at random from the same
-cards; event times 1 ms apart. Runs alternate off/on (A B, or A B B A with --state-pairs 2).
+cards; event times 1 ms apart. Runs: off, floor, on (and back: on, floor, off with --state-pairs 2). The
+floor (bench/state_floor.py) does per event only the store read, write and changelog record that any
+implementation of this design needs: what state costs at the least, beside what it costs here.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from muse_stream.kafka.producer import OutputProducer
 from muse_stream.kafka.topics import TopicSpec
 
 SPEC = {"entity": ["card_id"], "windows": ["10m", "1h", "24h"], "aggregates": ["count", "sum:amount", "max:amount"]}
+_MODES = {"off": "off", "on": "on", "floor": "floor (bench/state_floor.py: the design's minimum per event)"}
 TENANT, INTENT = "acme_bank", "card_fraud"  # acme_bank's default intent is card_fraud (bench/load.py)
 
 
@@ -97,24 +100,25 @@ def run_state(ctx: BenchContext, report: dict, groups: list[str], say: Callable[
         out["load"] = _produce(ctx.base, topic, events, entities, ctx.factory)
         sctx = {on: dataclasses.replace(ctx, base=_with_state(ctx.base, on, folder), input_topic=topic, events=events)
                 for on in (False, True)}
-        order = [False, True] + ([True, False] if pairs > 1 else [])
-        for k, on in enumerate(order):
-            name = f"state-{'on' if on else 'off'}{'' if k < 2 else '.ab2'}"
-            say(f"run {name}: runtime, 1 worker, exactly-once, entity state {'on' if on else 'off'}")
+        order = ["off", "floor", "on"] + (["on", "floor", "off"] if pairs > 1 else [])
+        for k, mode in enumerate(order):
+            on = mode != "off"
+            name = f"state-{mode}{'' if k < 3 else '.ab2'}"
+            say(f"run {name}: runtime, 1 worker, exactly-once, entity state {_MODES[mode]}")
             groups.append(f"{ctx.prefix}{name}")
             try:
-                r = throughput_run(sctx[on], name, kind="runtime", workers=1, guarantee="exactly-once",
-                                   timeout=timeout)
+                r = throughput_run(sctx[on], name, kind="state-floor" if mode == "floor" else "runtime", workers=1,
+                                   guarantee="exactly-once", timeout=timeout)
                 say(f"  {r['events_per_s']:,} events/s, peak RSS {r.get('peak_rss_mb_max')} MB; "
                     f"check: {'ok' if r['check']['exactly_once'] else r['check']}")
             except MuseError as e:
                 r = {"run": name, "error": str(e)}
                 report["errors"].append(f"{name}: {e}")
                 say(f"  failed: {e}")
-            r["state"] = on
+            r["state"] = "floor" if mode == "floor" else on
             if on:
                 ctx.topics.append(changelog_topic(sctx[on].settings_for(name, guarantee="exactly-once"), topic))
-                if "error" not in r and "restore" not in out:
+                if mode == "on" and "error" not in r and "restore" not in out:
                     say("  state folder deleted: restoring every partition from the changelog")
                     try:
                         out["restore"] = _restore(sctx[on].settings_for(name, guarantee="exactly-once"), topic,
@@ -133,16 +137,16 @@ def run_state(ctx: BenchContext, report: dict, groups: list[str], say: Callable[
 
 
 def _compare(runs: list[dict]) -> dict:
-    """Mean events/s and worker CPU per event of each side, and what state costs on top."""
-    def side(on: bool) -> tuple[float | None, float | None, float | None]:
-        rs = [r for r in runs if r.get("state") is on and "error" not in r]
+    """Mean events/s and worker CPU per event of each side, what state costs on top, and the floor's share."""
+    def side(mode: str) -> tuple[float | None, float | None, float | None]:
+        rs = [r for r in runs if _mode(r) == mode and "error" not in r]
         if not rs:
             return None, None, None
         eps = sum(r["events_per_s"] for r in rs) / len(rs)
         cpu = [r["cpu_s_per_1k_events"] for r in rs if r.get("cpu_s_per_1k_events") is not None]
         rss = max((r.get("peak_rss_mb_max") or 0) for r in rs) or None
         return eps, (sum(cpu) / len(cpu) if cpu else None), rss
-    off, on = side(False), side(True)
+    off, on = side("off"), side("on")
     res: dict = {"events_per_s_off": _r(off[0], 0), "events_per_s_on": _r(on[0], 0),
                  "peak_rss_mb_on": on[2]}
     if off[0] and on[0]:
@@ -150,7 +154,17 @@ def _compare(runs: list[dict]) -> dict:
         res["wall_us_per_event_state"] = round((1 / on[0] - 1 / off[0]) * 1e6, 2)
     if off[1] is not None and on[1] is not None:
         res["cpu_us_per_event_state"] = round((on[1] - off[1]) * 1e3, 2)
+    floor = side("floor")
+    if off[0] and floor[0]:
+        res["events_per_s_floor"] = _r(floor[0], 0)
+        res["floor_slowdown"] = round(1 - floor[0] / off[0], 3)
+        if floor[1] is not None and off[1] is not None:
+            res["cpu_us_per_event_floor"] = round((floor[1] - off[1]) * 1e3, 2)
     return res
+
+
+def _mode(run: dict) -> str:
+    return "floor" if run.get("state") == "floor" else "on" if run.get("state") is True else "off"
 
 
 def _r(x: float | None, digits: int) -> float | None:
@@ -179,6 +193,9 @@ def format_state(report: dict) -> str:
                      f"{r.get('cpu_s_per_1k_events')}  peak RSS {r.get('peak_rss_mb_max')} MB")
     lines += [(f"  with state / without: {st.get('events_per_s_on')} / {st.get('events_per_s_off')} events/s "
               f"(slowdown {st.get('slowdown')}; target <= 0.25)"),
+              (f"  the design's floor alone (a read, a write and a changelog record per event; no features): "
+              f"{st.get('events_per_s_floor')} events/s (slowdown {st.get('floor_slowdown')}, "
+              f"{st.get('cpu_us_per_event_floor')} us worker CPU per event)"),
               (f"  state per event: {st.get('cpu_us_per_event_state')} us worker CPU, "
               f"{st.get('wall_us_per_event_state')} us wall (runs); in process {ip.get('us_per_event')} us wall, "
               f"{ip.get('cpu_us_per_event')} us CPU"),
