@@ -50,12 +50,14 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reasons-only", action="store_true",
                    help="only what reason codes cost: in-process scorer events/s off vs on at 2%% and 10%% flagged")
     p.add_argument("--state", action="store_true",
-                   help="add the entity-state section: exactly-once with and without state, restore, RSS")
+                   help="add the entity-state section: exactly-once without state, with the design's floor "
+                        "(a store read, write and changelog record per event, nothing computed) and with state; "
+                        "restore, RSS")
     p.add_argument("--state-only", action="store_true", help="run only the entity-state section")
     p.add_argument("--state-events", type=int, default=1_200_000, help="events of the state runs (default 1.2M)")
     p.add_argument("--state-entities", type=int, default=1_000_000,
                    help="distinct cards of the state runs (default 1,000,000)")
-    p.add_argument("--state-pairs", type=int, default=1, help="off/on pairs of the state runs (2: A B B A)")
+    p.add_argument("--state-pairs", type=int, default=1, help="off/floor/on rounds of the state runs (2: A B C C B A)")
     from muse_stream.bench.reasons import add_args as add_reasons_args
 
     add_reasons_args(p)
