@@ -22,9 +22,9 @@ import orjson
 from confluent_kafka import Message
 
 from muse_stream.config import Settings
-from muse_stream.scoring.columns import ABSENT, _objects
 from muse_stream.scoring.native import module
 from muse_stream.state.engine import StateEngine
+from muse_stream.state.reading import ABSENT
 from muse_stream.state.store import PartitionStore
 
 T0 = 1_700_000_000_000
@@ -88,6 +88,10 @@ def _columns(msgs: list, capture: tuple[str, ...]) -> SimpleNamespace:
                            x=np.frombuffer(x).reshape(n, len(names)),
                            present=np.frombuffer(present, dtype=np.bool_).reshape(n, len(names)),
                            captured={k: _objects(col) for k, col in zip(capture, got)})
+
+
+def _objects(items: list) -> np.ndarray:
+    return np.fromiter(items, dtype=object, count=len(items))
 
 
 def main(argv: list[str] | None = None) -> None:

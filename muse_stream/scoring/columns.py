@@ -58,7 +58,6 @@ class Columns:
     captured: dict[str, np.ndarray] | None = None
 
 
-
 def _objects(items: list) -> np.ndarray:
     return np.fromiter(items, dtype=object, count=len(items))
 
