@@ -7,8 +7,9 @@ per-event Python. The same rule as windows.step (the reference, and what this fa
 - exact path (windows.step, event by event): the rest, i.e. entities with an out-of-order, late or duplicate
   event in this batch. tests/state/test_windows.py checks both against brute force.
 
-Sums and means are differences of prefix sums: exact for integer-valued fields (as brute force), otherwise
-equal to a direct sum up to float rounding (about 1e-15 relative per window entry).
+Sums and means are differences of compensated prefix sums (_prefix_sums): exact for integer-valued fields (as
+brute force), otherwise equal to a direct sum up to float rounding relative to the window's own values, whatever
+the magnitudes of the other entities' values or of this entity's values outside the window.
 """
 
 from __future__ import annotations
@@ -104,9 +105,9 @@ def _fast(plan: Plan, mcode: np.ndarray, merged: np.ndarray, bpos: np.ndarray, o
             continue
         v = merged["num"][:, col]
         ok = live & ~np.isnan(v)
-        csum = np.r_[0.0, np.cumsum(np.where(ok, v, 0.0))]
+        hi, lo_part = _prefix_sums(np.where(ok, v, 0.0))
         cnt = np.r_[0, np.cumsum(ok)]
-        sums = [csum[q] - csum[lo] for lo in lows]
+        sums = [(hi[q] - hi[lo]) + (lo_part[q] - lo_part[lo]) for lo in lows]
         if fn == "sum":
             cols[(fn, col)] = sums
         elif fn == "mean":
@@ -134,6 +135,19 @@ def _fast(plan: Plan, mcode: np.ndarray, merged: np.ndarray, bpos: np.ndarray, o
     ks = np.flatnonzero(np.r_[True, kcode[1:] != kcode[:-1]])
     for c, a, b in zip(kcode[ks].tolist(), (ks * size).tolist(), (np.r_[ks[1:], len(kcode)] * size).tolist()):
         values[c] = hd + buf[a:b]
+
+
+def _prefix_sums(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Prefix sums of v as two parts, hi + lo: hi the running float sums, lo the running sum of what each of
+    hi's additions rounded away (exactly, by Knuth's two-sum). A window's sum, (hi[b] - hi[a]) + (lo[b] - lo[a]),
+    then loses nothing to the size of the running total: one large value, of another entity of the batch or
+    of this one outside the window, no longer rounds a window of small ones away (1e20 then 5 and 6: 11,
+    not 0). What remains is rounding relative to the window's own values, as a direct sum has."""
+    hi = np.cumsum(v)
+    prev = np.r_[0.0, hi[:-1]]
+    back = hi - prev
+    lost = (prev - (hi - back)) + (v - back)
+    return np.r_[0.0, hi], np.r_[0.0, np.cumsum(lost)]
 
 
 def _window_max(vals: np.ndarray, q: np.ndarray, lows: list[np.ndarray]) -> list[np.ndarray]:

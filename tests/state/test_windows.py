@@ -150,3 +150,22 @@ def test_spec_names_and_refusals():
                 {"aggregates": ("count:x",)}):
         with pytest.raises(ValueError):
             StateSpec(entity=("card_id",), **bad)
+
+
+def test_a_huge_value_rounds_no_other_window_away(monkeypatch):
+    """One entity's 1e20, in the same batch, used to round the other entities' sums (and its own later ones,
+    once it left the window) to 0: the prefix sums ran through it."""
+    monkeypatch.setattr(batch, "_exact", lambda *a: pytest.fail("this batch is the fast path's"))
+    plan = Plan(StateSpec(entity=("card_id",), windows=("1m",), aggregates=("sum:amount", "mean:amount")))
+    t0 = 1_700_000_000_000
+    evs = [(0, 0, 1e20), (1, 1_000, 5.0), (1, 2_000, 6.0), (1, 3_000, 7.0), (0, 120_000, 5.0), (0, 121_000, 6.0),
+           (0, 122_000, 1.0), (2, 122_500, 12.34), (2, 122_600, 0.56), (2, 122_700, 0.0)]
+    out = np.full((len(evs), len(plan.names)), np.nan)
+    batch.run(plan, [None, None, None], np.array([c for c, _, _ in evs]), np.array([t0 + dt for _, dt, _ in evs]),
+              np.arange(len(evs), dtype=np.int64), hash_many([f"e{i}" for i in range(len(evs))]),
+              np.array([[a for _, _, a in evs]]), np.zeros((0, len(evs)), dtype=np.int64), out)
+    sums, means = out[:, plan.names.index("card_id.sum_amount_1m")], out[:, plan.names.index("card_id.mean_amount_1m")]
+    # Up to rounding relative to the windows' own values (before: 0.0 from the third event on).
+    assert np.allclose(sums, [0.0, 0.0, 5.0, 11.0, 0.0, 5.0, 11.0, 0.0, 12.34, 12.9], rtol=1e-13, atol=0)
+    assert np.allclose(means, [np.nan, np.nan, 5.0, 5.5, np.nan, 5.0, 5.5, np.nan, 12.34, 6.45], equal_nan=True,
+                       rtol=1e-13, atol=0)
