@@ -92,10 +92,14 @@ def check_events(lines: list[_Line], tenants, models, *, max_event_bytes: int, m
                  state=None) -> dict:
     """The live contract over the lines: counts of what would be scored (per version) and dead-lettered (per
     reason), with the first line and detail of each reason. `state`: a StateEngine (file_state) when an intent
-    keeps entity state: its refusals (missing_field, duplicate_event) come before the matrix, as live."""
+    keeps entity state: it sees the events the matrix kept, and its refusals (missing_field, duplicate_event)
+    come before the model's, as live."""
+    import numpy as np
+
     from muse_stream.scoring import native
     from muse_stream.scoring.columns import admit_columns, contract_pass
     from muse_stream.scoring.contract import Router
+    from muse_stream.scoring.deadletter import Reason
 
     router = Router(tenants, models)  # the registries do not change while the file is checked
     dead: Counter[str] = Counter()
@@ -107,7 +111,10 @@ def check_events(lines: list[_Line], tenants, models, *, max_event_bytes: int, m
         _, groups, refused = contract_pass(batch, router, max_event_bytes, max_abs_feature, native.module())
         by_state: dict[int, tuple[str, str]] = {}
         if state is not None:
+            # As live: an event the matrix refuses never reaches the state; one the model fails on has.
             cols, routed, _ = admit_columns(batch, router, max_event_bytes, native.module())
+            gone = np.array([i for i, r in refused if r.reason is not Reason.MODEL_ERROR], dtype=np.intp)
+            routed = [(m, rows[~np.isin(rows, gone)]) for m, rows in routed]
             by_state = {i: (reason, detail) for i, reason, detail, _ in state.compute(cols, routed)[1]}
             state.replayed()
         why = [(i, r.reason.value, r.detail) for i, r in refused if i not in by_state]

@@ -119,22 +119,29 @@ class BatchScorer:
         cols, groups, refused = admit_columns(msgs, Router(self.tenants.tenants, self.models), self.max_bytes,
                                               self.native, self.state.capture if self.state is not None else ())
         out.dead.extend(DeadLetter(msgs[i], r.reason, r.detail) for i, r in refused)
-        if self.state is not None:
-            groups, refused = self.state.compute(cols, groups)
-            out.dead.extend(DeadLetter(msgs[i], Reason(r), d, h) for i, r, d, h in refused)
+        # Each version's matrix, and its refusals (unknown features, values beyond the limit), before the
+        # entity state: an event refused there never enters its entity's state, so it counts in no later
+        # event's features and its corrected resend (same event id) is scored, not a duplicate.
+        ready = []
         for model, rows in groups:
-            self._score_group(model, cols, rows, out, decided_at)
+            x32, kept, rejected = group_matrix(cols, rows, model.features, self.max_abs, model.unknown)
+            rows = _refuse(out, cols, rows, kept, rejected)
+            if rows is not None:
+                ready.append((model, rows, x32))
+        if self.state is not None:
+            _, refused = self.state.compute(cols, [(m, r) for m, r, _ in ready])
+            out.dead.extend(DeadLetter(msgs[i], Reason(r), d, h) for i, r, d, h in refused)
+            if refused:  # duplicates, wrong keys, no entity: their matrix rows go too
+                ready = _without(ready, np.array([i for i, *_ in refused], dtype=np.intp))
+        for model, rows, x32 in ready:
+            self._score_group(model, cols, rows, x32, out, decided_at)
         if self.state is not None:
             self.state.decorate(out.decisions)
         return out
 
-    def _score_group(self, model: LoadedModel, cols: Columns, rows: np.ndarray, out: BatchOutput,
+    def _score_group(self, model: LoadedModel, cols: Columns, rows: np.ndarray, x32: np.ndarray, out: BatchOutput,
                      decided_at: int) -> None:
-        """One version's rows: one matrix, one booster call, one transform call, then decisions per tenant."""
-        x32, kept, rejected = group_matrix(cols, rows, model.features, self.max_abs, model.unknown)
-        rows = _refuse(out, cols, rows, kept, rejected)
-        if rows is None:
-            return
+        """One version's rows and their matrix: one booster call, one transform call, then decisions per tenant."""
         if self.state is not None:
             self.state.fill(model, x32, rows)
         # The booster's raw scores; rows it cannot score (it raised, or a score is not a probability) become
@@ -236,6 +243,16 @@ def _decisions_py(out: list, topic: str, rows: list[int], msgs: list, eids: list
             mid, b',"event_time":%d' % times[i], decided, tj,
             b',"partition":%d,"offset":%d,"timestamp":%d}}' % (m.partition(), m.offset(), m.timestamp()[1]),
         ))))
+
+
+def _without(ready: list, gone: np.ndarray) -> list:
+    """The (model, rows, matrix) groups without the rows `gone`; groups left empty dropped."""
+    left = []
+    for model, rows, x32 in ready:
+        keep = ~np.isin(rows, gone)
+        if keep.any():
+            left.append((model, rows[keep], x32[keep]))
+    return left
 
 
 def _refuse(out: BatchOutput, cols: Columns, rows: np.ndarray, kept, rejected) -> np.ndarray | None:

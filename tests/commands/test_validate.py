@@ -116,15 +116,17 @@ def test_validate_of_a_stateful_intent_finds_missing_entities_and_repeated_ids(s
     _publish(s, tmp_path)
     cfg = write_config(s, tmp_path / "muse.toml")
 
-    def ev(eid, **extra):
+    def ev(eid, amount=5.0, **extra):
         return orjson.dumps({"event_id": eid, "tenant_id": "acme", "event_time": 1_700_000_000_000,
-                             "features": {"Amount": 5.0, "V1": 0.1, "V2": 0.2, "V3": 0.3}, **extra}).decode()
+                             "features": {"Amount": amount, "V1": 0.1, "V2": 0.2, "V3": 0.3}, **extra}).decode()
 
+    # "f" is refused by the matrix (value_too_large), so it never reaches the state: its corrected resend is
+    # scored, as the workers score it, not a duplicate.
     lines = [ev("a", card_id="c1"), ev("b"), ev("c", card_id=None), ev("d", card_id=1.5), ev("a", card_id="c1"),
-             ev("e", card_id=7)]
+             ev("e", card_id=7), ev("f", amount=1e31, card_id="c2"), ev("f", card_id="c2")]
     (tmp_path / "ev.jsonl").write_text("\n".join(lines) + "\n")
     assert main(["validate", str(tmp_path / "ev.jsonl"), "--intent", "card_fraud", "--config", cfg, "--json"]) == 1
     report = orjson.loads(capsys.readouterr().out)
-    assert report["scored"] == 2
-    assert report["dead_letters"] == {"missing_field": 2, "wrong_type": 1, "duplicate_event": 1}
+    assert report["scored"] == 3
+    assert report["dead_letters"] == {"missing_field": 2, "wrong_type": 1, "duplicate_event": 1, "value_too_large": 1}
     assert report["examples"]["duplicate_event"]["line"] == 5

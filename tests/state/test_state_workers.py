@@ -45,6 +45,8 @@ def _events(start: int, n: int, rng: random.Random) -> tuple[list[bytes], list[b
         ev = {"event_id": f"e-{i}", "tenant_id": "acme", "event_time": t + rng.choice([0, 0, 0, -20_000, -900_000]),
               "card_id": card, "merchant": f"m{rng.randint(0, 4)}",
               "features": {**{f: rng.random() for f in FEATURES}, "amount": rng.randint(1, 900)}}
+        if rng.random() < 0.01:  # refused by the model's matrix (value_too_large): it never enters the state
+            ev["features"][FEATURES[0]] = 1e31
         key = card if rng.random() > 0.01 else "wrong"
         values.append(orjson.dumps(ev))
         keys.append(key.encode())
@@ -68,7 +70,7 @@ def _inputs(s: Settings) -> dict[int, list[dict]]:
         while not out[p] or out[p][-1]["offset"] < hi - 1:
             for m in c.consume(1000, 1.0):
                 ev = orjson.loads(m.value())
-                if m.key() != ev["card_id"].encode():
+                if m.key() != ev["card_id"].encode() or ev["features"][FEATURES[0]] > 1e30:
                     out[p].append({"offset": m.offset(), "skip": True})
                     continue
                 out[p].append({"offset": m.offset(), "eid": ev["event_id"], "entity": ev["card_id"],
@@ -113,6 +115,12 @@ def test_features_equal_brute_force_across_kills_rebalance_and_lost_folder(stack
         ev = orjson.loads(values[i])
         values.append(orjson.dumps({**ev, "event_time": ev["event_time"] + lag}))
         keys.append(keys[i] if keys[i] != b"wrong" else ev["card_id"].encode())
+    # A refused event sent again, corrected, with its event id: scored as the first occurrence, not a duplicate.
+    refused = [orjson.loads(v) for v in values if orjson.loads(v)["features"][FEATURES[0]] > 1e30]
+    fixed = refused[0]
+    values.append(orjson.dumps({**fixed, "event_time": fixed["event_time"] + 5,
+                                "features": {**fixed["features"], FEATURES[0]: 0.5}}))
+    keys.append(fixed["card_id"].encode())
     produce(s, values, keys=keys)
     n = len(values)
     reader = TopicReader(s, decision_topics(s) + [s.topics.deadletter])
@@ -132,7 +140,7 @@ def test_features_equal_brute_force_across_kills_rebalance_and_lost_folder(stack
             p.join(30)
     assert_exactly_once(recs, n)
     kinds = _check(s, recs)
-    assert kinds["duplicate_event"] >= 2 and kinds["wrong_partition_key"] > 20, kinds
+    assert kinds["duplicate_event"] >= 2 and kinds["wrong_partition_key"] > 20 and kinds["value_too_large"] > 20, kinds
     # Every worker's folder gone: a restart restores each partition from the changelog, and the next
     # decisions are what brute force over the whole history (a run that never lost it) gives.
     for slot in range(3):
