@@ -7,7 +7,8 @@ per-event Python. The same rule as windows.step (the reference, and what this fa
 - exact path (windows.step, event by event): the rest, i.e. entities with an out-of-order, late or duplicate
   event in this batch. tests/state/test_windows.py checks both against brute force.
 
-Sums and means are differences of compensated prefix sums (_prefix_sums): exact for integer-valued fields (as
+Sums and means are differences of compensated prefix sums (_prefix_sums), or direct sums per window where the
+batch's values span too many orders of magnitude for them (_window_sums): exact for integer-valued fields (as
 brute force), otherwise equal to a direct sum up to float rounding relative to the window's own values, whatever
 the magnitudes of the other entities' values or of this entity's values outside the window.
 """
@@ -105,9 +106,8 @@ def _fast(plan: Plan, mcode: np.ndarray, merged: np.ndarray, bpos: np.ndarray, o
             continue
         v = merged["num"][:, col]
         ok = live & ~np.isnan(v)
-        hi, lo_part = _prefix_sums(np.where(ok, v, 0.0))
+        sums = _window_sums(np.where(ok, v, 0.0), q, lows)
         cnt = np.r_[0, np.cumsum(ok)]
-        sums = [(hi[q] - hi[lo]) + (lo_part[q] - lo_part[lo]) for lo in lows]
         if fn == "sum":
             cols[(fn, col)] = sums
         elif fn == "mean":
@@ -137,12 +137,44 @@ def _fast(plan: Plan, mcode: np.ndarray, merged: np.ndarray, bpos: np.ndarray, o
         values[c] = hd + buf[a:b]
 
 
+_EPS = 2.0 ** -53
+_REL = 1e-13  # a window sum's error, at most, relative to the smallest value it may hold
+
+
+def _window_sums(v: np.ndarray, q: np.ndarray, lows: list[np.ndarray]) -> list[np.ndarray]:
+    """sum(v[lo:q]) per query and window, to float rounding relative to the window's own values, whatever
+    the magnitudes elsewhere in v (other entities of the batch, or this one outside the window).
+
+    Prefix sums in two parts (_prefix_sums) leave an error of at most about 4 n^2 eps^2 sum|v| (the rounding
+    of the running sum of what the first sum rounded away). Where that could reach _REL of the smallest
+    non-zero |v| (values spanning some 11 orders of magnitude within a batch, e.g. a 1e20 beside cents),
+    each window is summed directly instead: as exact, and linear in the windows' lengths."""
+    a = np.abs(v)
+    nonzero = a[a > 0]
+    if not nonzero.size:
+        return [np.zeros(len(q)) for _ in lows]
+    n = len(v)
+    if 4.0 * n * n * _EPS * _EPS * float(a.sum()) <= _REL * float(nonzero.min()):
+        hi, lo_part = _prefix_sums(v)
+        return [(hi[q] - hi[lo]) + (lo_part[q] - lo_part[lo]) for lo in lows]
+    padded = np.append(v, 0.0)  # a window may end at len(v)
+    out = []
+    for lo in lows:
+        res = np.zeros(len(q))
+        some = q > lo
+        if some.any():
+            idx = np.empty(2 * int(some.sum()), dtype=np.intp)
+            idx[0::2], idx[1::2] = lo[some], q[some]
+            res[some] = np.add.reduceat(padded, idx)[0::2]  # [lo, q) at even places; odd ones are between
+        out.append(res)
+    return out
+
+
 def _prefix_sums(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Prefix sums of v as two parts, hi + lo: hi the running float sums, lo the running sum of what each of
     hi's additions rounded away (exactly, by Knuth's two-sum). A window's sum, (hi[b] - hi[a]) + (lo[b] - lo[a]),
-    then loses nothing to the size of the running total: one large value, of another entity of the batch or
-    of this one outside the window, no longer rounds a window of small ones away (1e20 then 5 and 6: 11,
-    not 0). What remains is rounding relative to the window's own values, as a direct sum has."""
+    then loses nothing to the size of the running total itself (1e20 then 5 and 6: 11, not 0); what lo's own
+    running sum rounds away is bounded in _window_sums."""
     hi = np.cumsum(v)
     prev = np.r_[0.0, hi[:-1]]
     back = hi - prev

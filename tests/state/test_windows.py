@@ -169,3 +169,22 @@ def test_a_huge_value_rounds_no_other_window_away(monkeypatch):
     assert np.allclose(sums, [0.0, 0.0, 5.0, 11.0, 0.0, 5.0, 11.0, 0.0, 12.34, 12.9], rtol=1e-13, atol=0)
     assert np.allclose(means, [np.nan, np.nan, 5.0, 5.5, np.nan, 5.0, 5.5, np.nan, 12.34, 6.45], equal_nan=True,
                        rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("big", [[1e30, 7.565469048855986e29], [float(10**29 + k * 10**27) for k in range(401)]])
+def test_what_the_compensation_itself_rounds_away_stays_out_of_small_windows(big, monkeypatch):
+    """Two-part prefix sums still lost small values when the parts that they carry grow large (a tester's
+    1e30 and 7.6e29 made 0.1 + 0.2 read 0.28125, and 401 values near 1e29 made 1 + 2 + 5 read 0): such a
+    batch is summed window by window."""
+    monkeypatch.setattr(batch, "_exact", lambda *a: pytest.fail("this batch is the fast path's"))
+    plan = Plan(StateSpec(entity=("card_id",), windows=("1m",), aggregates=("sum:amount", "mean:amount")))
+    t0 = 1_700_000_000_000
+    small = [0.1, 0.2, 0.3, 1.0, 2.0, 5.0, 6.0, 7.0]
+    evs = [(0, k, a) for k, a in enumerate(big)] + [(1, 1_000 + k, a) for k, a in enumerate(small)]
+    out = np.full((len(evs), len(plan.names)), np.nan)
+    batch.run(plan, [None, None], np.array([c for c, _, _ in evs]), np.array([t0 + dt for _, dt, _ in evs]),
+              np.arange(len(evs), dtype=np.int64), hash_many([f"e{i}" for i in range(len(evs))]),
+              np.array([[a for _, _, a in evs]]), np.zeros((0, len(evs)), dtype=np.int64), out)
+    sums = out[len(big):, plan.names.index("card_id.sum_amount_1m")]
+    want = [math.fsum(small[:k]) for k in range(len(small))]
+    assert np.allclose(sums, want, rtol=1e-13, atol=0), sums.tolist()
