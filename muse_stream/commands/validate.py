@@ -92,14 +92,10 @@ def check_events(lines: list[_Line], tenants, models, *, max_event_bytes: int, m
                  state=None) -> dict:
     """The live contract over the lines: counts of what would be scored (per version) and dead-lettered (per
     reason), with the first line and detail of each reason. `state`: a StateEngine (file_state) when an intent
-    keeps entity state: it sees the events the matrix kept, and its refusals (missing_field, duplicate_event)
-    come before the model's, as live."""
-    import numpy as np
-
+    keeps entity state: it sees the events the matrices kept, and the model reads its features, as live."""
     from muse_stream.scoring import native
-    from muse_stream.scoring.columns import admit_columns, contract_pass
+    from muse_stream.scoring.columns import contract_pass
     from muse_stream.scoring.contract import Router
-    from muse_stream.scoring.deadletter import Reason
 
     router = Router(tenants, models)  # the registries do not change while the file is checked
     dead: Counter[str] = Counter()
@@ -107,26 +103,19 @@ def check_events(lines: list[_Line], tenants, models, *, max_event_bytes: int, m
     examples: dict[str, dict] = {}
     for k in range(0, len(lines), BATCH):
         batch = lines[k:k + BATCH]
-        # The live scorer's own pass, compiled scanner included where it is built.
-        _, groups, refused = contract_pass(batch, router, max_event_bytes, max_abs_feature, native.module())
-        by_state: dict[int, tuple[str, str]] = {}
+        # The live scorer's own pass, compiled scanner and entity state (its features in the model's matrix)
+        # included.
+        _, groups, refused = contract_pass(batch, router, max_event_bytes, max_abs_feature, native.module(),
+                                           state=state)
         if state is not None:
-            # As live: an event the matrix refuses never reaches the state; one the model fails on has.
-            cols, routed, _ = admit_columns(batch, router, max_event_bytes, native.module())
-            gone = np.array([i for i, r in refused if r.reason is not Reason.MODEL_ERROR], dtype=np.intp)
-            routed = [(m, rows[~np.isin(rows, gone)]) for m, rows in routed]
-            by_state = {i: (reason, detail) for i, reason, detail, _ in state.compute(cols, routed)[1]}
             state.replayed()
-        why = [(i, r.reason.value, r.detail) for i, r in refused if i not in by_state]
-        for i, (reason, detail) in by_state.items():
-            why.append((i, reason, detail))
-        for i, reason, detail in why:
-            dead[reason] += 1
-            ex = examples.get(reason)
+        for i, r in refused:
+            dead[r.reason.value] += 1
+            ex = examples.get(r.reason.value)
             if ex is None or batch[i].lineno < ex["line"]:
-                examples[reason] = {"line": batch[i].lineno, "detail": detail}
+                examples[r.reason.value] = {"line": batch[i].lineno, "detail": r.detail}
         for model, rows, _ in groups:
-            scored[model.name] += int(rows.size) - sum(1 for i in rows.tolist() if i in by_state)
+            scored[model.name] += int(rows.size)
     return {"events": len(lines), "scored": sum(scored.values()), "versions": dict(sorted(scored.items())),
             "dead_letters": {r: dead[r] for r in sorted(dead, key=lambda r: examples[r]["line"])},  # as first met
             "examples": examples}

@@ -33,6 +33,7 @@ from muse_stream.scoring.contract import (
     parse_event,
     unknown_fields,
 )
+from muse_stream.scoring.deadletter import Reason
 from muse_stream.state.reading import ABSENT
 
 _value = operator.methodcaller("value")
@@ -111,21 +112,48 @@ def admit_columns(msgs: list, router: Router, max_event_bytes: int, native=None,
     return cols, groups, refused
 
 
-def contract_pass(msgs: list, router: Router, max_event_bytes: int, max_abs_feature: float, native=None
-                  ) -> tuple[Columns, list[tuple[LoadedModel, np.ndarray, np.ndarray]], list[tuple[int, Rejection]]]:
-    """Steps 1-4 for a batch, as BatchScorer.process runs them (without entity state, which it computes
-    between steps 3 and 4): its columns; per version, the rows it scores and their raw scores; and (row,
-    rejection) for each row refused, rows ascending. What `validate` and the backtest run, so they dead-letter
-    exactly what the live workers would."""
-    cols, groups, refused = admit_columns(msgs, router, max_event_bytes, native)
-    refused = list(refused)
-    scored = []
+def matrices(cols: Columns, groups: list, max_abs_feature: float, state=None
+             ) -> tuple[list[tuple[LoadedModel, np.ndarray, np.ndarray]], list[tuple[int, Rejection]], list]:
+    """Step 3 for each version, then the entity state over the rows it kept (an event refused by its matrix
+    never enters its entity's state), then each matrix's state columns filled: ([(model, rows, float32
+    matrix)] ready for the model, [(row, rejection)] of the matrices, [(row, reason, detail, headers)] of the
+    state). As BatchScorer.process, contract_pass and so `validate` run it."""
+    ready, refused = [], []
     for model, rows in groups:
         x, kept, rejected = group_matrix(cols, rows, model.features, max_abs_feature, model.unknown)
         refused += [(int(rows[i]), r) for i, r in rejected]
         rows = rows if kept is None else rows[kept]
-        if not rows.size:
-            continue
+        if rows.size:
+            ready.append((model, rows, x))
+    by_state: list = []
+    if state is not None:
+        _, by_state = state.compute(cols, [(m, r) for m, r, _ in ready])
+        if by_state:  # duplicates, wrong keys, no entity: their matrix rows go too
+            gone = np.array([i for i, *_ in by_state], dtype=np.intp)
+            left = []
+            for model, rows, x in ready:
+                keep = ~np.isin(rows, gone)
+                if keep.any():
+                    left.append((model, rows[keep], x[keep]))
+            ready = left
+        for model, rows, x in ready:
+            state.fill(model, x, rows)
+    return ready, refused, by_state
+
+
+def contract_pass(msgs: list, router: Router, max_event_bytes: int, max_abs_feature: float, native=None,
+                  state=None
+                  ) -> tuple[Columns, list[tuple[LoadedModel, np.ndarray, np.ndarray]], list[tuple[int, Rejection]]]:
+    """Steps 1-4 for a batch, as BatchScorer.process runs them, with the entity state of `state` (a
+    StateEngine) between steps 3 and 4: its columns; per version, the rows it scores and their raw scores; and
+    (row, rejection) for each row refused, rows ascending. What `validate` and the backtest run, so they
+    dead-letter exactly what the live workers would."""
+    cols, groups, refused = admit_columns(msgs, router, max_event_bytes, native,
+                                          state.capture if state is not None else ())
+    ready, by_matrix, by_state = matrices(cols, groups, max_abs_feature, state)
+    refused = [*refused, *by_matrix, *((i, Rejection(Reason(r), d)) for i, r, d, _ in by_state)]
+    scored = []
+    for model, rows, x in ready:
         raw, kept, failed = model_outputs(model, x)
         refused += [(int(rows[i]), r) for i, r in failed]
         if kept is not None:

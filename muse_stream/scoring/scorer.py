@@ -17,7 +17,7 @@ import orjson
 
 from muse_stream.models.registry import LoadedModel, ModelRegistry
 from muse_stream.scoring import native as _native
-from muse_stream.scoring.columns import Columns, admit_columns, group_matrix
+from muse_stream.scoring.columns import Columns, admit_columns, matrices
 from muse_stream.scoring.contract import Router, model_outputs
 from muse_stream.scoring.deadletter import Reason
 from muse_stream.scoring.reasons import ReasonCodes
@@ -119,20 +119,12 @@ class BatchScorer:
         cols, groups, refused = admit_columns(msgs, Router(self.tenants.tenants, self.models), self.max_bytes,
                                               self.native, self.state.capture if self.state is not None else ())
         out.dead.extend(DeadLetter(msgs[i], r.reason, r.detail) for i, r in refused)
-        # Each version's matrix, and its refusals (unknown features, values beyond the limit), before the
+        # Each version's matrix and its refusals (unknown features, values beyond the limit) come before the
         # entity state: an event refused there never enters its entity's state, so it counts in no later
         # event's features and its corrected resend (same event id) is scored, not a duplicate.
-        ready = []
-        for model, rows in groups:
-            x32, kept, rejected = group_matrix(cols, rows, model.features, self.max_abs, model.unknown)
-            rows = _refuse(out, cols, rows, kept, rejected)
-            if rows is not None:
-                ready.append((model, rows, x32))
-        if self.state is not None:
-            _, refused = self.state.compute(cols, [(m, r) for m, r, _ in ready])
-            out.dead.extend(DeadLetter(msgs[i], Reason(r), d, h) for i, r, d, h in refused)
-            if refused:  # duplicates, wrong keys, no entity: their matrix rows go too
-                ready = _without(ready, np.array([i for i, *_ in refused], dtype=np.intp))
+        ready, by_matrix, by_state = matrices(cols, groups, self.max_abs, self.state)
+        out.dead.extend(DeadLetter(msgs[i], r.reason, r.detail) for i, r in by_matrix)
+        out.dead.extend(DeadLetter(msgs[i], Reason(r), d, h) for i, r, d, h in by_state)
         for model, rows, x32 in ready:
             self._score_group(model, cols, rows, x32, out, decided_at)
         if self.state is not None:
@@ -142,8 +134,6 @@ class BatchScorer:
     def _score_group(self, model: LoadedModel, cols: Columns, rows: np.ndarray, x32: np.ndarray, out: BatchOutput,
                      decided_at: int) -> None:
         """One version's rows and their matrix: one booster call, one transform call, then decisions per tenant."""
-        if self.state is not None:
-            self.state.fill(model, x32, rows)
         # The booster's raw scores; rows it cannot score (it raised, or a score is not a probability) become
         # model_error dead letters, so the transform below sees only probabilities.
         raw, kept, failed = model_outputs(model, x32)
@@ -243,16 +233,6 @@ def _decisions_py(out: list, topic: str, rows: list[int], msgs: list, eids: list
             mid, b',"event_time":%d' % times[i], decided, tj,
             b',"partition":%d,"offset":%d,"timestamp":%d}}' % (m.partition(), m.offset(), m.timestamp()[1]),
         ))))
-
-
-def _without(ready: list, gone: np.ndarray) -> list:
-    """The (model, rows, matrix) groups without the rows `gone`; groups left empty dropped."""
-    left = []
-    for model, rows, x32 in ready:
-        keep = ~np.isin(rows, gone)
-        if keep.any():
-            left.append((model, rows[keep], x32[keep]))
-    return left
 
 
 def _refuse(out: BatchOutput, cols: Columns, rows: np.ndarray, kept, rejected) -> np.ndarray | None:
