@@ -242,7 +242,16 @@ def test_run_whose_metrics_port_is_taken_stops_with_one_line_before_any_worker(t
     from muse_stream.config import Settings
     from muse_stream.kafka.local import free_port
 
-    port = free_port()
+    def slot_zero_free(port: int) -> bool:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port - 1))
+                return True
+            except OSError:
+                return False
+
+    # A free port whose neighbour below (slot 0's) is free too: another test's client can hold that one.
+    port = next(p for p in (free_port() for _ in range(100)) if slot_zero_free(p))
     cfg = write_config(Settings().with_overrides(telemetry={"metrics_port": port - 1}), tmp_path / "muse.toml")
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", port))
