@@ -98,6 +98,7 @@ def _fast(plan: Plan, mcode: np.ndarray, merged: np.ndarray, bpos: np.ndarray, o
     n_live = np.r_[0, np.cumsum(live)]
     n_a = len(plan.per_window)
     cols: dict[tuple[str, int], list[np.ndarray]] = {}
+    sums_of: dict[int, list[np.ndarray]] = {}  # per numeric field: its window sums, for its sum and its mean
     for fn, col in plan.per_window:
         if (fn, col) in cols or fn == "count":
             continue
@@ -106,16 +107,19 @@ def _fast(plan: Plan, mcode: np.ndarray, merged: np.ndarray, bpos: np.ndarray, o
             continue
         v = merged["num"][:, col]
         ok = live & ~np.isnan(v)
-        sums = _window_sums(np.where(ok, v, 0.0), q, lows)
-        cnt = np.r_[0, np.cumsum(ok)]
+        if fn == "max":
+            cols[(fn, col)] = _window_max(np.where(ok, v, -np.inf), q, lows)
+            continue
+        if col not in sums_of:
+            sums_of[col] = _window_sums(np.where(ok, v, 0.0), q, lows)
+        sums = sums_of[col]
         if fn == "sum":
             cols[(fn, col)] = sums
-        elif fn == "mean":
+        else:  # mean
+            cnt = np.r_[0, np.cumsum(ok)]
             with np.errstate(invalid="ignore", divide="ignore"):
                 cols[(fn, col)] = [np.where(cnt[q] > cnt[lo], s / (cnt[q] - cnt[lo]), np.nan)
                                    for s, lo in zip(sums, lows)]
-        else:
-            cols[(fn, col)] = _window_max(np.where(ok, v, -np.inf), q, lows)
     for w, lo in enumerate(lows):
         for j, (fn, col) in enumerate(plan.per_window):
             out[ev, w * n_a + j] = (n_live[q] - n_live[lo]) if fn == "count" else cols[(fn, col)][w]
