@@ -26,7 +26,7 @@ STAGES = ("parse_validate", "feature_matrix", "predict", "transform", "bands", "
 # (module, attribute path, stage): looked up when measuring, so a renamed function is reported, not a crash;
 _TIMED = (
     ("muse_stream.scoring.scorer", "admit_columns", "parse_validate"),
-    ("muse_stream.scoring.scorer", "group_matrix", "feature_matrix"),
+    ("muse_stream.scoring.columns", "group_matrix", "feature_matrix"),  # called by columns.matrices
     ("muse_stream.scoring.scorer", "model_outputs", "predict"),
     ("muse_stream.models.transform", "ScoreTransform.apply", "transform"),
     ("muse_stream.scoring.scorer", "BatchScorer._bands", "bands"),
