@@ -22,9 +22,9 @@ import orjson
 from confluent_kafka import Message
 
 from muse_stream.config import Settings
+from muse_stream.scoring.columns import scan_values
 from muse_stream.scoring.native import module
 from muse_stream.state.engine import StateEngine
-from muse_stream.state.reading import ABSENT
 from muse_stream.state.store import PartitionStore
 
 T0 = 1_700_000_000_000
@@ -81,13 +81,9 @@ def _columns(msgs: list, capture: tuple[str, ...]) -> SimpleNamespace:
         eids = np.array([orjson.loads(v)["event_id"] for v in values], dtype=object)
         times = np.array([orjson.loads(v)["event_time"] for v in values], dtype=np.int64)
         return SimpleNamespace(msgs=_objects(msgs), eids=eids, tids=_objects(["acme"] * n), times=times)
-    eids, codes, _, times, names, x, present, got = native.scan(values, 1 << 20, capture, ABSENT)
-    return SimpleNamespace(msgs=_objects(msgs), eids=_objects(eids), tids=_objects(["acme"] * n),
-                           times=np.frombuffer(times, dtype=np.int64),
-                           scanned=np.frombuffer(codes, dtype=np.int32) >= 0, names={k: j for j, k in enumerate(names)},
-                           x=np.frombuffer(x).reshape(n, len(names)),
-                           present=np.frombuffer(present, dtype=np.bool_).reshape(n, len(names)),
-                           captured={k: _objects(col) for k, col in zip(capture, got)})
+    eids, codes, _, times, names, x, present, captured = scan_values(native, values, 1 << 20, capture)
+    return SimpleNamespace(msgs=_objects(msgs), eids=_objects(eids), tids=_objects(["acme"] * n), times=times,
+                           scanned=codes >= 0, names=names, x=x, present=present, captured=captured)
 
 
 def _objects(items: list) -> np.ndarray:

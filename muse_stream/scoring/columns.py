@@ -71,22 +71,11 @@ def admit_columns(msgs: list, router: Router, max_event_bytes: int, native=None,
     the scanner should keep (Columns.captured)."""
     n = len(msgs)
     values = list(map(_value, msgs))
-    captured = None
-    capture = tuple(f for f in capture if f not in _CONTRACT_FIELDS)  # the scanner keeps no copy of those
     if native is not None:
-        if capture:
-            eids, codes, pairs, times, names, x, present, got = native.scan(values, max_event_bytes, capture, ABSENT)
-            captured = {name: _objects(col) for name, col in zip(capture, got)}
-        else:
-            eids, codes, pairs, times, names, x, present = native.scan(values, max_event_bytes)
-        codes = np.frombuffer(codes, dtype=np.int32).astype(np.intp)
-        times = np.frombuffer(times, dtype=np.int64).copy()
-        x = np.frombuffer(x, dtype=np.float64).reshape(n, len(names))
-        present = np.frombuffer(present, dtype=np.bool_).reshape(n, len(names))
-        names = {name: j for j, name in enumerate(names)}
+        eids, codes, pairs, times, names, x, present, captured = scan_values(native, values, max_event_bytes, capture)
     else:
         eids, codes, pairs, times = [None] * n, np.full(n, -1, dtype=np.intp), [], np.zeros(n, dtype=np.int64)
-        names, x, present = {}, np.empty((n, 0)), np.empty((n, 0), dtype=np.bool_)
+        names, x, present, captured = {}, np.empty((n, 0)), np.empty((n, 0), dtype=np.bool_), None
     scanned = codes >= 0
     feats: list = [None] * n
     refused: list[tuple[int, Rejection]] = []
@@ -110,6 +99,24 @@ def admit_columns(msgs: list, router: Router, max_event_bytes: int, native=None,
     if route_refused:
         refused = sorted(refused + route_refused, key=operator.itemgetter(0))
     return cols, groups, refused
+
+
+def scan_values(native, values: list[bytes], max_event_bytes: int, capture: tuple[str, ...] = ()) -> tuple:
+    """The compiled scanner over a batch's values, as arrays: (event ids, pair codes (intp, -1: left to the
+    Python contract), pairs, event times (int64), feature names -> column, x (float64), present (bool), the
+    kept top-level fields (Columns.captured) or None when `capture` names none but the contract's own)."""
+    n = len(values)
+    capture = tuple(f for f in capture if f not in _CONTRACT_FIELDS)  # the scanner keeps no copy of those
+    captured = None
+    if capture:
+        eids, codes, pairs, times, names, x, present, got = native.scan(values, max_event_bytes, capture, ABSENT)
+        captured = {name: _objects(col) for name, col in zip(capture, got)}
+    else:
+        eids, codes, pairs, times, names, x, present = native.scan(values, max_event_bytes)
+    return (eids, np.frombuffer(codes, dtype=np.int32).astype(np.intp), pairs,
+            np.frombuffer(times, dtype=np.int64).copy(), {name: j for j, name in enumerate(names)},
+            np.frombuffer(x, dtype=np.float64).reshape(n, len(names)),
+            np.frombuffer(present, dtype=np.bool_).reshape(n, len(names)), captured)
 
 
 def matrices(cols: Columns, groups: list, max_abs_feature: float, state=None

@@ -13,7 +13,8 @@ import pytest
 from confluent_kafka import Message
 
 from muse_stream.featurespec import StateSpec, entity_key
-from muse_stream.state.reading import ABSENT, capture_fields, read_rows
+from muse_stream.scoring.columns import scan_values
+from muse_stream.state.reading import capture_fields, read_rows
 from muse_stream.state.windows import Plan
 
 _native = pytest.importorskip("muse_stream.scoring._native", reason="the compiled scanner is not built here")
@@ -56,15 +57,10 @@ def _big(ev: dict) -> bytes:
 
 
 def _columns(msgs: list, capture: tuple[str, ...]):
-    values = [m.value() for m in msgs]
-    _, codes, _, _, names, x, present, got = _native.scan(values, MAX_BYTES, capture, ABSENT)
-    n = len(msgs)
-    codes = np.frombuffer(codes, dtype=np.int32)
-    captured = {name: np.array(col + [None], dtype=object)[:-1] for name, col in zip(capture, got)}
-    return SimpleNamespace(msgs=np.array(msgs + [None], dtype=object)[:-1], tids=np.array(["acme"] * n, dtype=object),
-                           scanned=codes >= 0, names={k: j for j, k in enumerate(names)},
-                           x=np.frombuffer(x).reshape(n, len(names)),
-                           present=np.frombuffer(present, dtype=np.bool_).reshape(n, len(names)), captured=captured)
+    _, codes, _, _, names, x, present, captured = scan_values(_native, [m.value() for m in msgs], MAX_BYTES, capture)
+    return SimpleNamespace(msgs=np.array(msgs + [None], dtype=object)[:-1],
+                           tids=np.array(["acme"] * len(msgs), dtype=object), scanned=codes >= 0, names=names, x=x,
+                           present=present, captured=captured)
 
 
 @pytest.mark.parametrize(("entity", "seed"), [(("card_id",), 1), (("card_id",), 2), (("card_id", "region"), 3)])
